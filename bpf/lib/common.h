@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Types and maps shared by every anet eBPF program. Go sees these structs
+ * only through bpf2go-generated types (see ../gen.go). */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef __section
+#define __section(x) __attribute__((section(x), used))
+#endif
+
+/* Why a packet was not forwarded. 0 is not a drop: it counts packets that
+ * went on. The Go side names each value for users (datapath/reason.go); keep
+ * both in step, and only append. */
+enum anet_reason {
+	REASON_FORWARDED = 0,
+	DROP_UNKNOWN_ENDPOINT = 1,   /* device carries our program but is not a registered endpoint */
+	DROP_MALFORMED_L2 = 2,       /* shorter than an Ethernet header */
+	DROP_MALFORMED_IP = 3,       /* truncated IPv4 header, bad version, IHL or total length */
+	DROP_UNSUPPORTED_L3 = 4,     /* neither IPv4 nor ARP */
+	DROP_INVALID_SOURCE = 5,     /* source address is not the endpoint's own (spoofing) */
+	DROP_MALFORMED_ARP = 6,      /* truncated or not an Ethernet/IPv4 ARP packet */
+	DROP_TTL_EXCEEDED = 7,       /* would be forwarded with TTL 0 */
+	DROP_REDIRECT_FAILED = 8,    /* the kernel refused the redirect */
+	DROP_CSUM_FAILED = 9,       /* the kernel refused a checksum update */
+	__REASON_MAX,
+};
+
+/* Direction, seen from the endpoint (the pod). */
+enum anet_dir {
+	DIR_EGRESS = 0,  /* sent by the pod */
+	DIR_INGRESS = 1, /* delivered to the pod */
+};
+
+/* An endpoint: a pod interface on this node. Keyed twice: by the pod's IPv4
+ * address (to deliver to it) and by the ifindex of its host-side veth (to
+ * know who sent a packet). */
+struct endpoint_info {
+	__u32 ip;          /* network byte order */
+	__u32 ifindex;     /* host-side veth */
+	__u8 pod_mac[6];
+	__u8 host_mac[6];
+	__u32 flags;       /* reserved */
+	__u32 identity;    /* security identity; 0 until policy lands */
+};
+
+/* Per-endpoint traffic counters, per CPU. */
+struct metrics_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 reason;
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} anet_ep_by_ip __section(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} anet_ep_by_if __section(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct metrics_key);
+	__type(value, struct metrics_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} anet_metrics __section(".maps");
+
+static __always_inline void account(__u32 ifindex, __u8 dir, __u8 reason, __u32 len)
+{
+	struct metrics_key key = { .ifindex = ifindex, .dir = dir, .reason = reason };
+	struct metrics_value *v = bpf_map_lookup_elem(&anet_metrics, &key);
+
+	if (v) {
+		v->packets++;
+		v->bytes += len;
+		return;
+	}
+	struct metrics_value init = { .packets = 1, .bytes = len };
+	bpf_map_update_elem(&anet_metrics, &key, &init, BPF_NOEXIST);
+}

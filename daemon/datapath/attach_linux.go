@@ -1,0 +1,214 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Attachment modes of an endpoint's programs.
+const (
+	ModeTCX = "tcx" // TCX links, pinned under the layout's links/ directory
+	ModeTC  = "tc"  // clsact qdisc with direct-action cls_bpf filters (kernels before 6.6)
+)
+
+// ForceTCEnv, when set to 1, makes AttachEndpoint use tc clsact even where
+// TCX works, so that the fallback is exercised by tests on new kernels.
+const ForceTCEnv = "ANET_FORCE_TC"
+
+var dirs = [...]Dir{DirEgress, DirIngress}
+
+// tcxAttach is where each program hangs on the host-side veth: what the pod
+// sends (its egress) arrives at the device's tc ingress.
+func tcxAttach(d Dir) ebpf.AttachType {
+	if d == DirEgress {
+		return ebpf.AttachTCXIngress
+	}
+	return ebpf.AttachTCXEgress
+}
+
+func tcParent(d Dir) uint32 {
+	if d == DirEgress {
+		return netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.HANDLE_MIN_EGRESS
+}
+
+func netlinkIndex(ifname string) (int, error) {
+	lk, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return 0, err
+	}
+	return lk.Attrs().Index, nil
+}
+
+// AttachEndpoint attaches anetd's pinned programs to an endpoint's host-side
+// veth, in the current network namespace. TCX links are pinned so that they
+// outlive the caller (the CNI plugin exits right after). It returns the mode
+// used. On error nothing stays attached.
+func AttachEndpoint(l Layout, ifname string) (mode string, err error) {
+	idx, err := netlinkIndex(ifname)
+	if err != nil {
+		return "", fmt.Errorf("finding %s: %w", ifname, err)
+	}
+	progs := make(map[Dir]*ebpf.Program, len(dirs))
+	defer func() {
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	for _, d := range dirs {
+		p, err := ebpf.LoadPinnedProgram(l.ProgPin(progForDir(d)), nil)
+		if err != nil {
+			return "", fmt.Errorf("loading pinned program %s (is anetd running with this bpf root?): %w", l.ProgPin(progForDir(d)), err)
+		}
+		progs[d] = p
+	}
+	if os.Getenv(ForceTCEnv) != "1" {
+		err = attachTCX(l, ifname, idx, progs)
+		if err == nil {
+			return ModeTCX, nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+	}
+	if err := attachTC(idx, progs); err != nil {
+		return "", err
+	}
+	return ModeTC, nil
+}
+
+func attachTCX(l Layout, ifname string, idx int, progs map[Dir]*ebpf.Program) error {
+	var done []link.Link
+	ok := false
+	defer func() {
+		if !ok {
+			for _, lk := range done {
+				_ = lk.Unpin()
+				lk.Close()
+			}
+		}
+	}()
+	for _, d := range dirs {
+		lk, err := link.AttachTCX(link.TCXOptions{Interface: idx, Program: progs[d], Attach: tcxAttach(d)})
+		if err != nil {
+			return fmt.Errorf("attaching tcx %s to %s: %w", d, ifname, err)
+		}
+		done = append(done, lk)
+		pin := l.LinkPin(ifname, d)
+		_ = os.Remove(pin) // a stale pin of a device that had this name
+		if err := lk.Pin(pin); err != nil {
+			return fmt.Errorf("pinning link %s: %w", pin, err)
+		}
+	}
+	for _, lk := range done {
+		lk.Close() // the pin holds it
+	}
+	ok = true
+	return nil
+}
+
+func attachTC(idx int, progs map[Dir]*ebpf.Program) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("adding clsact qdisc: %w", err)
+	}
+	for _, d := range dirs {
+		f := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: idx, Parent: tcParent(d), Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1,
+			},
+			Fd: progs[d].FD(), Name: progForDir(d), DirectAction: true,
+		}
+		if err := netlink.FilterReplace(f); err != nil {
+			_ = netlink.QdiscDel(qdisc)
+			return fmt.Errorf("adding tc filter (%s): %w", d, err)
+		}
+	}
+	return nil
+}
+
+// DetachEndpoint removes an endpoint's link pins. The device itself is
+// deleted by the caller; tc filters go with it. Missing pins are fine.
+func DetachEndpoint(l Layout, ifname string) error {
+	var errs []error
+	for _, d := range dirs {
+		pin := l.LinkPin(ifname, d)
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing link pin %s: %w", pin, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CheckEndpoint verifies that anetd's current programs are attached to
+// ifname in both directions, by TCX link or by tc filter.
+func CheckEndpoint(l Layout, ifname string) error {
+	idx, err := netlinkIndex(ifname)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", ifname, err)
+	}
+	for _, d := range dirs {
+		want, err := pinnedProgID(l.ProgPin(progForDir(d)))
+		if err != nil {
+			return err
+		}
+		got, err := attachedProgID(l, ifname, idx, d)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("%s on %s runs program %d, anetd's is %d", d, ifname, got, want)
+		}
+	}
+	return nil
+}
+
+func pinnedProgID(path string) (ebpf.ProgramID, error) {
+	p, err := ebpf.LoadPinnedProgram(path, nil)
+	if err != nil {
+		return 0, fmt.Errorf("loading pinned program %s: %w", path, err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
+func attachedProgID(l Layout, ifname string, idx int, d Dir) (ebpf.ProgramID, error) {
+	pin := l.LinkPin(ifname, d)
+	if lk, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer lk.Close()
+		info, err := lk.Info()
+		if err != nil {
+			return 0, fmt.Errorf("link %s: %w", pin, err)
+		}
+		tcx := info.TCX()
+		if tcx == nil || int(tcx.Ifindex) != idx {
+			return 0, fmt.Errorf("link %s is not a tcx link of %s", pin, ifname)
+		}
+		return info.Program, nil
+	}
+	filters, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}, tcParent(d))
+	if err != nil {
+		return 0, fmt.Errorf("listing tc filters of %s: %w", ifname, err)
+	}
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == progForDir(d) {
+			return ebpf.ProgramID(bf.Id), nil
+		}
+	}
+	return 0, fmt.Errorf("no %s program attached to %s", d, ifname)
+}

@@ -1,0 +1,159 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/anet-dev/anet/bpf"
+)
+
+// Endpoint is what the datapath knows of a pod interface on this node.
+type Endpoint struct {
+	IP       netip.Addr
+	Ifindex  uint32 // host-side veth
+	PodMAC   net.HardwareAddr
+	HostMAC  net.HardwareAddr
+	Identity uint32
+}
+
+// ipKey is an IPv4 address as the kernel keys it: network byte order in a u32.
+func ipKey(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func keyIP(k uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], k)
+	return netip.AddrFrom4(b)
+}
+
+func (ep Endpoint) info() (bpf.LxcEndpointInfo, error) {
+	if !ep.IP.Is4() {
+		return bpf.LxcEndpointInfo{}, fmt.Errorf("endpoint address %s is not IPv4", ep.IP)
+	}
+	if len(ep.PodMAC) != 6 || len(ep.HostMAC) != 6 {
+		return bpf.LxcEndpointInfo{}, fmt.Errorf("endpoint MACs must be 6 bytes")
+	}
+	v := bpf.LxcEndpointInfo{Ip: ipKey(ep.IP), Ifindex: ep.Ifindex, Identity: ep.Identity}
+	copy(v.PodMac[:], ep.PodMAC)
+	copy(v.HostMac[:], ep.HostMAC)
+	return v, nil
+}
+
+// UpsertEndpoint writes an endpoint into both endpoint maps.
+func (dp *Datapath) UpsertEndpoint(ep Endpoint) error {
+	v, err := ep.info()
+	if err != nil {
+		return err
+	}
+	if err := dp.objs.AnetEpByIf.Put(ep.Ifindex, v); err != nil {
+		return fmt.Errorf("writing endpoint %d: %w", ep.Ifindex, err)
+	}
+	if err := dp.objs.AnetEpByIp.Put(v.Ip, v); err != nil {
+		return fmt.Errorf("writing endpoint %s: %w", ep.IP, err)
+	}
+	return nil
+}
+
+// DeleteEndpoint removes an endpoint and its counters. Entries already
+// gone are fine.
+func (dp *Datapath) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
+	var errs []error
+	if ip.Is4() {
+		if err := dp.objs.AnetEpByIp.Delete(ipKey(ip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := dp.objs.AnetEpByIf.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	errs = append(errs, dp.deleteCounters(func(k bpf.LxcMetricsKey) bool { return k.Ifindex == ifindex }))
+	return errors.Join(errs...)
+}
+
+// MapEndpoints lists what the endpoint maps hold, for reconciliation:
+// addresses keyed by IP and ifindexes keyed by device.
+func (dp *Datapath) MapEndpoints() (byIP map[netip.Addr]uint32, byIf map[uint32]netip.Addr, err error) {
+	byIP, byIf = map[netip.Addr]uint32{}, map[uint32]netip.Addr{}
+	var k uint32
+	var v bpf.LxcEndpointInfo
+	it := dp.objs.AnetEpByIp.Iterate()
+	for it.Next(&k, &v) {
+		byIP[keyIP(k)] = v.Ifindex
+	}
+	if err := it.Err(); err != nil {
+		return nil, nil, err
+	}
+	it = dp.objs.AnetEpByIf.Iterate()
+	for it.Next(&k, &v) {
+		byIf[k] = keyIP(v.Ip)
+	}
+	return byIP, byIf, it.Err()
+}
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// CounterKey names one counter of an endpoint.
+type CounterKey struct {
+	Dir    Dir
+	Reason Reason
+}
+
+// Counters returns every counter in the datapath, summed over CPUs,
+// grouped by endpoint device ifindex. One pass over the map.
+func (dp *Datapath) Counters() (map[uint32]map[CounterKey]Counter, error) {
+	out := map[uint32]map[CounterKey]Counter{}
+	var k bpf.LxcMetricsKey
+	var per []bpf.LxcMetricsValue
+	it := dp.objs.AnetMetrics.Iterate()
+	for it.Next(&k, &per) {
+		var c Counter
+		for _, v := range per {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+		m := out[k.Ifindex]
+		if m == nil {
+			m = map[CounterKey]Counter{}
+			out[k.Ifindex] = m
+		}
+		m[CounterKey{Dir(k.Dir), Reason(k.Reason)}] = c
+	}
+	return out, it.Err()
+}
+
+func (dp *Datapath) deleteCounters(match func(bpf.LxcMetricsKey) bool) error {
+	var keys []bpf.LxcMetricsKey
+	var k bpf.LxcMetricsKey
+	var per []bpf.LxcMetricsValue
+	it := dp.objs.AnetMetrics.Iterate()
+	for it.Next(&k, &per) {
+		if match(k) {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := dp.objs.AnetMetrics.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteCountersOf removes the counters of a device that is not an endpoint.
+func (dp *Datapath) DeleteCountersOf(ifindex uint32) error {
+	return dp.deleteCounters(func(k bpf.LxcMetricsKey) bool { return k.Ifindex == ifindex })
+}

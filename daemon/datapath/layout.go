@@ -1,0 +1,31 @@
+package datapath
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+)
+
+// Layout is where anet's objects live under one bpffs directory
+// (--bpf-root). Several anetd instances on one kernel each have their own.
+type Layout struct{ Root string }
+
+func (l Layout) MapsDir() string  { return filepath.Join(l.Root, "maps") }
+func (l Layout) ProgsDir() string { return filepath.Join(l.Root, "progs") }
+func (l Layout) LinksDir() string { return filepath.Join(l.Root, "links") }
+
+// ProgPin is the pin of one of anetd's programs.
+func (l Layout) ProgPin(name string) string { return filepath.Join(l.ProgsDir(), name) }
+
+// LinkPin is the pin of the TCX link of one endpoint device and direction.
+func (l Layout) LinkPin(ifname string, dir Dir) string {
+	return filepath.Join(l.LinksDir(), ifname+"."+dir.String())
+}
+
+// HostIfName is the deterministic name of an endpoint's host-side veth:
+// "anet" and 11 hex digits of a hash of the container ID and interface name,
+// 15 bytes, the most Linux allows.
+func HostIfName(containerID, ifname string) string {
+	sum := sha256.Sum256([]byte(containerID + "/" + ifname))
+	return "anet" + hex.EncodeToString(sum[:])[:11]
+}
