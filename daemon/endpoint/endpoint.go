@@ -1,0 +1,358 @@
+// Package endpoint keeps the node's endpoints: the record of each wired pod
+// interface, persisted in the state directory, and their entries in the
+// datapath. It reconciles the two on start: what the records say is
+// written, what they do not say is pruned.
+package endpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/daemon/ipam"
+)
+
+// Datapath is what the manager needs of the eBPF maps.
+type Datapath interface {
+	UpsertEndpoint(datapath.Endpoint) error
+	DeleteEndpoint(ip netip.Addr, ifindex uint32) error
+	MapEndpoints() (map[netip.Addr]uint32, map[uint32]netip.Addr, error)
+	Counters() (map[uint32]map[datapath.CounterKey]datapath.Counter, error)
+	DeleteCountersOf(ifindex uint32) error
+}
+
+// DeviceExists reports whether the host-side device of an endpoint is still
+// there under that name and index.
+type DeviceExists func(name string, ifindex uint32) bool
+
+// Manager owns the endpoint records and their datapath entries.
+type Manager struct {
+	dir    string
+	ipam   *ipam.Allocator
+	dp     Datapath
+	exists DeviceExists
+	log    *slog.Logger
+
+	mu  sync.Mutex
+	eps map[api.Attachment]*api.Endpoint
+}
+
+// New returns a manager keeping its records in dir. Call Restore before use.
+func New(dir string, alloc *ipam.Allocator, dp Datapath, exists DeviceExists, log *slog.Logger) (*Manager, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Manager{dir: dir, ipam: alloc, dp: dp, exists: exists, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
+}
+
+func (m *Manager) recordPath(a api.Attachment) string {
+	return filepath.Join(m.dir, datapath.HostIfName(a.ContainerID, a.IfName)+".json")
+}
+
+func toDatapath(e *api.EndpointRequest) (datapath.Endpoint, error) {
+	pod, err := net.ParseMAC(e.PodMAC)
+	if err != nil {
+		return datapath.Endpoint{}, err
+	}
+	host, err := net.ParseMAC(e.HostMAC)
+	if err != nil {
+		return datapath.Endpoint{}, err
+	}
+	return datapath.Endpoint{IP: e.IP, Ifindex: e.HostIfindex, PodMAC: pod, HostMAC: host}, nil
+}
+
+// Allocate gives an attachment an address.
+func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
+	ip, err := m.ipam.Allocate(r.Attachment)
+	if err != nil {
+		return nil, err
+	}
+	m.log.Info("address allocated", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "pod", r.Pod.Namespace+"/"+r.Pod.Name)
+	return &api.Allocation{IP: ip, Gateway: m.ipam.Gateway(), PodCIDR: m.ipam.CIDR()}, nil
+}
+
+// Register records a wired endpoint and programs the datapath. The address
+// must be the one allocated to the attachment.
+func (m *Manager) Register(r api.EndpointRequest) error {
+	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
+		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
+	}
+	dpe, err := toDatapath(&r)
+	if err != nil {
+		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.eps[r.Attachment]; ok {
+		if old.EndpointRequest == r {
+			return nil // the same registration again
+		}
+		return fmt.Errorf("%w: endpoint %s/%s", api.ErrExists, r.ContainerID, r.IfName)
+	}
+	ep := &api.Endpoint{EndpointRequest: r, Created: time.Now().UTC().Truncate(time.Second)}
+	b, err := json.Marshal(ep)
+	if err != nil {
+		return err
+	}
+	if err := renameio.WriteFile(m.recordPath(r.Attachment), b, 0o600); err != nil {
+		return fmt.Errorf("recording endpoint: %w", err)
+	}
+	if err := m.dp.UpsertEndpoint(dpe); err != nil {
+		_ = os.Remove(m.recordPath(r.Attachment))
+		return fmt.Errorf("programming datapath: %w", err)
+	}
+	m.eps[r.Attachment] = ep
+	m.log.Info("endpoint registered", "containerID", r.ContainerID, "ifName", r.IfName, "ip", r.IP, "hostIf", r.HostIfName, "mode", r.AttachMode)
+	return nil
+}
+
+// Delete removes an endpoint's datapath entries, releases its address and
+// removes its record, in that order, so that a crash in between leaves
+// something Restore finishes. Deleting what does not exist succeeds.
+func (m *Manager) Delete(a api.Attachment) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.deleteLocked(a)
+}
+
+func (m *Manager) deleteLocked(a api.Attachment) error {
+	ep := m.eps[a]
+	if ep != nil {
+		if err := m.dp.DeleteEndpoint(ep.IP, ep.HostIfindex); err != nil {
+			return fmt.Errorf("removing datapath entries: %w", err)
+		}
+	}
+	ip, released, err := m.ipam.Release(a)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(m.recordPath(a)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	delete(m.eps, a)
+	if ep != nil || released {
+		m.log.Info("endpoint deleted", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip)
+	}
+	return nil
+}
+
+// Get returns an endpoint with its counters.
+func (m *Manager) Get(a api.Attachment) (*api.Endpoint, error) {
+	eps, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	for i := range eps {
+		if eps[i].Attachment == a {
+			return &eps[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: endpoint %s/%s", api.ErrNotFound, a.ContainerID, a.IfName)
+}
+
+// List returns every endpoint with its counters, sorted by address.
+func (m *Manager) List() ([]api.Endpoint, error) {
+	counters, err := m.dp.Counters()
+	if err != nil {
+		return nil, fmt.Errorf("reading counters: %w", err)
+	}
+	m.mu.Lock()
+	out := make([]api.Endpoint, 0, len(m.eps))
+	for _, ep := range m.eps {
+		e := *ep
+		e.Counters = apiCounters(counters[ep.HostIfindex])
+		out = append(out, e)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
+	return out, nil
+}
+
+func apiCounters(c map[datapath.CounterKey]datapath.Counter) []api.Counter {
+	out := make([]api.Counter, 0, len(c))
+	for k, v := range c {
+		out = append(out, api.Counter{Dir: k.Dir.String(), Reason: k.Reason.String(), Packets: v.Packets, Bytes: v.Bytes})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Dir != out[j].Dir {
+			return out[i].Dir < out[j].Dir
+		}
+		return out[i].Reason < out[j].Reason
+	})
+	return out
+}
+
+// Count returns how many endpoints are registered.
+func (m *Manager) Count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.eps)
+}
+
+// GC removes every endpoint and allocation whose attachment is not in valid.
+func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
+	keep := map[api.Attachment]bool{}
+	for _, a := range valid {
+		keep[a] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gone := map[api.Attachment]bool{}
+	for a := range m.eps {
+		if !keep[a] {
+			gone[a] = true
+		}
+	}
+	for a := range m.ipam.List() {
+		if !keep[a] {
+			gone[a] = true
+		}
+	}
+	res := &api.GCResult{Removed: []api.Attachment{}}
+	var errs []error
+	for a := range gone {
+		if err := m.deleteLocked(a); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Removed = append(res.Removed, a)
+	}
+	sort.Slice(res.Removed, func(i, j int) bool { return res.Removed[i].ContainerID < res.Removed[j].ContainerID })
+	return res, errors.Join(errs...)
+}
+
+// Restore loads the records, drops those whose device or address is gone,
+// writes the rest into the datapath and prunes every map entry and counter
+// that belongs to no record. Then it applies pending releases.
+func (m *Manager) Restore(pendingDir string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	entries, err := os.ReadDir(m.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(m.dir, e.Name())
+		if !strings.HasSuffix(e.Name(), ".json") {
+			_ = os.Remove(path) // temp files of interrupted writes
+			continue
+		}
+		var ep api.Endpoint
+		b, err := os.ReadFile(path)
+		if err == nil {
+			err = json.Unmarshal(b, &ep)
+		}
+		if err == nil {
+			err = ep.Validate()
+		}
+		if err != nil {
+			m.log.Warn("dropping unreadable endpoint record", "file", path, "err", err)
+			_ = os.Remove(path)
+			continue
+		}
+		m.eps[ep.Attachment] = &ep
+	}
+	for a, ep := range m.eps {
+		ip, allocated := m.ipam.Lookup(a)
+		switch {
+		case !allocated || ip != ep.IP:
+			m.log.Info("endpoint lost its address; removing", "containerID", a.ContainerID, "ip", ep.IP)
+		case !m.exists(ep.HostIfName, ep.HostIfindex):
+			m.log.Info("endpoint device is gone; removing", "containerID", a.ContainerID, "hostIf", ep.HostIfName)
+		default:
+			dpe, err := toDatapath(&ep.EndpointRequest)
+			if err == nil {
+				err = m.dp.UpsertEndpoint(dpe)
+			}
+			if err != nil {
+				return fmt.Errorf("restoring endpoint %s: %w", ep.IP, err)
+			}
+			continue
+		}
+		if err := m.deleteLocked(a); err != nil {
+			return err
+		}
+	}
+	if err := m.pruneLocked(); err != nil {
+		return err
+	}
+	return m.applyPendingLocked(pendingDir)
+}
+
+func (m *Manager) pruneLocked() error {
+	wantIP := map[netip.Addr]uint32{}
+	wantIf := map[uint32]bool{}
+	for _, ep := range m.eps {
+		wantIP[ep.IP] = ep.HostIfindex
+		wantIf[ep.HostIfindex] = true
+	}
+	byIP, byIf, err := m.dp.MapEndpoints()
+	if err != nil {
+		return err
+	}
+	for ip, ifindex := range byIP {
+		if want, ok := wantIP[ip]; !ok || want != ifindex {
+			m.log.Info("pruning stale endpoint entry", "ip", ip, "ifindex", ifindex)
+			if err := m.dp.DeleteEndpoint(ip, 0); err != nil {
+				return err
+			}
+		}
+	}
+	for ifindex, ip := range byIf {
+		if !wantIf[ifindex] || wantIP[ip] != ifindex {
+			m.log.Info("pruning stale device entry", "ifindex", ifindex, "ip", ip)
+			if err := m.dp.DeleteEndpoint(netip.Addr{}, ifindex); err != nil {
+				return err
+			}
+		}
+	}
+	counters, err := m.dp.Counters()
+	if err != nil {
+		return err
+	}
+	for ifindex := range counters {
+		if !wantIf[ifindex] {
+			if err := m.dp.DeleteCountersOf(ifindex); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ApplyPending applies the releases anet-cni recorded while anetd was away.
+func (m *Manager) ApplyPending(dir string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.applyPendingLocked(dir)
+}
+
+func (m *Manager) applyPendingLocked(dir string) error {
+	recs, err := api.ReadPendingReleases(dir)
+	if err != nil {
+		return err
+	}
+	for path, a := range recs {
+		if a.Validate() == nil {
+			m.log.Info("applying release recorded while anetd was away", "containerID", a.ContainerID, "ifName", a.IfName)
+			if err := m.deleteLocked(a); err != nil {
+				return err
+			}
+		}
+		_ = os.Remove(path)
+	}
+	return nil
+}
