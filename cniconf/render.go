@@ -1,0 +1,88 @@
+package cniconf
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// renderVersion is the cniVersion of the conflist anet installs: the
+// newest version the plugin implements (STATUS and GC need 1.1.0).
+const renderVersion = "1.1.0"
+
+// RenderOptions are the node-specific parts of the conflist. Empty fields
+// take the defaults (DefaultNetworkName, DefaultSocket, DefaultBPFRoot,
+// DefaultMTU); an empty DNS is left out.
+type RenderOptions struct {
+	Name, Socket, BPFRoot string
+	MTU                   int
+	DNS                   types.DNS
+}
+
+// conflist and pluginEntry fix the key order of the rendered file.
+type conflist struct {
+	CNIVersion string        `json:"cniVersion"`
+	Name       string        `json:"name"`
+	Plugins    []pluginEntry `json:"plugins"`
+}
+
+type pluginEntry struct {
+	Type    string     `json:"type"`
+	Socket  string     `json:"socket"`
+	BPFRoot string     `json:"bpfRoot"`
+	MTU     int        `json:"mtu"`
+	DNS     *types.DNS `json:"dns,omitempty"`
+}
+
+// Render produces the conflist that anet installs on a node, as indented
+// JSON with a trailing newline. It validates the result the way the plugin
+// will: the plugin entry, with cniVersion and name copied in as libcni does,
+// must pass Parse; a failure is a *ConfigError.
+func Render(o RenderOptions) ([]byte, error) {
+	if o.Name == "" {
+		o.Name = DefaultNetworkName
+	}
+	if o.Socket == "" {
+		o.Socket = DefaultSocket
+	}
+	if o.BPFRoot == "" {
+		o.BPFRoot = DefaultBPFRoot
+	}
+	if o.MTU == 0 {
+		o.MTU = DefaultMTU
+	}
+	entry := pluginEntry{
+		Type:    PluginType,
+		Socket:  o.Socket,
+		BPFRoot: o.BPFRoot,
+		MTU:     o.MTU,
+	}
+	if !o.DNS.IsEmpty() {
+		dns := o.DNS
+		entry.DNS = &dns
+	}
+
+	// What libcni hands the plugin: the entry plus the list's version and name.
+	asStdin := NetConf{Socket: entry.Socket, BPFRoot: entry.BPFRoot, MTU: entry.MTU, DNS: o.DNS}
+	asStdin.CNIVersion = renderVersion
+	asStdin.Name = o.Name
+	asStdin.Type = PluginType
+	stdin, err := json.Marshal(asStdin)
+	if err != nil {
+		return nil, fmt.Errorf("encoding plugin config: %w", err)
+	}
+	if _, err := Parse(stdin); err != nil {
+		return nil, err
+	}
+
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(conflist{CNIVersion: renderVersion, Name: o.Name, Plugins: []pluginEntry{entry}}); err != nil {
+		return nil, fmt.Errorf("encoding conflist: %w", err)
+	}
+	return buf.Bytes(), nil
+}
