@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -211,4 +213,30 @@ func attachedProgID(l Layout, ifname string, idx int, d Dir) (ebpf.ProgramID, er
 		}
 	}
 	return 0, fmt.Errorf("no %s program attached to %s", d, ifname)
+}
+
+// PruneLinkPins removes the link pins whose device no longer exists in the
+// current network namespace.
+func PruneLinkPins(l Layout) error {
+	entries, err := os.ReadDir(l.LinksDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		ifname, _, ok := strings.Cut(e.Name(), ".")
+		if !ok {
+			continue
+		}
+		if _, err := netlinkIndex(ifname); err == nil {
+			continue
+		}
+		if err := os.Remove(filepath.Join(l.LinksDir(), e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

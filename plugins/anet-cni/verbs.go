@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+)
+
+const callTimeout = 20 * time.Second
+
+// podRef reads the pod's identity from CNI_ARGS (K8S_POD_NAMESPACE, ...).
+func podRef(cniArgs string) (api.PodRef, error) {
+	var p api.PodRef
+	if cniArgs == "" {
+		return p, nil
+	}
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return p, fmt.Errorf("CNI_ARGS: %q is not KEY=VALUE", kv)
+		}
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			p.Namespace = v
+		case "K8S_POD_NAME":
+			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
+		}
+	}
+	return p, nil
+}
+
+func attachmentOf(args *skel.CmdArgs) (api.Attachment, error) {
+	a := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	if err := a.Validate(); err != nil {
+		return a, envError("%v", err)
+	}
+	return a, nil
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := attachmentOf(args)
+	if err != nil {
+		return err
+	}
+	pod, err := podRef(args.Args)
+	if err != nil {
+		return envError("%v", err)
+	}
+	if args.Netns == "" {
+		return envError("CNI_NETNS is required for ADD")
+	}
+	netns, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return envError("opening netns %q: %v", args.Netns, err)
+	}
+	defer netns.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	client := api.NewClient(conf.Socket)
+	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Pod: pod})
+	if err != nil {
+		return daemonError("allocating an address", err)
+	}
+
+	// From here on, undo everything on failure: a failed ADD leaves nothing.
+	layout := datapath.Layout{Root: conf.BPFRoot}
+	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	success := false
+	vethMade := false
+	defer func() {
+		if success {
+			return
+		}
+		if vethMade {
+			_ = ip.DelLinkByName(hostIfName)
+		}
+		_ = datapath.DetachEndpoint(layout, hostIfName)
+		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
+		defer dcancel()
+		_ = client.DeleteEndpoint(dctx, att) // also releases the address
+	}()
+
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
+
+	var hostIf, podIf net.Interface
+	err = netns.Do(func(ns.NetNS) error {
+		var err error
+		hostIf, podIf, err = ip.SetupVethWithName(att.IfName, hostIfName, conf.MTU, "", hostNS)
+		if err != nil {
+			return fmt.Errorf("creating veth pair: %w", err)
+		}
+		vethMade = true
+		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
+	})
+	if err != nil {
+		return types.NewError(types.ErrInternal, "setting up the pod interface", err.Error())
+	}
+	if err := configureHost(hostIfName, alloc, podIf.HardwareAddr); err != nil {
+		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
+	}
+	mode, err := datapath.AttachEndpoint(layout, hostIfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
+	}
+	err = client.PutEndpoint(ctx, api.EndpointRequest{
+		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
+		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
+		HostMAC: hostIf.HardwareAddr.String(), PodMAC: podIf.HardwareAddr.String(), AttachMode: mode,
+	})
+	if err != nil {
+		return daemonError("registering the endpoint", err)
+	}
+
+	podIdx := 1
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: hostIfName, Mac: hostIf.HardwareAddr.String()},
+			{Name: att.IfName, Mac: podIf.HardwareAddr.String(), Sandbox: args.Netns},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: &podIdx,
+			Address:   net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   alloc.Gateway.AsSlice(),
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: alloc.Gateway.AsSlice()}},
+		DNS:    conf.DNS,
+	}
+	success = true
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// configurePod runs in the pod's netns: the address as a /32, the gateway
+// as an on-link host route and the default route through it, and a
+// permanent neighbour entry for the gateway (the host-side MAC), so the pod
+// needs no ARP to leave. The datapath answers ARP too, should the entry go.
+func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr) error {
+	link, err := netlink.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	gw := alloc.Gateway.AsSlice()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("adding %s: %w", alloc.IP, err)
+	}
+	idx := link.Attrs().Index
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return fmt.Errorf("adding route to gateway: %w", err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
+		return fmt.Errorf("adding default route: %w", err)
+	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
+		return fmt.Errorf("adding gateway neighbour: %w", err)
+	}
+	// IPv4 only for now: keep the pod from sending IPv6 (router and
+	// neighbour solicitations) that the datapath would drop and count.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
+	return nil
+}
+
+// configureHost runs in the node's netns: a host route to the pod over its
+// veth and a permanent neighbour entry, so the node reaches the pod without
+// ARP and without a bridge.
+func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.HardwareAddr) error {
+	link, err := netlink.LinkByName(hostIfName)
+	if err != nil {
+		return err
+	}
+	idx := link.Attrs().Index
+	podIP := alloc.IP.AsSlice()
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+hostIfName+"/disable_ipv6", []byte("1"), 0o644)
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return fmt.Errorf("adding route to the pod: %w", err)
+	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: podMAC}); err != nil {
+		return fmt.Errorf("adding pod neighbour: %w", err)
+	}
+	return nil
+}
+
+// cmdDel removes the veth pair (with its routes and tc filters), the link
+// pins and the endpoint. It succeeds when any of them is already gone; with
+// anetd down it records the release for anetd to apply when it is back.
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := attachmentOf(args)
+	if err != nil {
+		return err
+	}
+	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
+	}
+	if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
+		return types.NewError(types.ErrInternal, "removing link pins", err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
+	var unavail *api.UnavailableError
+	if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
+		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
+			return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
+		}
+		return nil
+	}
+	if err != nil {
+		return daemonError("deleting the endpoint", err)
+	}
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	att, err := attachmentOf(args)
+	if err != nil {
+		return err
+	}
+	if conf.RawPrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult", "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "parsing prevResult", err.Error())
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "converting prevResult", err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	ep, err := api.NewClient(conf.Socket).GetEndpoint(ctx, att)
+	if err != nil {
+		return daemonError("looking up the endpoint", err)
+	}
+	if len(prev.IPs) != 1 || !prev.IPs[0].Address.IP.Equal(ep.IP.AsSlice()) {
+		return fmt.Errorf("prevResult addresses %v do not match the endpoint's %s", prev.IPs, ep.IP)
+	}
+	if args.Netns == "" {
+		return envError("CNI_NETNS is required for CHECK")
+	}
+	netns, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return envError("opening netns %q: %v", args.Netns, err)
+	}
+	defer netns.Close()
+	err = netns.Do(func(ns.NetNS) error {
+		link, err := netlink.LinkByName(att.IfName)
+		if err != nil {
+			return fmt.Errorf("pod interface %s: %w", att.IfName, err)
+		}
+		if link.Attrs().HardwareAddr.String() != ep.PodMAC {
+			return fmt.Errorf("pod interface %s has MAC %s, endpoint has %s", att.IfName, link.Attrs().HardwareAddr, ep.PodMAC)
+		}
+		if err := ip.ValidateExpectedInterfaceIPs(att.IfName, prev.IPs); err != nil {
+			return err
+		}
+		return ip.ValidateExpectedRoute(prev.Routes)
+	})
+	if err != nil {
+		return err
+	}
+	host, err := netlink.LinkByName(ep.HostIfName)
+	if err != nil {
+		return fmt.Errorf("host interface %s: %w", ep.HostIfName, err)
+	}
+	if uint32(host.Attrs().Index) != ep.HostIfindex {
+		return fmt.Errorf("host interface %s has index %d, endpoint has %d", ep.HostIfName, host.Attrs().Index, ep.HostIfindex)
+	}
+	return datapath.CheckEndpoint(datapath.Layout{Root: conf.BPFRoot}, ep.HostIfName)
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := api.NewClient(conf.Socket).Status(ctx)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "anetd is not reachable", err.Error())
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, "anetd is not ready", st.Reason)
+	}
+	return nil
+}
+
+// cmdGC removes every endpoint and address that is not a valid attachment,
+// their devices and link pins, and link pins whose device is gone.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	req := api.GCRequest{Valid: []api.Attachment{}}
+	for _, a := range conf.ValidAttachments {
+		req.Valid = append(req.Valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	res, err := api.NewClient(conf.Socket).GC(ctx, req)
+	if err != nil {
+		return daemonError("garbage collection", err)
+	}
+	layout := datapath.Layout{Root: conf.BPFRoot}
+	for _, a := range res.Removed {
+		name := datapath.HostIfName(a.ContainerID, a.IfName)
+		_ = ip.DelLinkByName(name)
+		_ = datapath.DetachEndpoint(layout, name)
+	}
+	return datapath.PruneLinkPins(layout)
+}
+
