@@ -346,4 +346,3 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	return datapath.PruneLinkPins(layout)
 }
-
