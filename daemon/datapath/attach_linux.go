@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -227,7 +226,7 @@ func PruneLinkPins(l Layout) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		ifname, _, ok := strings.Cut(e.Name(), ".")
+		ifname, _, ok := parseLinkPin(e.Name())
 		if !ok {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"path/filepath"
+	"strings"
 )
 
 // Layout is where anet's objects live under one bpffs directory
@@ -17,9 +18,25 @@ func (l Layout) LinksDir() string { return filepath.Join(l.Root, "links") }
 // ProgPin is the pin of one of anetd's programs.
 func (l Layout) ProgPin(name string) string { return filepath.Join(l.ProgsDir(), name) }
 
-// LinkPin is the pin of the TCX link of one endpoint device and direction.
+// LinkPin is the pin of the TCX link of one endpoint device and direction
+// (bpffs refuses names with a dot).
 func (l Layout) LinkPin(ifname string, dir Dir) string {
-	return filepath.Join(l.LinksDir(), ifname+"."+dir.String())
+	return filepath.Join(l.LinksDir(), ifname+"_"+dir.String())
+}
+
+// parseLinkPin splits a link pin's name into device and direction.
+func parseLinkPin(name string) (ifname string, dir Dir, ok bool) {
+	i := strings.LastIndexByte(name, '_')
+	if i <= 0 {
+		return "", 0, false
+	}
+	switch name[i+1:] {
+	case DirEgress.String():
+		return name[:i], DirEgress, true
+	case DirIngress.String():
+		return name[:i], DirIngress, true
+	}
+	return "", 0, false
 }
 
 // HostIfName is the deterministic name of an endpoint's host-side veth:

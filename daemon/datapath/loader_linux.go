@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -102,7 +101,7 @@ func (dp *Datapath) programs() map[string]*ebpf.Program {
 
 // pinReplace pins p at path, atomically replacing whatever was pinned there.
 func pinReplace(p *ebpf.Program, path string) error {
-	tmp := path + ".new"
+	tmp := path + "_new" // bpffs refuses names with a dot
 	_ = os.Remove(tmp)
 	if err := p.Pin(tmp); err != nil {
 		return fmt.Errorf("pinning %s: %w", tmp, err)
@@ -123,19 +122,11 @@ func (dp *Datapath) updateLinks() error {
 	}
 	progs := dp.programs()
 	for _, e := range entries {
-		ifname, dirName, ok := strings.Cut(e.Name(), ".")
+		ifname, d, ok := parseLinkPin(e.Name())
 		if !ok {
 			continue
 		}
-		var prog *ebpf.Program
-		switch dirName {
-		case DirEgress.String():
-			prog = progs[progForDir(DirEgress)]
-		case DirIngress.String():
-			prog = progs[progForDir(DirIngress)]
-		default:
-			continue
-		}
+		prog := progs[progForDir(d)]
 		path := filepath.Join(dp.Layout.LinksDir(), e.Name())
 		lk, err := link.LoadPinnedLink(path, nil)
 		if err != nil {

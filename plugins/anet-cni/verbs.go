@@ -166,6 +166,9 @@ func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr
 	if err != nil {
 		return err
 	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", ifName, err)
+	}
 	gw := alloc.Gateway.AsSlice()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
 	if err := netlink.AddrAdd(link, addr); err != nil {
@@ -286,10 +289,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		if link.Attrs().HardwareAddr.String() != ep.PodMAC {
 			return fmt.Errorf("pod interface %s has MAC %s, endpoint has %s", att.IfName, link.Attrs().HardwareAddr, ep.PodMAC)
 		}
-		if err := ip.ValidateExpectedInterfaceIPs(att.IfName, prev.IPs); err != nil {
-			return err
-		}
-		return ip.ValidateExpectedRoute(prev.Routes)
+		return checkPod(link, prev)
 	})
 	if err != nil {
 		return err
@@ -345,4 +345,45 @@ func cmdGC(args *skel.CmdArgs) error {
 		_ = datapath.DetachEndpoint(layout, name)
 	}
 	return datapath.PruneLinkPins(layout)
+}
+
+// checkPod verifies, in the pod's netns, the address and routes that ADD
+// set up. (The plugins' ip.ValidateExpectedInterfaceIPs expects a subnet
+// route, which a /32 address with an on-link gateway does not have.)
+func checkPod(link netlink.Link, prev *current.Result) error {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, want := range prev.IPs {
+		found := false
+		for _, a := range addrs {
+			if a.IPNet.String() == want.Address.String() {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("address %s is not on %s", want.Address.String(), link.Attrs().Name)
+		}
+	}
+	routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, want := range prev.Routes {
+		found := false
+		for _, r := range routes {
+			dst := "0.0.0.0/0"
+			if r.Dst != nil {
+				dst = r.Dst.String()
+			}
+			if dst == want.Dst.String() && r.Gw.Equal(want.GW) {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("route %s via %s is not on %s", want.Dst.String(), want.GW, link.Attrs().Name)
+		}
+	}
+	return nil
 }
