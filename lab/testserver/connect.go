@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// maxBody bounds what the http probe copies to stdout.
+const maxBody = 1 << 20
+
+// connectMain runs the connect probe: 0 = reached, 1 = not reached,
+// 2 = usage error.
+func connectMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	protocol := fs.String("protocol", "tcp", "tcp, udp or http")
+	address := fs.String("address", "", "destination HOST:PORT")
+	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
+	path := fs.String("path", "/", "request path of the http probe")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "anet-testserver connect: "+format+"\n", a...)
+		return 2
+	}
+	if fs.NArg() != 0 {
+		return usageErr("unexpected arguments %q", fs.Args())
+	}
+	if _, _, err := net.SplitHostPort(*address); err != nil {
+		return usageErr("--address must be HOST:PORT: %v", err)
+	}
+	if *timeout <= 0 {
+		return usageErr("--timeout must be positive")
+	}
+	if !strings.HasPrefix(*path, "/") {
+		return usageErr("--path must start with /")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	var err error
+	switch *protocol {
+	case "tcp":
+		err = probeTCP(ctx, *address)
+	case "udp":
+		err = probeUDP(ctx, *address)
+	case "http":
+		err = probeHTTP(ctx, *address, *path, stdout)
+	default:
+		return usageErr("unknown --protocol %q (want tcp, udp or http)", *protocol)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "anet-testserver connect: %s %s: %v\n", *protocol, *address, err)
+		return 1
+	}
+	return 0
+}
+
+func probeTCP(ctx context.Context, address string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", address)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// probeUDP sends one datagram carrying a random token on a connected socket
+// and waits for the same bytes to come back. A connected socket also
+// reports an ICMP port unreachable as "connection refused".
+func probeUDP(ctx context.Context, address string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", address)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	if err := c.SetDeadline(deadline); err != nil {
+		return err
+	}
+	var token [16]byte
+	rand.Read(token[:])
+	payload := []byte("anet-testserver probe " + hex.EncodeToString(token[:]))
+	if _, err := c.Write(payload); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	buf := make([]byte, 2048)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			var ne net.Error
+			switch {
+			case errors.As(err, &ne) && ne.Timeout():
+				return errors.New("no echo before the timeout")
+			case errors.Is(err, syscall.ECONNREFUSED):
+				return errors.New("connection refused (ICMP port unreachable)")
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		if string(buf[:n]) == string(payload) {
+			return nil
+		}
+		// Something else (a late echo of an earlier probe from the same
+		// port?): keep waiting for ours.
+	}
+}
+
+func probeHTTP(ctx context.Context, address, path string, stdout io.Writer) error {
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:             nil, // never send lab traffic to a proxy
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+address+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("reading body: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s: %.200q", resp.Status, body)
+	}
+	_, err = stdout.Write(body)
+	return err
+}
