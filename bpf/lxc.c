@@ -79,6 +79,16 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+
+	/* The payload may sit in page fragments; only the headers need to be
+	 * in the linear area, and a pull puts them there if they are not. */
+	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
+		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
+		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
+			return -DROP_MALFORMED_IP;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
 
@@ -88,7 +98,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 		return -DROP_MALFORMED_IP;
 	__u32 hdrlen = ip4->ihl * 4;
 	__u32 totlen = bpf_ntohs(ip4->tot_len);
-	if (totlen < hdrlen || (void *)ip4 + totlen > data_end)
+	/* Against skb->len, not data_end: the packet is longer than its
+	 * linear part. */
+	if (totlen < hdrlen || ETH_HLEN + totlen > skb->len)
 		return -DROP_MALFORMED_IP;
 	if (ip4->saddr != src->ip)
 		return -DROP_INVALID_SOURCE;

@@ -1,0 +1,449 @@
+//go:build linux
+
+// Package testnode sets up one simulated anet node for tests: a network
+// namespace of its own (no route anywhere, IP forwarding off), a bpffs, an
+// anetd of its own, the rendered conflist, and pods (network namespaces)
+// wired through libcni exactly as a container runtime wires them. Everything
+// it makes is removed in t.Cleanup, also when the test fails.
+package testnode
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"golang.org/x/sys/unix"
+
+	"github.com/anet-dev/anet/cniconf"
+	"github.com/anet-dev/anet/daemon/api"
+)
+
+// NeedRoot skips a test that needs root. CI runs as root, so these tests run
+// there.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, bpffs, eBPF); CI runs as root")
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Bin returns the directory holding anet-cni, anetd, anetctl and the
+// reference plugins: $ANET_BIN when set (make test sets it), else a build
+// into a temporary directory, once per test binary.
+func Bin(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if d := os.Getenv("ANET_BIN"); d != "" {
+			binDir = d
+			return
+		}
+		binDir, buildErr = os.MkdirTemp("", "anet-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{
+			"github.com/anet-dev/anet/plugins/anet-cni",
+			"github.com/anet-dev/anet/daemon/cmd/anetd",
+			"github.com/anet-dev/anet/daemon/cmd/anetctl",
+			"github.com/containernetworking/cni/cnitool",
+			"github.com/containernetworking/plugins/plugins/main/bridge",
+			"github.com/containernetworking/plugins/plugins/ipam/host-local",
+		} {
+			out := filepath.Join(binDir, filepath.Base(pkg))
+			cmd := exec.Command("go", "build", "-o", out, pkg)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// Node is one simulated node.
+type Node struct {
+	t        testing.TB
+	Name     string
+	Dir      string
+	NS       ns.NetNS
+	BPFRoot  string
+	StateDir string
+	Socket   string
+	ConfDir  string
+	PodCIDR  string
+	Bin      string
+
+	mu    sync.Mutex
+	anetd *exec.Cmd
+	done  chan struct{}
+	log   *bytes.Buffer
+}
+
+// Options shape a node.
+type Options struct {
+	PodCIDR string // default 10.244.1.0/24
+}
+
+func randID() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// New makes a node and starts its anetd.
+func New(t testing.TB, o Options) *Node {
+	t.Helper()
+	NeedRoot(t)
+	if o.PodCIDR == "" {
+		o.PodCIDR = "10.244.1.0/24"
+	}
+	n := &Node{t: t, Name: "anet-t-" + randID(), PodCIDR: o.PodCIDR, Bin: Bin(t)}
+	dir, err := os.MkdirTemp("", n.Name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Dir = dir
+	n.BPFRoot = filepath.Join(dir, "bpf")
+	n.StateDir = filepath.Join(dir, "state")
+	n.Socket = filepath.Join(dir, "run", "anetd.sock")
+	n.ConfDir = filepath.Join(dir, "net.d")
+	t.Cleanup(n.cleanup)
+	for _, d := range []string{n.BPFRoot, n.StateDir, n.ConfDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("bpf", n.BPFRoot, "bpf", 0, ""); err != nil {
+		t.Fatalf("mounting bpffs: %v", err)
+	}
+	n.NS, err = testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = n.NS.Do(func(ns.NetNS) error {
+		if err := exec.Command("ip", "link", "set", "lo", "up").Run(); err != nil {
+			return fmt.Errorf("lo up: %w", err)
+		}
+		// Same-node forwarding must not depend on the host routing pods.
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.ConfDir, "10-anet.conflist"), conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.StartAnetd()
+	return n
+}
+
+// NSEnter returns a command that runs in the node's network namespace.
+func (n *Node) NSEnter(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.NS.Path(), "--", name}, args...)...)
+}
+
+// StartAnetd starts anetd and waits until it is ready.
+func (n *Node) StartAnetd() {
+	n.t.Helper()
+	n.mu.Lock()
+	if n.anetd != nil {
+		n.mu.Unlock()
+		n.t.Fatal("anetd already running")
+	}
+	n.log = &bytes.Buffer{}
+	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"),
+		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = n.log, n.log
+	if err := cmd.Start(); err != nil {
+		n.mu.Unlock()
+		n.t.Fatal(err)
+	}
+	n.anetd = cmd
+	done := make(chan struct{})
+	n.done = done
+	go func() { _ = cmd.Wait(); close(done) }()
+	n.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := n.Client().Status(ctx)
+		cancel()
+		if err == nil && st.Ready {
+			return
+		}
+		select {
+		case <-done:
+			n.t.Fatalf("anetd exited:\n%s", n.Log())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n.t.Fatalf("anetd not ready after 20s:\n%s", n.Log())
+}
+
+// KillAnetd sends SIGKILL to anetd and waits for it to die.
+func (n *Node) KillAnetd() { n.stopAnetd(syscall.SIGKILL) }
+
+// StopAnetd sends SIGTERM to anetd and waits for it to exit.
+func (n *Node) StopAnetd() { n.stopAnetd(syscall.SIGTERM) }
+
+func (n *Node) stopAnetd(sig syscall.Signal) {
+	n.mu.Lock()
+	cmd, done := n.anetd, n.done
+	n.anetd = nil
+	n.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	// nsenter execs anetd in place: the PID is anetd's.
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Log returns what anetd logged since its last start.
+func (n *Node) Log() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.log == nil {
+		return ""
+	}
+	return n.log.String()
+}
+
+// Client is an API client of the node's anetd.
+func (n *Node) Client() *api.Client { return api.NewClient(n.Socket) }
+
+// Anetctl runs anetctl against the node's anetd.
+func (n *Node) Anetctl(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(n.Bin, "anetctl"), append([]string{"--socket", n.Socket}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Conflist returns the node's rendered network configuration list.
+func (n *Node) Conflist() *libcni.NetworkConfigList {
+	n.t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.ConfDir, "10-anet.conflist"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+// Pod is a network namespace standing for a pod's sandbox.
+type Pod struct {
+	Name        string
+	NS          ns.NetNS
+	ContainerID string
+	IfName      string
+	Result      *current.Result
+	node        *Node
+}
+
+// NewPod makes a pod netns (not yet wired). It is removed at cleanup.
+func (n *Node) NewPod(name string) *Pod {
+	n.t.Helper()
+	pns, err := testutils.NewNS()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	p := &Pod{Name: name, NS: pns, ContainerID: "c" + randID() + "-" + name, IfName: "eth0", node: n}
+	n.t.Cleanup(func() {
+		pns.Close()
+		_ = testutils.UnmountNS(pns)
+	})
+	_ = p.NS.Do(func(ns.NetNS) error { return exec.Command("ip", "link", "set", "lo", "up").Run() })
+	return p
+}
+
+// RuntimeConf is what a container runtime would pass for p.
+func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: p.IfName,
+		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_UID", "uid-" + p.Name}},
+	}
+}
+
+// cni runs f with a libcni handle from inside the node's netns: the plugin
+// inherits it from the locked thread that forks it.
+func (n *Node) cni(f func(c *libcni.CNIConfig) error) error {
+	c := libcni.NewCNIConfig([]string{n.Bin}, nil)
+	var err error
+	doErr := n.NS.Do(func(ns.NetNS) error {
+		err = f(c)
+		return nil
+	})
+	if doErr != nil {
+		return doErr
+	}
+	return err
+}
+
+// Add wires p through libcni (ADD of the whole conflist).
+func (n *Node) Add(p *Pod) (*current.Result, error) {
+	var res types.Result
+	err := n.cni(func(c *libcni.CNIConfig) error {
+		var err error
+		res, err = c.AddNetworkList(context.Background(), n.Conflist(), p.RuntimeConf())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil {
+		return nil, err
+	}
+	p.Result = r
+	return r, nil
+}
+
+// MustAdd is Add that fails the test on error.
+func (n *Node) MustAdd(p *Pod) *current.Result {
+	n.t.Helper()
+	r, err := n.Add(p)
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v\nanetd log:\n%s", p.Name, err, n.Log())
+	}
+	return r
+}
+
+// Del runs DEL for p.
+func (n *Node) Del(p *Pod) error {
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.DelNetworkList(context.Background(), n.Conflist(), p.RuntimeConf())
+	})
+}
+
+// Check runs CHECK for p (libcni passes the cached ADD result).
+func (n *Node) Check(p *Pod) error {
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.CheckNetworkList(context.Background(), n.Conflist(), p.RuntimeConf())
+	})
+}
+
+// Status runs STATUS.
+func (n *Node) Status() error {
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.GetStatusNetworkList(context.Background(), n.Conflist())
+	})
+}
+
+// GC runs GC keeping the given pods' attachments.
+func (n *Node) GC(keep ...*Pod) error {
+	args := &libcni.GCArgs{}
+	for _, p := range keep {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: p.IfName})
+	}
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.GCNetworkList(context.Background(), n.Conflist(), args)
+	})
+}
+
+// IP is the pod's address from its ADD result.
+func (p *Pod) IP() net.IP {
+	if p.Result == nil || len(p.Result.IPs) == 0 {
+		return nil
+	}
+	return p.Result.IPs[0].Address.IP
+}
+
+// Do runs f in the pod's netns (sockets made there stay there).
+func (p *Pod) Do(f func() error) error {
+	return p.NS.Do(func(ns.NetNS) error { return f() })
+}
+
+// Exec runs a command in the pod's netns and returns its combined output.
+func (p *Pod) Exec(name string, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=" + p.NS.Path(), "--", name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Leftovers lists what the node holds beyond lo: links, link pins,
+// allocations, endpoint records. Empty means clean.
+func (n *Node) Leftovers() []string {
+	var out []string
+	_ = n.NS.Do(func(ns.NetNS) error {
+		ifs, _ := net.Interfaces()
+		for _, i := range ifs {
+			if i.Name != "lo" {
+				out = append(out, "link "+i.Name)
+			}
+		}
+		return nil
+	})
+	list := func(dir, what string, skip func(string) bool) {
+		es, _ := os.ReadDir(dir)
+		for _, e := range es {
+			if !skip(e.Name()) {
+				out = append(out, what+" "+e.Name())
+			}
+		}
+	}
+	list(filepath.Join(n.BPFRoot, "links"), "link pin", func(string) bool { return false })
+	list(filepath.Join(n.StateDir, "ipam"), "allocation", func(s string) bool { return s == "last" })
+	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", func(string) bool { return false })
+	list(api.PendingReleaseDir(n.Socket), "pending release", func(string) bool { return false })
+	entries, err := n.MapEntries()
+	if err != nil {
+		out = append(out, "maps unreadable: "+err.Error())
+	}
+	for m, c := range entries {
+		if c > 0 {
+			out = append(out, fmt.Sprintf("%d entries in map %s", c, m))
+		}
+	}
+	return out
+}
+
+func (n *Node) cleanup() {
+	n.StopAnetd()
+	if n.NS != nil {
+		n.NS.Close()
+		_ = testutils.UnmountNS(n.NS)
+	}
+	if n.BPFRoot != "" {
+		_ = unix.Unmount(n.BPFRoot, unix.MNT_DETACH)
+	}
+	if n.Dir != "" && strings.HasPrefix(filepath.Base(n.Dir), "anet-t-") {
+		_ = os.RemoveAll(n.Dir)
+	}
+}

@@ -1,0 +1,737 @@
+package main
+
+// End-to-end tests of one node: the real anet-cni binary through libcni and
+// cnitool, a real anetd, the real eBPF programs in the kernel, pods as
+// network namespaces. They need root; CI runs them as root.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/lab/testnode"
+)
+
+func listEndpoints(t *testing.T, n *testnode.Node) map[string]api.Endpoint {
+	t.Helper()
+	out, err := n.Anetctl("endpoint", "list", "-o", "json")
+	if err != nil {
+		t.Fatalf("anetctl endpoint list: %v\n%s", err, out)
+	}
+	var eps []api.Endpoint
+	if err := json.Unmarshal([]byte(out), &eps); err != nil {
+		t.Fatalf("anetctl -o json: %v\n%s", err, out)
+	}
+	m := map[string]api.Endpoint{}
+	for _, e := range eps {
+		m[e.ContainerID] = e
+	}
+	return m
+}
+
+func count(ep api.Endpoint, dir, reason string) uint64 {
+	for _, c := range ep.Counters {
+		if c.Dir == dir && c.Reason == reason {
+			return c.Packets
+		}
+	}
+	return 0
+}
+
+func assertClean(t *testing.T, n *testnode.Node) {
+	t.Helper()
+	if left := n.Leftovers(); len(left) > 0 {
+		t.Fatalf("left behind on the node:\n  %s\nanetd log:\n%s", strings.Join(left, "\n  "), n.Log())
+	}
+}
+
+// echoTCP serves one-line echo on a pod's listener.
+func echoTCP(t *testing.T, p *testnode.Pod, port int) {
+	t.Helper()
+	l, err := p.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := l.(net.Listener)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+}
+
+func echoUDP(t *testing.T, p *testnode.Pod, port int) {
+	t.Helper()
+	l, err := p.Listen("udp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := l.(net.PacketConn)
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], addr)
+		}
+	}()
+}
+
+func roundTrip(t *testing.T, from *testnode.Pod, network, addr, msg string) {
+	t.Helper()
+	c, err := from.Dial(network, addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("%s dial %s from %s: %v", network, addr, from.Name, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("%s echo from %s: got %q, %v", network, addr, buf, err)
+	}
+}
+
+func noBridge(t *testing.T, n *testnode.Node) {
+	t.Helper()
+	_ = n.NS.Do(func(ns.NetNS) error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range links {
+			if l.Type() == "bridge" {
+				t.Errorf("a bridge exists on the node: %s", l.Attrs().Name)
+			}
+		}
+		return nil
+	})
+}
+
+func TestTwoPodsThroughLibcni(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	ra, rb := n.MustAdd(a), n.MustAdd(b)
+	cidr := netip.MustParsePrefix(n.PodCIDR)
+	for _, r := range [...]net.IP{ra.IPs[0].Address.IP, rb.IPs[0].Address.IP} {
+		if ip, _ := netip.AddrFromSlice(r.To4()); !cidr.Contains(ip) {
+			t.Fatalf("address %s outside %s", r, cidr)
+		}
+	}
+	if a.IP().Equal(b.IP()) {
+		t.Fatal("both pods got", a.IP())
+	}
+	if len(ra.Interfaces) != 2 || ra.Interfaces[1].Sandbox != a.NS.Path() || len(ra.Routes) != 1 {
+		t.Fatalf("incomplete result: %+v", ra)
+	}
+	noBridge(t, n)
+
+	echoTCP(t, b, 7000)
+	echoUDP(t, b, 7001)
+	roundTrip(t, a, "tcp", net.JoinHostPort(b.IP().String(), "7000"), "hello over tcp")
+	roundTrip(t, a, "udp", net.JoinHostPort(b.IP().String(), "7001"), "hello over udp")
+	if err := a.Ping(b.IP().String(), 3); err != nil {
+		t.Fatal(err)
+	}
+	// Node to pod and pod to node (the gateway address is the node's).
+	if out, err := n.NSEnter("ping", "-c", "1", "-W", "1", a.IP().String()).CombinedOutput(); err != nil {
+		t.Fatalf("node -> pod: %v\n%s", err, out)
+	}
+	if err := b.Ping(rb.IPs[0].Gateway.String(), 1); err != nil {
+		t.Fatal(err)
+	}
+	// IP forwarding stayed off: the pods were joined by eBPF alone.
+	if out, _ := n.NSEnter("cat", "/proc/sys/net/ipv4/ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Fatalf("ip_forward is %q", out)
+	}
+	for _, p := range []*testnode.Pod{a, b} {
+		if err := n.Check(p); err != nil {
+			t.Fatalf("CHECK %s: %v", p.Name, err)
+		}
+	}
+	eps := listEndpoints(t, n)
+	ea, eb := eps[a.ContainerID], eps[b.ContainerID]
+	if ea.Pod.Name != "a" || ea.Pod.Namespace != "default" {
+		t.Errorf("endpoint lacks its pod: %+v", ea.Pod)
+	}
+	// 1 TCP handshake+data, 1 UDP datagram, 3 pings: at least 5 each way.
+	if got := count(ea, "egress", "forwarded"); got < 5 {
+		t.Errorf("pod a egress forwarded = %d, want >= 5", got)
+	}
+	if got := count(eb, "ingress", "forwarded"); got < 5 {
+		t.Errorf("pod b ingress forwarded = %d, want >= 5", got)
+	}
+	table, err := n.Anetctl("endpoint", "list")
+	if err != nil || !strings.Contains(table, a.IP().String()) || !strings.Contains(table, "TX-PKTS") {
+		t.Errorf("anetctl endpoint list table:\n%s %v", table, err)
+	}
+	for _, p := range []*testnode.Pod{a, b} {
+		if err := n.Del(p); err != nil {
+			t.Fatalf("DEL %s: %v", p.Name, err)
+		}
+	}
+	assertClean(t, n)
+}
+
+// cnitool drives the plugin as an operator would by hand.
+func TestCnitool(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	run := func(verb string, p *testnode.Pod) string {
+		t.Helper()
+		cmd := n.NSEnter(filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
+		cmd.Env = append(os.Environ(), "CNI_PATH="+n.Bin, "NETCONFPATH="+n.ConfDir, "CNI_IFNAME=eth0",
+			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("cnitool %s %s: %v\n%s\nanetd:\n%s", verb, p.Name, err, out, n.Log())
+		}
+		return string(out)
+	}
+	var addrs []string
+	for _, p := range []*testnode.Pod{a, b} {
+		var res struct {
+			IPs []struct{ Address string } `json:"ips"`
+		}
+		out := run("add", p)
+		if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
+			t.Fatalf("cnitool add output: %v\n%s", err, out)
+		}
+		addrs = append(addrs, strings.TrimSuffix(res.IPs[0].Address, "/32"))
+	}
+	if err := a.Ping(addrs[1], 2); err != nil {
+		t.Fatal(err)
+	}
+	echoTCP(t, a, 7000)
+	roundTrip(t, b, "tcp", net.JoinHostPort(addrs[0], "7000"), "cnitool")
+	run("check", a)
+	run("check", b)
+	run("del", a)
+	run("del", b)
+	assertClean(t, n)
+}
+
+func TestSpoofedSourceDropped(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	ra := n.MustAdd(a)
+	n.MustAdd(b)
+	l, err := b.Listen("udp", ":7002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := l.(net.PacketConn)
+	defer pc.Close()
+	gwMAC, _ := net.ParseMAC(ra.Interfaces[0].Mac)
+	podMAC, _ := net.ParseMAC(ra.Interfaces[1].Mac)
+	spoofed := net.ParseIP("10.244.1.200")
+	frame := func(src net.IP, msg string) []byte {
+		return testnode.UDPFrame(gwMAC, podMAC, src, b.IP(), 40000, 7002, []byte(msg))
+	}
+	truncated := frame(a.IP(), "x")[:14+12]
+	if err := a.SendRaw(frame(spoofed, "spoofed"), frame(spoofed, "spoofed"), truncated, frame(a.IP(), "genuine")); err != nil {
+		t.Fatal(err)
+	}
+	// The genuine datagram, sent last through the same socket, arrives: the
+	// others were dropped, not merely delayed.
+	_ = pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	for {
+		k, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("genuine datagram never arrived: %v", err)
+		}
+		if strings.HasPrefix(from.String(), spoofed.String()) || string(buf[:k]) == "spoofed" {
+			t.Fatalf("spoofed datagram reached pod b from %s", from)
+		}
+		if string(buf[:k]) == "genuine" {
+			break
+		}
+	}
+	ea := listEndpoints(t, n)[a.ContainerID]
+	if got := count(ea, "egress", datapath.DropInvalidSource.String()); got != 2 {
+		t.Errorf("invalid-source drops = %d, want 2 (counters %+v)", got, ea.Counters)
+	}
+	if got := count(ea, "egress", datapath.DropMalformedIP.String()); got != 1 {
+		t.Errorf("malformed-ip drops = %d, want 1 (counters %+v)", got, ea.Counters)
+	}
+	table, _ := n.Anetctl("endpoint", "list")
+	if !strings.Contains(table, "egress/invalid-source=2") {
+		t.Errorf("anetctl does not show the drops by name:\n%s", table)
+	}
+}
+
+// stream keeps a TCP stream running from a to b and counts the bytes b gets.
+type stream struct {
+	received atomic.Int64
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	err      atomic.Value
+}
+
+func startStream(t *testing.T, a, b *testnode.Pod) *stream {
+	t.Helper()
+	l, err := b.Listen("tcp", ":7100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := l.(net.Listener)
+	s := &stream{stop: make(chan struct{})}
+	conn, err := a.Dial("tcp", net.JoinHostPort(b.IP().String(), "7100"), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		chunk := bytes.Repeat([]byte("x"), 1024)
+		for {
+			select {
+			case <-s.stop:
+				conn.Close()
+				return
+			default:
+			}
+			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := conn.Write(chunk); err != nil {
+				s.err.Store(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		defer srv.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := srv.Read(buf)
+			s.received.Add(int64(k))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { s.Stop() })
+	return s
+}
+
+func (s *stream) Stop() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	s.wg.Wait()
+}
+
+// flowing asserts that the stream moves during d.
+func (s *stream) flowing(t *testing.T, what string, d time.Duration) {
+	t.Helper()
+	before := s.received.Load()
+	time.Sleep(d)
+	if after := s.received.Load(); after <= before {
+		t.Fatalf("%s: stream stalled at %d bytes (err %v)", what, after, s.err.Load())
+	}
+	if err := s.err.Load(); err != nil {
+		t.Fatalf("%s: stream broke: %v", what, err)
+	}
+}
+
+func linkProgID(t *testing.T, n *testnode.Node, hostIf string) uint32 {
+	t.Helper()
+	l, err := link.LoadPinnedLink(datapath.Layout{Root: n.BPFRoot}.LinkPin(hostIf, datapath.DirEgress), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(info.Program)
+}
+
+func TestAnetdKilledTrafficFlows(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	ra := n.MustAdd(a)
+	n.MustAdd(b)
+	s := startStream(t, a, b)
+	s.flowing(t, "before the kill", 300*time.Millisecond)
+	progBefore := linkProgID(t, n, ra.Interfaces[0].Name)
+
+	n.KillAnetd()
+	s.flowing(t, "with anetd dead", time.Second)
+	if err := n.Status(); err == nil {
+		t.Error("STATUS succeeded with anetd dead")
+	} else if !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("STATUS error: %v", err)
+	}
+
+	// The restarted anetd loads its programs anew and swaps them into the
+	// pinned links while the stream runs (what an upgrade does).
+	n.StartAnetd()
+	s.flowing(t, "after the restart", 500*time.Millisecond)
+	if after := linkProgID(t, n, ra.Interfaces[0].Name); after == progBefore {
+		t.Errorf("link still runs program %d after restart; want the new program", after)
+	}
+	if err := n.Check(a); err != nil {
+		t.Errorf("CHECK after restart: %v", err)
+	}
+	eps := listEndpoints(t, n)
+	if len(eps) != 2 {
+		t.Fatalf("%d endpoints after restart, want 2", len(eps))
+	}
+	if got := count(eps[a.ContainerID], "egress", "forwarded"); got < 100 {
+		t.Errorf("a's counters after restart: %d packets, want the stream's", got)
+	}
+	s.Stop()
+	if err := n.Status(); err != nil {
+		t.Errorf("STATUS: %v", err)
+	}
+}
+
+// A restart swaps programs with link.Update while datagrams flow: none lost.
+func TestProgramSwapLosesNothing(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	n.MustAdd(a)
+	n.MustAdd(b)
+	l, err := b.Listen("udp", ":7003")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := l.(net.PacketConn)
+	defer pc.Close()
+	var got atomic.Int64
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			got.Add(1)
+		}
+	}()
+	c, err := a.Dial("udp", net.JoinHostPort(b.IP().String(), "7003"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := c.Write([]byte("seq")); err == nil {
+				sent.Add(1)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	for range 3 {
+		n.StopAnetd()
+		n.StartAnetd()
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	<-done
+	time.Sleep(300 * time.Millisecond)
+	if sent.Load() < 500 || got.Load() != sent.Load() {
+		t.Fatalf("sent %d datagrams, received %d", sent.Load(), got.Load())
+	}
+}
+
+func TestDelIsIdempotent(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+
+	t.Run("twice", func(t *testing.T) {
+		p := n.NewPod("twice")
+		n.MustAdd(p)
+		for i := range 2 {
+			if err := n.Del(p); err != nil {
+				t.Fatalf("DEL #%d: %v", i+1, err)
+			}
+		}
+		assertClean(t, n)
+	})
+	t.Run("netns gone", func(t *testing.T) {
+		p := n.NewPod("gone")
+		n.MustAdd(p)
+		p.NS.Close()
+		if err := testutils.UnmountNS(p.NS); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Del(p); err != nil {
+			t.Fatalf("DEL with the netns gone: %v", err)
+		}
+		assertClean(t, n)
+	})
+	t.Run("veth gone", func(t *testing.T) {
+		p := n.NewPod("veth")
+		r := n.MustAdd(p)
+		_ = n.NS.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName(r.Interfaces[0].Name)
+			if err == nil {
+				err = netlink.LinkDel(l)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		})
+		if err := n.Del(p); err != nil {
+			t.Fatalf("DEL with the veth gone: %v", err)
+		}
+		assertClean(t, n)
+	})
+	t.Run("anetd down", func(t *testing.T) {
+		p, q := n.NewPod("down1"), n.NewPod("down2")
+		n.MustAdd(p)
+		n.MustAdd(q)
+		n.KillAnetd()
+		for _, x := range []*testnode.Pod{p, q} {
+			if err := n.Del(x); err != nil {
+				t.Fatalf("DEL with anetd down: %v", err)
+			}
+		}
+		if left := n.Leftovers(); len(left) == 0 {
+			t.Fatal("nothing recorded for anetd while it was down")
+		}
+		n.StartAnetd()
+		assertClean(t, n)
+	})
+}
+
+func TestAddErrors(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	p := n.NewPod("p")
+	n.MustAdd(p)
+	if _, err := n.Add(p); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("second ADD of one attachment: %v", err)
+	}
+	// The first attachment is untouched.
+	if err := n.Check(p); err != nil {
+		t.Fatalf("CHECK after the refused ADD: %v", err)
+	}
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, n)
+
+	n.KillAnetd()
+	q := n.NewPod("q")
+	_, err := n.Add(q)
+	if err == nil || !strings.Contains(err.Error(), "anetd is not available") {
+		t.Fatalf("ADD with anetd down: %v", err)
+	}
+	if code := cniCode(err); code != 11 {
+		t.Errorf("ADD with anetd down: code %d, want 11", code)
+	}
+	n.StartAnetd()
+	assertClean(t, n)
+}
+
+func cniCode(err error) uint {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
+}
+
+func TestStatusAndGC(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	if err := n.Status(); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
+	keep, drop := n.NewPod("keep"), n.NewPod("drop")
+	n.MustAdd(keep)
+	rd := n.MustAdd(drop)
+	if err := n.GC(keep); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	eps := listEndpoints(t, n)
+	if _, ok := eps[drop.ContainerID]; ok || len(eps) != 1 {
+		t.Fatalf("after GC: %v", eps)
+	}
+	_ = n.NS.Do(func(ns.NetNS) error {
+		if _, err := netlink.LinkByName(rd.Interfaces[0].Name); err == nil {
+			t.Error("GC left the collected pod's veth")
+		}
+		return nil
+	})
+	if err := n.Check(keep); err != nil {
+		t.Fatalf("CHECK of the kept pod after GC: %v", err)
+	}
+	if err := n.Del(keep); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, n)
+}
+
+// The tc clsact fallback, for kernels without TCX, forced on ours.
+func TestTCFallback(t *testing.T) {
+	t.Setenv(datapath.ForceTCEnv, "1")
+	n := testnode.New(t, testnode.Options{})
+	a, b := n.NewPod("a"), n.NewPod("b")
+	n.MustAdd(a)
+	n.MustAdd(b)
+	if err := a.Ping(b.IP().String(), 2); err != nil {
+		t.Fatal(err)
+	}
+	eps := listEndpoints(t, n)
+	if eps[a.ContainerID].AttachMode != datapath.ModeTC {
+		t.Fatalf("attach mode %q", eps[a.ContainerID].AttachMode)
+	}
+	if err := n.Check(a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	for _, p := range []*testnode.Pod{a, b} {
+		if err := n.Del(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertClean(t, n)
+}
+
+// 200 pods added and deleted, eight at a time.
+func TestManyPodsInParallel(t *testing.T) {
+	n := testnode.New(t, testnode.Options{PodCIDR: "10.244.0.0/22"})
+	const total, par = 200, 8
+	pods := make([]*testnode.Pod, total)
+	for i := range pods {
+		pods[i] = n.NewPod(fmt.Sprintf("p%d", i))
+	}
+	forAll := func(f func(p *testnode.Pod) error) {
+		sem := make(chan struct{}, par)
+		var wg sync.WaitGroup
+		for _, p := range pods {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := f(p); err != nil {
+					t.Errorf("%s: %v", p.Name, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	forAll(func(p *testnode.Pod) error { _, err := n.Add(p); return err })
+	if t.Failed() {
+		t.FailNow()
+	}
+	seen := map[string]string{}
+	for _, p := range pods {
+		if other, dup := seen[p.IP().String()]; dup {
+			t.Fatalf("%s and %s both got %s", p.Name, other, p.IP())
+		}
+		seen[p.IP().String()] = p.Name
+	}
+	if eps := listEndpoints(t, n); len(eps) != total {
+		t.Fatalf("%d endpoints, want %d", len(eps), total)
+	}
+	forAll(func(p *testnode.Pod) error { return n.Del(p) })
+	assertClean(t, n)
+}
+
+// Each bad config in testdata gets its CNI error code, a message naming the
+// problem, nothing but the error object on stdout, and leaves nothing.
+func TestBadConfigs(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	p := n.NewPod("bad")
+	f, err := os.Open("../../testdata/cni/bad/expect.tsv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Scan() // header
+	cases := 0
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), "\t")
+		if len(fields) != 3 {
+			continue
+		}
+		name, wantCode, substr := fields[0], fields[1], fields[2]
+		cases++
+		t.Run(name, func(t *testing.T) {
+			stdin, err := os.ReadFile("../../testdata/cni/bad/" + name + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, verb := range []string{"ADD", "DEL", "CHECK", "STATUS"} {
+				cmd := n.NSEnter(filepath.Join(n.Bin, "anet-cni"))
+				cmd.Env = append(os.Environ(), "CNI_COMMAND="+verb, "CNI_CONTAINERID="+p.ContainerID,
+					"CNI_NETNS="+p.NS.Path(), "CNI_IFNAME=eth0", "CNI_PATH="+n.Bin)
+				cmd.Stdin = bytes.NewReader(stdin)
+				var stdout, stderr bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				if err := cmd.Run(); err == nil {
+					t.Fatalf("%s accepted the config", verb)
+				}
+				var e struct {
+					Code uint   `json:"code"`
+					Msg  string `json:"msg"`
+				}
+				dec := json.NewDecoder(&stdout)
+				if err := dec.Decode(&e); err != nil || dec.More() {
+					t.Fatalf("%s: stdout is not one error object: %q (%v)", verb, stdout.String(), err)
+				}
+				if fmt.Sprint(e.Code) != wantCode || !strings.Contains(e.Msg, substr) {
+					t.Errorf("%s: code %d msg %q; want code %s and %q", verb, e.Code, e.Msg, wantCode, substr)
+				}
+			}
+			assertClean(t, n)
+		})
+	}
+	if cases < 10 {
+		t.Fatalf("only %d bad configs found", cases)
+	}
+}
+
