@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: every test, privileged ones included (they need root;
+# the README's `make test` runs this after setup, build and verify).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+	echo "test: run as root: the datapath tests load eBPF programs and make network namespaces" >&2
+	exit 1
+fi
+export ANET_BIN="$PWD/bin"
+
+say "unit and node tests (race detector on; real eBPF programs, anetd, anet-cni and netns)"
+go test -race -count=1 -timeout 30m ./...
+
+say "fuzzing the parsers of outside input briefly"
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 15s ./cniconf/
+go test -run '^$' -fuzz '^FuzzDecode' -fuzztime 15s ./daemon/api/
+say "all tests passed"

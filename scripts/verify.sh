@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Static checks CI runs: gofmt, go vet, and that the committed eBPF objects
+# are what `make generate` builds from the committed C sources.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+say "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+
+say "go vet"
+go vet ./...
+
+say "regenerating eBPF objects (bpf2go, ${BPF_CLANG:-clang-19})"
+make -s generate
+if ! git diff --exit-code --stat -- bpf/; then
+	echo "verify: the committed eBPF objects are stale: run 'make generate' and commit bpf/" >&2
+	exit 1
+fi
+say "verify passed"
