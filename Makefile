@@ -27,6 +27,7 @@ build:
 	$(GO) build -o $(BIN)/anet-cni ./plugins/anet-cni
 	$(GO) build -o $(BIN)/anetd ./daemon/cmd/anetd
 	$(GO) build -o $(BIN)/anetctl ./daemon/cmd/anetctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/anet-testserver ./lab/testserver
 	$(GO) build -o $(BIN)/cnitool github.com/containernetworking/cni/cnitool
 	$(GO) build -o $(BIN)/bridge github.com/containernetworking/plugins/plugins/main/bridge
 	$(GO) build -o $(BIN)/host-local github.com/containernetworking/plugins/plugins/ipam/host-local

@@ -23,6 +23,7 @@ declare -A need=(
 	[sockperf]=sockperf
 	[taskset]=util-linux
 	[flock]=util-linux
+	[python3]=python3-minimal
 )
 missing=()
 for cmd in "${!need[@]}"; do
