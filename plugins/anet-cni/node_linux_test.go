@@ -737,4 +737,3 @@ func TestBadConfigs(t *testing.T) {
 		t.Fatalf("only %d bad configs found", cases)
 	}
 }
-
