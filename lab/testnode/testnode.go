@@ -447,3 +447,47 @@ func (n *Node) cleanup() {
 		_ = os.RemoveAll(n.Dir)
 	}
 }
+
+// ConflistWithVersion is the node's conflist with another cniVersion.
+func (n *Node) ConflistWithVersion(v string) *libcni.NetworkConfigList {
+	n.t.Helper()
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	b := bytes.Replace(conf, []byte(`"cniVersion": "1.1.0"`), []byte(`"cniVersion": "`+v+`"`), 1)
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if list.CNIVersion != v {
+		n.t.Fatalf("conflist version %s, want %s", list.CNIVersion, v)
+	}
+	return list
+}
+
+// AddWith runs ADD with a given conflist and returns the result as the
+// plugin gave it (in the conflist's version).
+func (n *Node) AddWith(list *libcni.NetworkConfigList, p *Pod) (types.Result, error) {
+	var res types.Result
+	err := n.cni(func(c *libcni.CNIConfig) error {
+		var err error
+		res, err = c.AddNetworkList(context.Background(), list, p.RuntimeConf())
+		return err
+	})
+	return res, err
+}
+
+// CheckWith runs CHECK with a given conflist.
+func (n *Node) CheckWith(list *libcni.NetworkConfigList, p *Pod) error {
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.CheckNetworkList(context.Background(), list, p.RuntimeConf())
+	})
+}
+
+// DelWith runs DEL with a given conflist.
+func (n *Node) DelWith(list *libcni.NetworkConfigList, p *Pod) error {
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.DelNetworkList(context.Background(), list, p.RuntimeConf())
+	})
+}

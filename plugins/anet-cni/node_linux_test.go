@@ -737,3 +737,65 @@ func TestBadConfigs(t *testing.T) {
 		t.Fatalf("only %d bad configs found", cases)
 	}
 }
+
+// Older config versions work, with the result converted to the version
+// asked for.
+func TestOlderConfigVersions(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	for _, v := range []string{"0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			conf := n.ConflistWithVersion(v)
+			p := n.NewPod("v" + strings.ReplaceAll(v, ".", ""))
+			res, err := n.AddWith(conf, p)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if res.Version() != v {
+				t.Errorf("result version %s, want %s", res.Version(), v)
+			}
+			if err := n.CheckWith(conf, p); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := n.DelWith(conf, p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			assertClean(t, n)
+		})
+	}
+}
+
+// A bad environment (interface name, container ID, netns) is code 4.
+func TestBadEnvironment(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	p := n.NewPod("env")
+	conf, err := os.ReadFile(filepath.Join(n.ConfDir, "10-anet.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Plugins []json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(conf, &list); err != nil {
+		t.Fatal(err)
+	}
+	stdin := strings.Replace(string(list.Plugins[0]), "{", `{"cniVersion":"1.1.0","name":"anet",`, 1)
+	cases := map[string][]string{
+		"ifname":      {"CNI_IFNAME=bad/name", "CNI_CONTAINERID=" + p.ContainerID, "CNI_NETNS=" + p.NS.Path()},
+		"containerid": {"CNI_IFNAME=eth0", "CNI_CONTAINERID=-bad", "CNI_NETNS=" + p.NS.Path()},
+		"netns":       {"CNI_IFNAME=eth0", "CNI_CONTAINERID=" + p.ContainerID, "CNI_NETNS=/nonexistent/netns"},
+	}
+	for name, env := range cases {
+		cmd := n.NSEnter(filepath.Join(n.Bin, "anet-cni"))
+		cmd.Env = append(append(os.Environ(), "CNI_COMMAND=ADD", "CNI_PATH="+n.Bin), env...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, _ := cmd.Output()
+		var e struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if err := json.Unmarshal(out, &e); err != nil || e.Code != 4 {
+			t.Errorf("%s: got %q, want code 4", name, out)
+		}
+	}
+	assertClean(t, n)
+}
