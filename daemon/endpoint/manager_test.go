@@ -1,0 +1,211 @@
+package endpoint
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/daemon/ipam"
+)
+
+// fakeDP stands in for the eBPF maps in these pure-logic tests (the real
+// maps are tested in daemon/datapath and end to end in plugins/anet-cni).
+type fakeDP struct {
+	mu       sync.Mutex
+	byIP     map[netip.Addr]uint32
+	byIf     map[uint32]netip.Addr
+	counters map[uint32]map[datapath.CounterKey]datapath.Counter
+}
+
+func newFakeDP() *fakeDP {
+	return &fakeDP{byIP: map[netip.Addr]uint32{}, byIf: map[uint32]netip.Addr{}, counters: map[uint32]map[datapath.CounterKey]datapath.Counter{}}
+}
+
+func (f *fakeDP) UpsertEndpoint(e datapath.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.byIP[e.IP] = e.Ifindex
+	f.byIf[e.Ifindex] = e.IP
+	return nil
+}
+
+func (f *fakeDP) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.byIP, ip)
+	delete(f.byIf, ifindex)
+	delete(f.counters, ifindex)
+	return nil
+}
+
+func (f *fakeDP) MapEndpoints() (map[netip.Addr]uint32, map[uint32]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, b := map[netip.Addr]uint32{}, map[uint32]netip.Addr{}
+	for k, v := range f.byIP {
+		a[k] = v
+	}
+	for k, v := range f.byIf {
+		b[k] = v
+	}
+	return a, b, nil
+}
+
+func (f *fakeDP) Counters() (map[uint32]map[datapath.CounterKey]datapath.Counter, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[uint32]map[datapath.CounterKey]datapath.Counter{}
+	for k, v := range f.counters {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeDP) DeleteCountersOf(ifindex uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.counters, ifindex)
+	return nil
+}
+
+type fixture struct {
+	dir     string
+	dp      *fakeDP
+	devices map[string]uint32
+	m       *Manager
+}
+
+func newFixture(t *testing.T, dir string, dp *fakeDP, devices map[string]uint32) *fixture {
+	t.Helper()
+	alloc, err := ipam.New(filepath.Join(dir, "ipam"), netip.MustParsePrefix("10.244.1.0/24"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	exists := func(name string, idx uint32) bool { return devices[name] == idx }
+	m, err := New(filepath.Join(dir, "endpoints"), alloc, dp, exists, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{dir: dir, dp: dp, devices: devices, m: m}
+}
+
+func (f *fixture) add(t *testing.T, id string, ifindex uint32) api.EndpointRequest {
+	t.Helper()
+	att := api.Attachment{ContainerID: id, IfName: "eth0"}
+	a, err := f.m.Allocate(api.AllocateRequest{Attachment: att})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := datapath.HostIfName(id, "eth0")
+	r := api.EndpointRequest{Attachment: att, IP: a.IP, HostIfName: host, HostIfindex: ifindex,
+		HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+	if err := f.m.Register(r); err != nil {
+		t.Fatal(err)
+	}
+	f.devices[host] = ifindex
+	return r
+}
+
+func TestRegisterAndDelete(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	r := f.add(t, "c1", 10)
+	if err := f.m.Register(r); err != nil {
+		t.Fatalf("same registration again: %v", err)
+	}
+	r2 := r
+	r2.HostIfindex = 11
+	if err := f.m.Register(r2); !errors.Is(err, api.ErrExists) {
+		t.Fatalf("conflicting registration: %v", err)
+	}
+	unallocated := r
+	unallocated.Attachment.ContainerID = "c9"
+	if err := f.m.Register(unallocated); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("registration without allocation: %v", err)
+	}
+	if f.dp.byIP[r.IP] != 10 {
+		t.Fatalf("datapath not programmed: %v", f.dp.byIP)
+	}
+	for range 2 {
+		if err := f.m.Delete(r.Attachment); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(f.dp.byIP) != 0 || f.m.Count() != 0 {
+		t.Fatalf("left after delete: %v %d", f.dp.byIP, f.m.Count())
+	}
+	if _, ok := f.m.ipam.Lookup(r.Attachment); ok {
+		t.Fatal("address not released")
+	}
+}
+
+func TestRestoreReconciles(t *testing.T) {
+	dir := t.TempDir()
+	dp := newFakeDP()
+	devices := map[string]uint32{}
+	f := newFixture(t, dir, dp, devices)
+	keep := f.add(t, "keep", 10)
+	gone := f.add(t, "gone", 11)
+	pending := f.add(t, "pending", 12)
+	// What a crash or a restart may leave: a device that went away, a map
+	// entry and counters nobody owns, a release recorded by the plugin.
+	delete(devices, gone.HostIfName)
+	dp.byIP[netip.MustParseAddr("10.244.1.99")] = 99
+	dp.byIf[99] = netip.MustParseAddr("10.244.1.99")
+	dp.counters[99] = map[datapath.CounterKey]datapath.Counter{{}: {Packets: 1}}
+	dp.counters[10] = map[datapath.CounterKey]datapath.Counter{{}: {Packets: 5}}
+	pdir := filepath.Join(dir, "pending")
+	if err := api.RecordPendingRelease(pdir, pending.HostIfName, pending.Attachment); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "endpoints", "junk.json"), []byte("{"), 0o600)
+
+	// A new manager on the same state, as after a restart.
+	g := newFixture(t, dir, dp, devices)
+	if err := g.m.Restore(pdir); err != nil {
+		t.Fatal(err)
+	}
+	eps, err := g.m.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eps) != 1 || eps[0].Attachment != keep.Attachment {
+		t.Fatalf("after restore: %+v", eps)
+	}
+	if len(eps[0].Counters) != 1 || eps[0].Counters[0].Packets != 5 {
+		t.Errorf("kept endpoint lost its counters: %+v", eps[0].Counters)
+	}
+	want := map[netip.Addr]uint32{keep.IP: 10}
+	if fmt.Sprint(dp.byIP) != fmt.Sprint(want) || len(dp.byIf) != 1 || len(dp.counters) != 1 {
+		t.Errorf("maps after restore: byIP %v byIf %v counters %v", dp.byIP, dp.byIf, dp.counters)
+	}
+	if n := len(g.m.ipam.List()); n != 1 {
+		t.Errorf("%d allocations after restore, want 1", n)
+	}
+	if recs, _ := api.ReadPendingReleases(pdir); len(recs) != 0 {
+		t.Errorf("pending releases not consumed: %v", recs)
+	}
+}
+
+func TestGC(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	a := f.add(t, "a", 10)
+	f.add(t, "b", 11)
+	// An address allocated by an ADD that never finished.
+	if _, err := f.m.Allocate(api.AllocateRequest{Attachment: api.Attachment{ContainerID: "c", IfName: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.m.GC([]api.Attachment{a.Attachment})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Removed) != 2 || f.m.Count() != 1 || len(f.m.ipam.List()) != 1 {
+		t.Fatalf("GC removed %v; %d endpoints, %d allocations left", res.Removed, f.m.Count(), len(f.m.ipam.List()))
+	}
+}
