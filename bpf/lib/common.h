@@ -99,5 +99,12 @@ static __always_inline void account(__u32 ifindex, __u8 dir, __u8 reason, __u32 
 		return;
 	}
 	struct metrics_value init = { .packets = 1, .bytes = len };
-	bpf_map_update_elem(&anet_metrics, &key, &init, BPF_NOEXIST);
+	if (bpf_map_update_elem(&anet_metrics, &key, &init, BPF_NOEXIST) == 0)
+		return;
+	/* Another CPU created the entry first; our slot of it is ours alone. */
+	v = bpf_map_lookup_elem(&anet_metrics, &key);
+	if (v) {
+		v->packets++;
+		v->bytes += len;
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/bpf"
@@ -89,6 +90,10 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 		dp.Close()
 		return nil, err
 	}
+	if err := dp.updateTCFilters(); err != nil {
+		dp.Close()
+		return nil, err
+	}
 	return dp, nil
 }
 
@@ -144,6 +149,34 @@ func (dp *Datapath) updateLinks() error {
 		lk.Close()
 		if err != nil {
 			return fmt.Errorf("updating link %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// updateTCFilters moves endpoints attached with tc clsact (no TCX) to the
+// current programs: a filter replace swaps the program atomically.
+func (dp *Datapath) updateTCFilters() error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	progs := map[Dir]*ebpf.Program{DirEgress: dp.objs.AnetFromContainer, DirIngress: dp.objs.AnetToContainer}
+	for _, lk := range links {
+		if lk.Type() != "veth" {
+			continue
+		}
+		filters, err := netlink.FilterList(lk, tcParent(DirEgress))
+		if err != nil {
+			continue // no clsact qdisc
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == ProgFromContainer {
+				if err := attachTC(lk.Attrs().Index, progs); err != nil {
+					return fmt.Errorf("updating tc programs of %s: %w", lk.Attrs().Name, err)
+				}
+				break
+			}
 		}
 	}
 	return nil

@@ -630,6 +630,16 @@ func TestTCFallback(t *testing.T) {
 	if err := n.Check(a); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
+	// A restart replaces the programs in the tc filters too: CHECK compares
+	// the attached program with the one anetd pinned.
+	n.StopAnetd()
+	n.StartAnetd()
+	if err := n.Check(a); err != nil {
+		t.Fatalf("CHECK after restart: %v", err)
+	}
+	if err := a.Ping(b.IP().String(), 1); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []*testnode.Pod{a, b} {
 		if err := n.Del(p); err != nil {
 			t.Fatal(err)

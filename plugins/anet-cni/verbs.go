@@ -89,7 +89,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	layout := datapath.Layout{Root: conf.BPFRoot}
 	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
 	success := false
-	vethMade := false
+	vethMade, attached := false, false
 	defer func() {
 		if success {
 			return
@@ -97,7 +97,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		if vethMade {
 			_ = ip.DelLinkByName(hostIfName)
 		}
-		_ = datapath.DetachEndpoint(layout, hostIfName)
+		if attached {
+			_ = datapath.DetachEndpoint(layout, hostIfName)
+		}
 		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
 		defer dcancel()
 		_ = client.DeleteEndpoint(dctx, att) // also releases the address
@@ -129,6 +131,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
 	}
+	attached = true
 	err = client.PutEndpoint(ctx, api.EndpointRequest{
 		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
 		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
