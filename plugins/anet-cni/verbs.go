@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
 )
@@ -47,20 +48,22 @@ func podRef(cniArgs string) (api.PodRef, error) {
 	return p, nil
 }
 
-func attachmentOf(args *skel.CmdArgs) (api.Attachment, error) {
+// loadVerb reads what ADD, DEL and CHECK start from: the config and the
+// attachment (container ID and interface name) they act on.
+func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	a := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	if err := a.Validate(); err != nil {
-		return a, envError("%v", err)
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return nil, a, err
 	}
-	return a, nil
+	if err := a.Validate(); err != nil {
+		return nil, a, envError("%v", err)
+	}
+	return conf, a, nil
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := attachmentOf(args)
+	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
@@ -217,11 +220,7 @@ func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.Hardware
 // pins and the endpoint. It succeeds when any of them is already gone; with
 // anetd down it records the release for anetd to apply when it is back.
 func cmdDel(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := attachmentOf(args)
+	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
@@ -249,11 +248,7 @@ func cmdDel(args *skel.CmdArgs) error {
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	att, err := attachmentOf(args)
+	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
