@@ -230,3 +230,28 @@ func TestInstallErrors(t *testing.T) {
 		t.Errorf("bin dir made by a failed install: %v", err)
 	}
 }
+
+func TestInstallCNIVersion(t *testing.T) {
+	for _, v := range SupportedCNIVersions {
+		o := opts(t)
+		o.CNIVersion = v
+		if _, err := Install(o); err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		list, err := libcni.LoadConfList(o.CNIConfDir, "anet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if list.CNIVersion != v {
+			t.Errorf("cniVersion %s, want %s", list.CNIVersion, v)
+		}
+		if _, err := cniconf.Parse(withListFields(t, list)); err != nil {
+			t.Errorf("%s: plugin refuses the entry: %v", v, err)
+		}
+	}
+	o := opts(t)
+	o.CNIVersion = "0.3.1"
+	if _, err := Install(o); err == nil {
+		t.Error("cniVersion 0.3.1 accepted")
+	}
+}

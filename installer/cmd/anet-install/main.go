@@ -7,6 +7,11 @@
 //	anet-install [--cni-bin-dir /opt/cni/bin] [--cni-conf-dir /etc/cni/net.d]
 //	             [--source-bin <dir of anet-install>/anet-cni]
 //	             [--socket /run/anet/anetd.sock] [--bpf-root /sys/fs/bpf/anet] [--mtu 1500]
+//	             [--cni-version 1.1.0]
+//
+// --cni-version picks the conflist's cniVersion for runtimes with an older
+// libcni: containerd 1.6 (Debian bookworm's) refuses 1.1.0 results and
+// needs 1.0.0 (the plugin then answers in 1.0.0; STATUS and GC need 1.1.0).
 //
 // It prints one line per file ("installed" or "unchanged") and exits 0, or
 // prints the error and exits 1 (2 for bad flags).
@@ -38,6 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Socket, "socket", cniconf.DefaultSocket, "anetd's unix socket, written into the conflist")
 	fs.StringVar(&o.BPFRoot, "bpf-root", cniconf.DefaultBPFRoot, "anetd's bpffs directory, written into the conflist")
 	fs.IntVar(&o.MTU, "mtu", cniconf.DefaultMTU, "MTU of pod interfaces, written into the conflist")
+	fs.StringVar(&o.CNIVersion, "cni-version", "", "cniVersion of the conflist (default 1.1.0; containerd 1.6 needs 1.0.0)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
