@@ -138,7 +138,13 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 	if m := mountsBelow(s.Dir); len(m) > 0 {
 		return fmt.Errorf("lab down: still mounted under %s: %v", s.Dir, m)
 	}
+	// Bind-mount targets the lab made (/var/lib/kubelet, ...), unless
+	// another lab's node has a mount on one: removing it would detach that.
 	for _, d := range slices.Backward(s.HostDirs) {
+		if mountedElsewhere(d) {
+			say("note: left %s: another lab mounts on it", d)
+			continue
+		}
 		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
 			say("note: left %s (%v)", d, err)
 		}

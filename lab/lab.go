@@ -198,6 +198,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	}
 	if err := l.st.update(func(s *State) {
 		*s = State{Name: o.Name, Dir: o.Dir, Created: time.Now().UTC()}
+		s.Owner, _ = identify("owner", os.Getpid(), "")
 	}); err != nil {
 		unlock()
 		return nil, err

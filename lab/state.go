@@ -28,6 +28,7 @@ type State struct {
 	Dir     string    `json:"dir"`
 	Created time.Time `json:"created"`
 	Ready   bool      `json:"ready"` // Up finished
+	Owner   Proc      `json:"owner"` // the process that ran Up
 
 	Netns    []string  `json:"netns"`    // names under /run/netns
 	Mounts   []string  `json:"mounts"`   // mount points on the machine's mount namespace
