@@ -65,6 +65,19 @@ var startOrder = []string{Etcd, APIServer, ControllerManager, Scheduler}
 // StopGrace is how long Stop waits after SIGTERM before SIGKILL.
 const StopGrace = 10 * time.Second
 
+// apiserverGrace is the apiserver's: measured, kube-apiserver stops its
+// controllers at once on SIGTERM and then waits in http.Server.Shutdown for
+// its clients' watch streams (up to a minute). All its state is in etcd, so
+// nothing is lost by not waiting that long.
+const apiserverGrace = 3 * time.Second
+
+func grace(component string) time.Duration {
+	if component == APIServer {
+		return apiserverGrace
+	}
+	return StopGrace
+}
+
 // Config describes a control plane.
 type Config struct {
 	NetnsPath   string   // every process runs in this netns (nsenter --net=<path>)
@@ -361,7 +374,7 @@ func (c *ControlPlane) StartAPIServer(ctx context.Context) error {
 	return c.waitHealthy(ctx, APIServer, 90*time.Second, c.URL+"/readyz", true)
 }
 
-// StopAPIServer stops kube-apiserver (SIGTERM, SIGKILL after StopGrace);
+// StopAPIServer stops kube-apiserver (SIGTERM, SIGKILL after 3 s);
 // everything else keeps running.
 func (c *ControlPlane) StopAPIServer() error { return c.stop(APIServer) }
 
@@ -489,18 +502,18 @@ func (c *ControlPlane) stop(name string) error {
 	if p == nil {
 		return nil
 	}
-	terminate(p.cmd.Process.Pid, p.done)
+	terminate(p.cmd.Process.Pid, p.done, grace(name))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.writePIDsLocked()
 }
 
-// terminate sends SIGTERM to a process group, and SIGKILL after StopGrace.
-func terminate(pid int, done <-chan struct{}) {
+// terminate sends SIGTERM to a process group, and SIGKILL after grace.
+func terminate(pid int, done <-chan struct{}, grace time.Duration) {
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
 	select {
 	case <-done:
-	case <-time.After(StopGrace):
+	case <-time.After(grace):
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		<-done
 	}
@@ -544,37 +557,54 @@ func StopDir(dir string) error {
 	if err := json.Unmarshal(b, &recs); err != nil {
 		return fmt.Errorf("reading %s/pids: %w", dir, err)
 	}
-	alive := func(r pidRecord) bool {
+	// ours: the PID still runs the recorded binary (not a reused PID).
+	ours := func(r pidRecord) bool {
 		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", r.PID))
-		return err == nil && strings.TrimSuffix(exe, " (deleted)") == r.Exe
+		return err == nil && strings.TrimSuffix(exe, " (deleted)") == r.Exe && running(r.PID)
 	}
 	var live []pidRecord
 	for _, r := range slices.Backward(recs) {
-		if alive(r) {
+		if ours(r) {
 			_ = syscall.Kill(-r.PID, syscall.SIGTERM)
 			_ = syscall.Kill(r.PID, syscall.SIGTERM)
 			live = append(live, r)
 		}
 	}
-	deadline := time.Now().Add(StopGrace)
+	start := time.Now()
 	for _, r := range live {
-		for alive(r) && time.Now().Before(deadline) {
+		for running(r.PID) && time.Since(start) < grace(r.Component) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if alive(r) {
+		if running(r.PID) {
 			_ = syscall.Kill(-r.PID, syscall.SIGKILL)
 			_ = syscall.Kill(r.PID, syscall.SIGKILL)
 		}
 	}
 	for _, r := range live {
-		for i := 0; alive(r) && i < 50; i++ {
+		for i := 0; running(r.PID) && i < 100; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if alive(r) {
+		if running(r.PID) {
 			return fmt.Errorf("controlplane: %s (pid %d) survived SIGKILL", r.Component, r.PID)
 		}
 	}
 	return os.Remove(filepath.Join(dir, "pids"))
+}
+
+// running reports whether pid is a process that has not finished exiting
+// (a zombie waiting for its parent counts as gone).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": the state follows the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	return s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // Dial opens a connection from inside the control plane's netns: a socket

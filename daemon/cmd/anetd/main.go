@@ -1,6 +1,12 @@
 // anetd is anet's node daemon: it owns the eBPF programs and maps of its
 // node, keeps the endpoints of the node's pods, and serves the socket API
 // that anet-cni and anetctl use.
+//
+// With a Kubernetes API (--kubeconfig, or in-cluster when
+// KUBERNETES_SERVICE_HOST is set) it takes the pod CIDR from its Node,
+// routes the other nodes' pod CIDRs, collects endpoints whose pod is gone
+// and sets the Node's NetworkUnavailable=False. Without one (standalone)
+// it runs from --pod-cidr alone.
 package main
 
 import (
@@ -23,19 +29,25 @@ import (
 	"github.com/anet-dev/anet/daemon/apiserver"
 	"github.com/anet-dev/anet/daemon/datapath"
 	"github.com/anet-dev/anet/daemon/endpoint"
+	"github.com/anet-dev/anet/daemon/health"
 	"github.com/anet-dev/anet/daemon/ipam"
+	"github.com/anet-dev/anet/daemon/k8s"
+	"github.com/anet-dev/anet/daemon/routing"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 type config struct {
-	bpfRoot  string
-	stateDir string
-	socket   string
-	nodeName string
-	podCIDR  string
-	logLevel string
+	bpfRoot    string
+	stateDir   string
+	socket     string
+	nodeName   string
+	podCIDR    string
+	logLevel   string
+	kubeconfig string
+	healthAddr string
+	gcGrace    time.Duration
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -48,6 +60,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.nodeName, "node-name", host, "name of this node")
 	fs.StringVar(&c.podCIDR, "pod-cidr", "", "IPv4 CIDR of this node's pods, e.g. 10.244.1.0/24")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API; without it, the in-cluster config when KUBERNETES_SERVICE_HOST is set, else standalone (no API)")
+	fs.StringVar(&c.healthAddr, "health-addr", ":9876", "address of the HTTP /healthz and /readyz endpoints (empty: off)")
+	fs.DurationVar(&c.gcGrace, "endpoint-gc-grace", k8s.DefaultGCGrace, "with an API: how old an endpoint must be before it is collected when its pod is gone")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -62,8 +77,11 @@ func parseFlags(args []string) (*config, error) {
 	if c.nodeName == "" {
 		return nil, errors.New("--node-name is required (the hostname is empty)")
 	}
-	if c.podCIDR == "" {
-		return nil, errors.New("--pod-cidr is required")
+	if c.podCIDR == "" && c.kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return nil, errors.New("--pod-cidr is required without a Kubernetes API (--kubeconfig, or in-cluster)")
+	}
+	if c.gcGrace < 0 {
+		return nil, errors.New("--endpoint-gc-grace must not be negative")
 	}
 	return c, nil
 }
@@ -90,7 +108,59 @@ func main() {
 }
 
 func run(cfg *config, log *slog.Logger) error {
-	cidr, err := netip.ParsePrefix(cfg.podCIDR)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	hstate := health.NewState("starting")
+	if cfg.healthAddr != "" {
+		hs, err := health.Listen(cfg.healthAddr, hstate, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = hs.Shutdown(sctx)
+		}()
+	}
+
+	restCfg, err := k8s.RESTConfig(cfg.kubeconfig)
+	if err != nil {
+		return err
+	}
+	var kc *k8s.Client
+	podCIDR := cfg.podCIDR
+	if restCfg != nil {
+		if kc, err = k8s.New(restCfg, cfg.nodeName, "anetd/"+version, log); err != nil {
+			return err
+		}
+		log.Info("using the Kubernetes API", "server", restCfg.Host, "node", cfg.nodeName)
+		hstate.SetReason("waiting for this node's pod CIDR")
+		info, err := kc.WaitNode(ctx)
+		if ctx.Err() != nil {
+			log.Info("stopped while waiting for the pod CIDR")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cfg.podCIDR != "" {
+			if p, err := netip.ParsePrefix(cfg.podCIDR); err != nil || p.Masked() != info.PodCIDR {
+				return fmt.Errorf("--pod-cidr %s disagrees with node %s's spec.podCIDRs %s (drop the flag: the API decides)", cfg.podCIDR, cfg.nodeName, info.PodCIDR)
+			}
+		}
+		podCIDR = info.PodCIDR.String()
+		log.Info("node from the API", "node", cfg.nodeName, "podCIDR", info.PodCIDR, "internalIPs", info.InternalIPs)
+		// Traffic to another node's pods leaves through this node's stack
+		// (pod veth -> host routes -> underlay), so the node must forward.
+		// The same-node eBPF path does not need it.
+		log.Info("enabling IP forwarding (net.ipv4.ip_forward=1) for native routing between nodes")
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enabling IP forwarding: %w", err)
+		}
+	}
+
+	cidr, err := netip.ParsePrefix(podCIDR)
 	if err != nil {
 		return fmt.Errorf("--pod-cidr: %w", err)
 	}
@@ -129,19 +199,48 @@ func run(cfg *config, log *slog.Logger) error {
 	srv := apiserver.New(eps, status, log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = os.Remove(cfg.socket)
+	}()
 
+	hstate.SetReason("restoring endpoints")
 	if err := eps.Restore(pending); err != nil {
 		return fmt.Errorf("restoring endpoints: %w", err)
 	}
 	if err := addGatewayAddress(alloc.Gateway()); err != nil {
 		return err
 	}
-	ready.Store(true)
-	log.Info("anetd ready", "node", cfg.nodeName, "podCIDR", alloc.CIDR(), "endpoints", eps.Count(),
-		"bpfRoot", cfg.bpfRoot, "socket", cfg.socket, "version", version)
+	ready.Store(true) // the socket API serves CNI from here on
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	if kc != nil {
+		table, err := routing.NewTable(log)
+		if err != nil {
+			return err
+		}
+		defer table.Close()
+		kc.Start(ctx)
+		routesSynced := make(chan struct{})
+		go kc.SyncRoutes(ctx, table, func() { close(routesSynced) })
+		go kc.CollectEndpoints(ctx, eps, cfg.gcGrace, min(max(cfg.gcGrace/2, time.Second), 10*time.Second))
+		hstate.SetReason("waiting for the informers to list")
+		if !kc.WaitForSync(ctx) {
+			log.Info("stopped while waiting for the informers")
+			return nil
+		}
+		select {
+		case <-routesSynced:
+		case <-ctx.Done():
+			return nil
+		}
+		go kc.KeepNetworkAvailable(ctx)
+	}
+	hstate.SetReady()
+	log.Info("anetd ready", "node", cfg.nodeName, "podCIDR", alloc.CIDR(), "endpoints", eps.Count(),
+		"bpfRoot", cfg.bpfRoot, "socket", cfg.socket, "api", kc != nil, "version", version)
+
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -153,11 +252,7 @@ func run(cfg *config, log *slog.Logger) error {
 				log.Warn("applying pending releases", "err", err)
 			}
 		case <-ctx.Done():
-			log.Info("shutting down; pinned programs and maps stay and keep forwarding")
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-			_ = os.Remove(cfg.socket)
+			log.Info("shutting down; pinned programs and maps stay and keep forwarding; routes stay")
 			return nil
 		}
 	}

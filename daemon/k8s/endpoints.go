@@ -1,0 +1,128 @@
+package k8s
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/anet-dev/anet/daemon/api"
+)
+
+// Endpoints is what the collector needs of the endpoint manager.
+type Endpoints interface {
+	Records() []api.Endpoint
+	Collect(a api.Attachment, created time.Time) (bool, error)
+}
+
+// DefaultGCGrace is how old an endpoint must be before it can be
+// collected: the pod informer may not have seen a pod that the kubelet
+// just created a sandbox for.
+const DefaultGCGrace = 30 * time.Second
+
+// podIndex is what the informer knows of this node's pods.
+type podIndex struct {
+	uids  map[string]bool
+	names map[string]bool // namespace/name
+}
+
+func newPodIndex(pods []*corev1.Pod) podIndex {
+	ix := podIndex{uids: map[string]bool{}, names: map[string]bool{}}
+	for _, p := range pods {
+		ix.uids[string(p.UID)] = true
+		ix.names[p.Namespace+"/"+p.Name] = true
+	}
+	return ix
+}
+
+// suspect says whether an endpoint may belong to a pod that is gone and
+// needs a live check: it names a pod, is older than grace, and the
+// informer has no such pod on this node (by UID when known, else by name).
+func suspect(ep api.Endpoint, ix podIndex, now time.Time, grace time.Duration) bool {
+	if ep.Pod.Name == "" || ep.Pod.Namespace == "" {
+		return false // not a pod we can look up (cnitool, tests): never collected here
+	}
+	if now.Sub(ep.Created) < grace {
+		return false
+	}
+	if ep.Pod.UID != "" {
+		return !ix.uids[ep.Pod.UID]
+	}
+	return !ix.names[ep.Pod.Namespace+"/"+ep.Pod.Name]
+}
+
+// gone judges a suspect by a live GET of its pod: the pod is gone when the
+// API says NotFound, or it is another pod by now (another UID, or not on
+// this node). Any other error means "don't know": keep.
+func gone(ep api.Endpoint, pod *corev1.Pod, err error, node string) bool {
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	if err != nil || pod == nil {
+		return false
+	}
+	if ep.Pod.UID != "" && string(pod.UID) != ep.Pod.UID {
+		return true
+	}
+	return pod.Spec.NodeName != "" && pod.Spec.NodeName != node
+}
+
+// CollectEndpoints removes endpoints whose pod no longer exists on this
+// node, once the pod informer has listed: on pod deletions and every
+// interval. Each candidate is confirmed by a live GET, so neither an
+// informer lagging behind nor an API outage removes a live pod's endpoint.
+func (c *Client) CollectEndpoints(ctx context.Context, eps Endpoints, grace, interval time.Duration) {
+	kick := make(chan struct{}, 1)
+	reg, err := c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(any) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err == nil {
+		defer func() { _ = c.pods.RemoveEventHandler(reg) }()
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), c.pods.HasSynced) {
+		return
+	}
+	lister := c.podFactory.Core().V1().Pods().Lister()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		case <-tick.C:
+		}
+		pods, err := lister.List(labels.Everything())
+		if err != nil {
+			continue
+		}
+		ix := newPodIndex(pods)
+		now := time.Now()
+		for _, ep := range eps.Records() {
+			if !suspect(ep, ix, now, grace) {
+				continue
+			}
+			gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			pod, err := c.cs.CoreV1().Pods(ep.Pod.Namespace).Get(gctx, ep.Pod.Name, metav1.GetOptions{})
+			cancel()
+			if !gone(ep, pod, err, c.node) {
+				if err != nil && !apierrors.IsNotFound(err) {
+					c.log.Debug("cannot check an endpoint's pod; keeping it", "pod", ep.Pod.Namespace+"/"+ep.Pod.Name, "err", err)
+				}
+				continue
+			}
+			if _, err := eps.Collect(ep.Attachment, ep.Created); err != nil {
+				c.log.Warn("collecting endpoint", "containerID", ep.ContainerID, "err", err)
+			}
+		}
+	}
+}
