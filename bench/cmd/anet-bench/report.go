@@ -1,0 +1,154 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// num formats a figure with three significant digits, and thousands
+// separated by a thin space from 10 000 on.
+func num(x float64) string {
+	switch {
+	case math.IsNaN(x):
+		return "n/a"
+	case math.Abs(x) >= 10000:
+		s := fmt.Sprintf("%.0f", x)
+		var b strings.Builder
+		for i, c := range s {
+			if i > 0 && (len(s)-i)%3 == 0 {
+				b.WriteString("\u202f")
+			}
+			b.WriteRune(c)
+		}
+		return b.String()
+	case math.Abs(x) >= 100:
+		return fmt.Sprintf("%.0f", x)
+	case math.Abs(x) >= 10:
+		return fmt.Sprintf("%.1f", x)
+	default:
+		return fmt.Sprintf("%.2f", x)
+	}
+}
+
+// ratio is a/b as "0.93×".
+func ratio(a, b float64) string {
+	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// table renders a markdown table.
+func table(header []string, rows [][]string) string {
+	var b strings.Builder
+	b.WriteString("| " + strings.Join(header, " | ") + " |\n|")
+	for i := range header {
+		if i == 0 {
+			b.WriteString(" --- |")
+		} else {
+			b.WriteString(" ---: |")
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range rows {
+		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
+	}
+	return b.String()
+}
+
+// machine is what the header of the report says about the run.
+type machine struct {
+	date, kernel, cpu, commit, goVersion string
+	cpus                                 int
+}
+
+// report is the whole results.md.
+type report struct {
+	m       machine
+	cfg     config
+	cni     *cniResult
+	traffic *trafficResult
+	prog    *progResult
+	errs    map[string]error
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# anet benchmarks\n\n")
+	w("- date: %s\n- kernel: %s\n- CPU: %s (%d CPUs)\n- commit: %s\n- Go: %s\n\n", r.m.date, r.m.kernel, r.m.cpu, r.m.cpus, r.m.commit, r.m.goVersion)
+	w("Written by `make bench` (`scripts/bench.sh`, program `bench/cmd/anet-bench`). All figures come from **one run** " +
+		"on a small machine that other jobs may share: absolute numbers move from run to run, so read the **ratios** " +
+		"(anet / peer, measured side by side and interleaved in the same run), and treat a ratio within a few percent of 1 as a tie.\n\n")
+
+	w("## 1. CNI ADD and DEL: anet-cni (with anetd) vs bridge + host-local\n\n")
+	if err := r.errs["cni"]; err != nil {
+		w("**Not measured: %v**\n\n", err)
+	} else if r.cni != nil {
+		w("Both networks are driven through libcni from a simulated node's netns (lab/testnode for anet, with its own anetd and bpffs; "+
+			"a bare netns for the reference `bridge` plugin with `isGateway`, no masquerade, `host-local` IPAM on 10.99.0.0/16). "+
+			"Each pod is a netns of its own. Latency is libcni's call: plugin processes start to exit plus libcni's result cache. "+
+			"anetd runs as testnode starts it, logging at debug level. "+
+			"One at a time: %d pods per network, the two networks alternating pod by pod, after one warm-up ADD/DEL each. "+
+			"In parallel: %d rounds of %d pods with %d workers, the networks alternating round by round; the rate is pods / wall time of the batch. "+
+			"Lower is better for latency, higher for rates: a ratio below 1 means anet is faster for latency rows and slower for rate rows.\n\n",
+			r.cni.pods, r.cni.rounds, r.cni.pods, r.cni.parallel)
+		w("%s\n", table([]string{"", "anet-cni", "bridge+host-local", "anet / bridge"}, r.cni.rows()))
+	}
+
+	w("## 2. Same-node pod-to-pod traffic\n\n")
+	if err := r.errs["traffic"]; err != nil {
+		w("**Not measured: %v**\n\n", err)
+	} else if r.traffic != nil {
+		t := r.traffic
+		w("Three ways to join two netns on one node: **anet** (two pods wired by anet-cni, joined by `bpf_redirect_peer` from anet_from_container), "+
+			"**veth** (one veth pair between the two netns, /30 addresses, no programs: the limit to approach) and **bridge** "+
+			"(two pods wired by the bridge plugin). IPv6 is off on every pod interface. "+
+			"Request/response: `sockperf ping-pong --tcp` (14-byte messages, one in flight), %d runs of %d s per setup, client and server both pinned to CPU %s with `taskset` "+
+			"(two netns on two CPUs give bimodal results here); the rate is round trips per second over sockperf's valid duration. "+
+			"The rate also counts the time other jobs take the CPU away, the p50 round-trip time does not: when the two disagree, trust the p50. "+
+			"Throughput: `iperf3`, one TCP stream, %d runs of %d s (after 1 s omitted) per setup, both CPUs: the noisiest figure here. "+
+			"Each figure is the median of the runs; the setups' order rotates from one run to the next.\n\n",
+			t.rrReps, t.rrSeconds, t.cpu, t.tputReps, t.tputSeconds)
+		w("%s\n", table([]string{"", "anet", "veth", "bridge", "anet / veth", "anet / bridge"}, t.rows()))
+		w("Every run:\n\n%s\n", table([]string{"setup", "request/response (per s)", "throughput (Gbit/s)"}, t.runs()))
+	}
+
+	w("## 3. Per-packet cost of anet_from_container (BPF_PROG_TEST_RUN)\n\n")
+	if err := r.errs["prog"]; err != nil {
+		w("**Not measured: %v**\n\n", err)
+	} else if r.prog != nil {
+		p := r.prog
+		w("The datapath's programs loaded from `bpf.LoadLxc()` with unpinned maps, two endpoints written to the endpoint maps "+
+			"(the sender on lo of a scratch netns, a peer on a made-up ifindex), run by the kernel with `BPF_PROG_TEST_RUN` "+
+			"on a 106-byte Ethernet/IPv4/UDP frame. "+
+			"The kernel runs a program `repeat` times on the same skb without restoring it, and the pod-to-pod path decrements the TTL, "+
+			"so every case runs in chunks of %d (from TTL 255), interleaved case by case, %s packets per case per pass; "+
+			"the kernel reports whole ns per chunk (truncated, so figures may read up to 1 ns low). "+
+			"Median of %d passes; the last column is the range of the passes. The empty program measures the test-run loop itself.\n\n",
+			chunkRepeat, num(float64(max(1, p.packets/chunkRepeat)*chunkRepeat)), p.passes)
+		w("%s\n", table([]string{"packet", "verdict", "anet_from_container", "empty program", "anet / empty", "anet − empty", "passes (ns)"}, p.rows()))
+	}
+
+	w("## Checks\n\n")
+	var checks []string
+	if r.cni != nil {
+		checks = append(checks, r.cni.checks...)
+	}
+	if r.traffic != nil {
+		checks = append(checks, r.traffic.checks...)
+	}
+	if r.prog != nil {
+		checks = append(checks, r.prog.checks...)
+	}
+	for _, c := range checks {
+		w("- %s\n", c)
+	}
+	for _, k := range []string{"cni", "traffic", "prog"} {
+		if err := r.errs[k]; err != nil {
+			w("- FAIL: %s: %v\n", k, err)
+		}
+	}
+	return b.String()
+}
