@@ -21,22 +21,29 @@ type binaries struct {
 	k8s                          string // directory of kubelet, kubectl, kube-apiserver, ..., etcd
 }
 
-// FindRepoRoot finds anet's source tree upwards from the working directory.
+// FindRepoRoot finds anet's source tree upwards from the working
+// directory, else from the running executable (bin/anet-lab of a checkout).
 func FindRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
 	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/anet-dev/anet\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("cannot find anet's go.mod above the working directory (set Options.RepoRoot, or run from the repository)")
-		}
-		dir = parent
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(exe))
 	}
+	for _, dir := range starts {
+		for {
+			if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/anet-dev/anet\n") {
+				return dir, nil
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	return "", errors.New("cannot find anet's source tree (go.mod) above the working directory or the executable: run from the repository, or set Options.RepoRoot")
 }
 
 func (l *Lab) repoRoot() (string, error) {
@@ -74,7 +81,7 @@ func (l *Lab) binaries(ctx context.Context) (*binaries, error) {
 		}
 		root, err := l.repoRoot()
 		if err != nil {
-			return nil, fmt.Errorf("%s not in %q and cannot build it: %w", p.name, l.opts.AnetBinDir, err)
+			return nil, fmt.Errorf("no %s to run (set ANET_BIN to a directory holding it) and cannot build it: %w", p.name, err)
 		}
 		out := filepath.Join(l.Dir, "bin", p.name)
 		l.say("building %s", p.name)

@@ -60,11 +60,18 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 		}
 	}
 
+	stop := func(p Proc, grace time.Duration) {
+		t := time.Now()
+		keep(p.stop(grace))
+		if d := time.Since(t); d > time.Second {
+			say("%s (pid %d) took %.1fs to stop", p.Name, p.PID, d.Seconds())
+		}
+	}
 	// Processes. Kubelets first, so that nothing restarts what goes next.
 	isKind := func(p Proc, kind string) bool { return strings.HasSuffix(p.Name, "/"+kind) }
 	for _, p := range s.Procs {
 		if isKind(p, "kubelet") {
-			keep(p.stop(5 * time.Second))
+			stop(p, 5*time.Second)
 		}
 	}
 	for _, n := range s.Nodes {
@@ -75,7 +82,7 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 	}
 	for _, p := range slices.Backward(s.Procs) {
 		if strings.Contains(p.Name, "/") && !isKind(p, "kubelet") {
-			keep(p.stop(5 * time.Second))
+			stop(p, 5*time.Second)
 		}
 	}
 	if cp != nil {
@@ -83,7 +90,7 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 	}
 	for _, p := range slices.Backward(s.Procs) {
 		if !strings.Contains(p.Name, "/") {
-			keep(p.stop(10 * time.Second))
+			stop(p, 10*time.Second)
 		}
 	}
 	// Whatever is left in the lab's namespaces (containerd shims, helpers)

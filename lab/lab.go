@@ -317,8 +317,23 @@ func (l *Lab) up(ctx context.Context) error {
 // RecordControlPlane records the control plane's current processes in the
 // state file; call it after restarting a component (StartAPIServer).
 func (l *Lab) RecordControlPlane() error {
+	pids := l.cp.PIDs()
+	// In start order: down stops them in reverse, the apiserver before
+	// etcd (an apiserver whose etcd is gone takes its whole grace period).
+	names := []string{controlplane.Etcd, controlplane.APIServer, controlplane.ControllerManager, controlplane.Scheduler}
+	var others []string
+	for n := range pids {
+		if !slices.Contains(names, n) {
+			others = append(others, n)
+		}
+	}
+	slices.Sort(others)
 	var recs []Proc
-	for name, pid := range l.cp.PIDs() {
+	for _, name := range append(names, others...) {
+		pid, ok := pids[name]
+		if !ok {
+			continue
+		}
 		p, err := identify(name, pid, "")
 		if err != nil {
 			continue
