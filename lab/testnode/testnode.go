@@ -101,7 +101,26 @@ type Node struct {
 	mu    sync.Mutex
 	anetd *exec.Cmd
 	done  chan struct{}
-	log   *bytes.Buffer
+	log   *syncBuffer
+}
+
+// syncBuffer is anetd's log: written by exec's copying goroutine, read by
+// the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Options shape a node.
@@ -179,7 +198,7 @@ func (n *Node) StartAnetd() {
 		n.mu.Unlock()
 		n.t.Fatal("anetd already running")
 	}
-	n.log = &bytes.Buffer{}
+	n.log = &syncBuffer{}
 	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug")
@@ -237,11 +256,12 @@ func (n *Node) stopAnetd(sig syscall.Signal) {
 // Log returns what anetd logged since its last start.
 func (n *Node) Log() string {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.log == nil {
+	l := n.log
+	n.mu.Unlock()
+	if l == nil {
 		return ""
 	}
-	return n.log.String()
+	return l.String()
 }
 
 // Client is an API client of the node's anetd.
@@ -305,7 +325,9 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 // cni runs f with a libcni handle from inside the node's netns: the plugin
 // inherits it from the locked thread that forks it.
 func (n *Node) cni(f func(c *libcni.CNIConfig) error) error {
-	c := libcni.NewCNIConfig([]string{n.Bin}, nil)
+	// libcni's result cache goes under the node's directory, not the
+	// machine's /var/lib/cni.
+	c := libcni.NewCNIConfigWithCacheDir([]string{n.Bin}, filepath.Join(n.Dir, "cni-cache"), nil)
 	var err error
 	doErr := n.NS.Do(func(ns.NetNS) error {
 		err = f(c)
