@@ -288,6 +288,163 @@ func (l *Lab) binaryPath(name string) (string, error) {
 	return p, err
 }
 
+const echoManifest = `
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: echo}
+  template:
+    metadata:
+      labels: {app: echo}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {app: echo}
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: echo
+        image: anet-testserver:latest
+        imagePullPolicy: Never
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        readinessProbe:
+          httpGet: {path: /healthz, port: 8080}
+          periodSeconds: 1
+`
+
+func waitPods(t *testing.T, l *Lab, selector string, n int) []pod {
+	t.Helper()
+	var ps []pod
+	if err := waitFor(context.Background(), 2*time.Minute, func() error {
+		ps = pods(t, l, selector)
+		ready := 0
+		for _, p := range ps {
+			if p.Ready && p.IP != "" {
+				ready++
+			}
+		}
+		if ready != n || len(ps) != n {
+			return fmt.Errorf("%d of %d pods ready: %+v", ready, n, ps)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// TestRestarts restarts node components under running pods: anetd killed
+// with SIGKILL and started again, kubelet stopped and started again. The
+// pods keep their addresses, nothing is allocated twice, and they still
+// reach each other (across nodes when anetd routes them).
+func TestRestarts(t *testing.T) {
+	l := SharedLab(t)
+	if err := l.Apply(echoManifest); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.Kubectl("delete", "deployment", "echo", "--wait=false", "--ignore-not-found") })
+	before := waitPods(t, l, "app=echo", 2)
+	if before[0].Node == before[1].Node {
+		t.Fatalf("both pods on %s", before[0].Node)
+	}
+	probe := func(when string) {
+		t.Helper()
+		for _, from := range before {
+			for _, to := range before {
+				if from.Name == to.Name {
+					continue
+				}
+				out, err := connect(l, from.Name, to.IP+":8080")
+				if err != nil || !strings.Contains(out, `"pod":"`+to.Name+`"`) {
+					t.Errorf("%s: %s -> %s: %v: %s", when, from.Name, to.Name, err, out)
+				}
+			}
+		}
+	}
+	b, _ := l.binaryPath("anetd")
+	cross := anetdFlags(b)["kubeconfig"]
+	if cross {
+		probe("before restarts")
+	}
+
+	ctx := context.Background()
+	n1 := before[0].Node
+	if err := l.Restart(ctx, n1+"/anetd", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !l.Running(n1 + "/anetd") {
+		t.Fatalf("%s/anetd not running after restart", n1)
+	}
+	if cross {
+		probe("after anetd SIGKILL and start on " + n1)
+	}
+
+	n2 := before[1].Node
+	if err := l.Restart(ctx, n2+"/kubelet", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitNodesReady(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	after := waitPods(t, l, "app=echo", 2)
+	// The restarted kubelet serves exec once it has synced its pods again.
+	for _, p := range after {
+		if err := waitFor(ctx, time.Minute, func() error {
+			_, err := l.Kubectl("exec", p.Name, "--", "/anet-testserver", "help")
+			return err
+		}); err != nil {
+			t.Fatalf("exec in %s after the kubelet restart: %v", p.Name, err)
+		}
+	}
+	for _, a := range after {
+		found := false
+		for _, b := range before {
+			if a.Name == b.Name {
+				found = true
+				if a.IP != b.IP {
+					t.Errorf("%s changed address %s -> %s", a.Name, b.IP, a.IP)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("pod %s is new: the restarts replaced a pod", a.Name)
+		}
+	}
+	// One allocation per pod on each node: the kubelet restart did not
+	// wire a sandbox twice.
+	for _, p := range after {
+		n, _ := l.Node(p.Node)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := api.NewClient(n.Socket).Status(cctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Allocated != 1 || st.Endpoints != 1 {
+			t.Errorf("%s: %d allocation(s), %d endpoint(s); want 1 each", p.Node, st.Allocated, st.Endpoints)
+		}
+	}
+	if cross {
+		probe("after kubelet restart on " + n2)
+	} else {
+		t.Log("KNOWN GAP, not asserted: cross-node probes need anetd's routes (anetd without --kubeconfig)")
+	}
+	if _, err := l.Kubectl("delete", "deployment", "echo", "--wait=true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Kubectl("wait", "--for=delete", "pod", "-l", "app=echo", "--timeout=90s"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCrashedUpIsRemoved kills `anet-lab up` with SIGKILL while it brings
 // a one-node lab up, then checks that `anet-lab down` removes everything
 // it had made, and that a second down is a no-op.

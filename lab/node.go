@@ -223,7 +223,7 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 		args = append(args, "--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName))
 	}
 	if has["health-addr"] {
-		n.HealthAddr = n.Address + ":9879"
+		n.HealthAddr = n.Address + ":9876"
 		args = append(args, "--health-addr", n.HealthAddr)
 		nodes := append([]NodeRec(nil), l.Nodes...)
 		if err := l.st.update(func(s *State) { s.Nodes = nodes }); err != nil {
@@ -237,22 +237,8 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	if err := l.recordProc(p); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 60*time.Second, func() error {
-		if !p.alive() {
-			return fmt.Errorf("anetd exited:\n%s", tail(p.Log, 20))
-		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		st, err := api.NewClient(n.Socket).Status(cctx)
-		if err != nil {
-			return err
-		}
-		if !st.Ready {
-			return fmt.Errorf("anetd not ready: %s", st.Reason)
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("anetd: %w", err)
+	if err := waitAnetd(ctx, p, n.Socket); err != nil {
+		return err
 	}
 	l.say("%s: anetd ready (pid %d)", n.Name, p.PID)
 	return nil
@@ -264,6 +250,29 @@ func copyExecutable(src, dst string) error {
 		return err
 	}
 	return os.WriteFile(dst, b, 0o755)
+}
+
+// waitAnetd waits until anetd p answers on its socket and is ready.
+func waitAnetd(ctx context.Context, p Proc, socket string) error {
+	err := waitFor(ctx, 60*time.Second, func() error {
+		if !p.alive() {
+			return fmt.Errorf("anetd exited:\n%s", tail(p.Log, 20))
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := api.NewClient(socket).Status(cctx)
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return fmt.Errorf("anetd not ready: %s", st.Reason)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("anetd: %w", err)
+	}
+	return nil
 }
 
 // waitFor calls f until it succeeds, ctx ends or timeout passes.

@@ -137,7 +137,9 @@ func spawn(name, netnsPath, mntns, logPath string, argv ...string) (Proc, error)
 		default:
 		}
 		if procExe(pid) == want {
-			return identify(name, pid, logPath)
+			p, err := identify(name, pid, logPath)
+			p.Argv, p.Netns, p.MountNS = argv, netnsPath, mntns
+			return p, err
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()

@@ -59,6 +59,11 @@ type Proc struct {
 	Exe   string `json:"exe"`
 	Start uint64 `json:"start"`
 	Log   string `json:"log,omitempty"`
+
+	// How to start it again (node components).
+	Argv    []string `json:"argv,omitempty"`
+	Netns   string   `json:"netnsPath,omitempty"`
+	MountNS string   `json:"mountNS,omitempty"`
 }
 
 // Sysctl is a machine-wide sysctl the lab changed.

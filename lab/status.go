@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/lab/controlplane"
 )
 
 // Status writes what the lab holds: its components and whether each
@@ -42,6 +44,9 @@ func (l *Lab) Status(w io.Writer) error {
 					detail = "api: " + err.Error()
 				case st.Ready:
 					detail = fmt.Sprintf("ready, podCIDR %s, %d endpoint(s)", st.PodCIDR, st.Endpoints)
+					if n.HealthAddr != "" {
+						detail += ", /readyz " + readyz(l.netnsPath(n.Netns), n.HealthAddr)
+					}
 				default:
 					detail = "not ready: " + st.Reason
 				}
@@ -69,4 +74,19 @@ func (l *Lab) Status(w io.Writer) error {
 	}
 	fmt.Fprint(w, out)
 	return nil
+}
+
+// readyz asks an anetd's /readyz from inside its node's network namespace
+// (the only place it can be reached from).
+func readyz(netnsPath, addr string) string {
+	c := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{DialContext: controlplane.DialIn(netnsPath), DisableKeepAlives: true},
+	}
+	resp, err := c.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return "unreachable"
+	}
+	resp.Body.Close()
+	return resp.Status
 }

@@ -10,6 +10,7 @@
 //	anet-lab exec [--dir DIR] NAMESPACE/POD -- CMD...
 //	anet-lab outside [--dir DIR] -- CMD...
 //	anet-lab node [--dir DIR] NODE -- CMD...
+//	anet-lab restart [--dir DIR] [--signal TERM|KILL] NODE/COMPONENT
 //
 // exec runs a program of the machine inside a pod's network namespace;
 // `anet-lab kubectl -- exec POD -- CMD` runs one inside the pod's
@@ -41,6 +42,7 @@ const usage = `usage:
   anet-lab exec [--dir DIR] NAMESPACE/POD -- CMD...
   anet-lab outside [--dir DIR] -- CMD...
   anet-lab node [--dir DIR] NODE -- CMD...
+  anet-lab restart [--dir DIR] [--signal TERM|KILL] NODE/COMPONENT   (containerd, kubelet, anetd)
 DIR defaults to $ANET_LAB_DIR, else /var/lib/anet-lab.
 `
 
@@ -69,6 +71,7 @@ func run(args []string) int {
 	var nodes *int
 	var name *string
 	var keep *bool
+	sigName := fs.String("signal", "TERM", "restart: the signal that stops the component (TERM or KILL)")
 	if cmd == "up" {
 		nodes = fs.Int("nodes", lab.DefaultNodes, "number of simulated nodes")
 		name = fs.String("name", lab.DefaultName, "prefix of the lab's namespaces and cgroups")
@@ -163,6 +166,24 @@ func run(args []string) int {
 			return fail(err)
 		}
 		return interactive(c)
+	case "restart":
+		if len(pos) != 1 {
+			return usageErr("restart NODE/COMPONENT")
+		}
+		sig := syscall.SIGTERM
+		switch strings.TrimPrefix(strings.ToUpper(*sigName), "SIG") {
+		case "TERM":
+		case "KILL":
+			sig = syscall.SIGKILL
+		default:
+			return usageErr("--signal TERM or KILL")
+		}
+		if err := l.Restart(context.Background(), pos[0], sig); err != nil {
+			return fail(err)
+		}
+		p, _ := l.Component(pos[0])
+		fmt.Fprintf(os.Stderr, "%s restarted (pid %d)\n", pos[0], p.PID)
+		return 0
 	default:
 		return usageErr("unknown command " + cmd)
 	}
