@@ -114,6 +114,7 @@ type NodeInfo struct {
 	PodCIDR     netip.Prefix // spec.podCIDRs[0]
 	PodCIDRs    []netip.Prefix
 	InternalIPs []netip.Addr // status.addresses of type InternalIP
+	Cached      bool         // from an earlier run, the API being unreachable
 }
 
 // nodeInfo reads a Node; PodCIDR is invalid while none is assigned.
@@ -157,9 +158,15 @@ func (i NodeInfo) InternalIPv4() netip.Addr {
 // WaitNode waits until this node's Node object exists and has a pod CIDR
 // (kube-controller-manager assigns it with --allocate-node-cidrs), logging
 // while it waits, and returns what anetd needs of it.
-func (c *Client) WaitNode(ctx context.Context) (NodeInfo, error) {
+//
+// cached is what a previous run learnt (invalid if none): when the API
+// server cannot be reached for cachedAfter, anetd starts from it rather
+// than leave the node without a CNI backend through an API outage; the
+// informers catch up when the API is back.
+func (c *Client) WaitNode(ctx context.Context, cached NodeInfo, cachedAfter time.Duration) (NodeInfo, error) {
 	const logEvery = 10 * time.Second
 	var lastLog time.Time
+	start := time.Now()
 	wait := 500 * time.Millisecond
 	for {
 		var why string
@@ -171,6 +178,11 @@ func (c *Client) WaitNode(ctx context.Context) (NodeInfo, error) {
 			why = "the Node object does not exist yet (kubelet registers it)"
 		case err != nil:
 			why = "cannot get the Node object: " + err.Error()
+			if cached.PodCIDR.IsValid() && time.Since(start) >= cachedAfter && ctx.Err() == nil {
+				c.log.Warn("API server unreachable; starting from the pod CIDR of the last run", "podCIDR", cached.PodCIDR, "err", err)
+				cached.Cached = true
+				return cached, nil
+			}
 		default:
 			info, err := nodeInfo(n)
 			if err != nil {
@@ -194,6 +206,55 @@ func (c *Client) WaitNode(ctx context.Context) (NodeInfo, error) {
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// CheckPodCIDR logs an error when the Node's pod CIDR, once the node
+// informer has it, is not the one anetd runs with (a cached one from an
+// earlier run while the API was away, and the Node was re-created since).
+func (c *Client) CheckPodCIDR(ctx context.Context, running netip.Prefix) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.nodes.HasSynced) {
+		return
+	}
+	n, err := c.factory.Core().V1().Nodes().Lister().Get(c.node)
+	if err != nil {
+		c.log.Warn("this node's Node object is not in the cache", "node", c.node, "err", err)
+		return
+	}
+	info, err := nodeInfo(n)
+	if err == nil && info.PodCIDR.IsValid() && info.PodCIDR != running {
+		c.log.Error("the Node's pod CIDR differs from the one anetd runs with; restart anetd to take it",
+			"node", c.node, "running", running, "node.spec.podCIDRs", info.PodCIDRs)
+	}
+}
+
+// WatchAPI logs when the API server stops answering and when it is back
+// (client-go retries quietly). The datapath is left as it is meanwhile.
+func (c *Client) WatchAPI(ctx context.Context, every time.Duration) {
+	up := true
+	var since time.Time
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, every)
+		_, err := c.cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && up:
+			up, since = false, time.Now()
+			c.log.Warn("API server unreachable; keeping the datapath as it is and retrying", "err", err)
+		case err == nil && !up:
+			up = true
+			c.log.Info("API server reachable again; informers catch up", "after", time.Since(since).Round(time.Second))
+		}
 	}
 }
 

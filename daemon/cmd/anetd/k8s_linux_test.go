@@ -92,6 +92,8 @@ type k8sNode struct {
 	anetd  *exec.Cmd
 	exited chan struct{}
 	socket string
+	bin    string
+	bpf    string
 }
 
 func (n *k8sNode) sh(args ...string) string {
@@ -163,32 +165,43 @@ func newK8sNode(t *testing.T) *k8sNode {
 	}
 
 	n.socket = filepath.Join(n.dir, "run", "anetd.sock")
-	n.anetd = exec.Command("nsenter", "--net="+n.netns.Path(), "--", bin,
-		"--kubeconfig", n.cp.AdminKubeconfig, "--node-name", n.name,
-		"--bpf-root", bpf, "--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket,
-		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug")
-	n.anetd.Stdout, n.anetd.Stderr = n.log, n.log
-	if err := n.anetd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n.exited = make(chan struct{})
-	go func() { _ = n.anetd.Wait(); close(n.exited) }()
+	n.bin, n.bpf = bin, bpf
+	n.startAnetd()
 	t.Cleanup(func() {
 		n.stopAnetd()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("ANET_TEST_LOGS") != "" {
 			t.Logf("anetd log:\n%s", n.log.String())
 		}
 	})
 	return n
 }
 
-func (n *k8sNode) stopAnetd() {
+// startAnetd starts anetd in the node netns with --kubeconfig.
+func (n *k8sNode) startAnetd() {
+	n.t.Helper()
+	n.anetd = exec.Command("nsenter", "--net="+n.netns.Path(), "--", n.bin,
+		"--kubeconfig", n.cp.AdminKubeconfig, "--node-name", n.name,
+		"--bpf-root", n.bpf, "--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket,
+		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug")
+	n.anetd.Stdout, n.anetd.Stderr = n.log, n.log
+	if err := n.anetd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	n.exited = exited
+	cmd := n.anetd
+	go func() { _ = cmd.Wait(); close(exited) }()
+}
+
+func (n *k8sNode) stopAnetd() { n.signalAnetd(syscall.SIGTERM) }
+
+func (n *k8sNode) signalAnetd(sig syscall.Signal) {
 	select {
 	case <-n.exited:
 		return
 	default:
 	}
-	_ = n.anetd.Process.Signal(syscall.SIGTERM)
+	_ = n.anetd.Process.Signal(sig)
 	select {
 	case <-n.exited:
 	case <-time.After(10 * time.Second):
@@ -462,15 +475,16 @@ func TestAnetdWithKubernetes(t *testing.T) {
 	}
 	n.mustHealth("/readyz", 200)
 	n.mustHealth("/healthz", 200)
+	if !strings.Contains(n.log.String(), "API server unreachable; keeping the datapath") {
+		t.Error("anetd did not log the outage")
+	}
 	if err := n.cp.StartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
-	logStep("outage over, API server back")
+	logStep("outage 1 over, API server back")
 
-	// anetd catches up: a pod and a node deleted after the outage are seen.
-	if err := n.cs.CoreV1().Pods("default").Delete(ctx, "keep", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-		t.Fatal(err)
-	}
+	// The same anetd catches up (its informers reconnect): a node deleted
+	// after the outage loses its route.
 	if err := n.cs.CoreV1().Nodes().Delete(ctx, "node-c", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -478,12 +492,70 @@ func TestAnetdWithKubernetes(t *testing.T) {
 		if r := n.routes(); strings.Contains(r, cidrC) {
 			return fmt.Errorf("route to node-c still there: %q", r)
 		}
-		if n.hasEndpoint(ctx, keep) {
-			return fmt.Errorf("endpoint of deleted pod keep still there")
+		if !strings.Contains(n.log.String(), "API server reachable again") {
+			return fmt.Errorf("anetd did not log the end of the outage")
 		}
 		return nil
 	})
+	n.mustHealth("/readyz", 200)
 	logStep("caught up")
+
+	// Outage 2: anetd restarted while the API is away starts from the pod
+	// CIDR it learnt before (CNI keeps working); routes and endpoints stay.
+	n.createNode(ctx, "node-d", "10.77.0.4")
+	cidrD := n.podCIDR(ctx, "node-d")
+	n.eventually(30*time.Second, "route to node-d", func() error {
+		if r := n.routes(); !strings.Contains(r, cidrD+" via 10.77.0.4") {
+			return fmt.Errorf("routes: %q", r)
+		}
+		return nil
+	})
+	before = n.routes()
+	if err := n.cp.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	n.signalAnetd(syscall.SIGKILL)
+	n.startAnetd()
+	n.eventually(40*time.Second, "anetd serving CNI during the outage", func() error {
+		st, err := api.NewClient(n.socket).Status(ctx)
+		if err == nil && (!st.Ready || st.PodCIDR.String() != cidr) {
+			err = fmt.Errorf("status %+v", st)
+		}
+		return err
+	})
+	if after := n.routes(); after != before {
+		t.Errorf("routes changed by a restart during the outage:\n%s\nthen:\n%s", before, after)
+	}
+	if !n.hasEndpoint(ctx, keep) || !n.hasEndpoint(ctx, noPod) {
+		t.Error("endpoint lost by a restart during the outage")
+	}
+	n.mustHealth("/healthz", 200)
+	if code, _, _ := n.health("/readyz"); code != 503 {
+		t.Errorf("readyz of an anetd that never synced = %d, want 503", code)
+	}
+	logStep("anetd restarted during outage 2")
+	if err := n.cp.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.cs.CoreV1().Pods("default").Delete(ctx, "keep", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.cs.CoreV1().Nodes().Delete(ctx, "node-d", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.eventually(60*time.Second, "catching up after outage 2", func() error {
+		if r := n.routes(); strings.Contains(r, cidrD) {
+			return fmt.Errorf("route to node-d still there: %q", r)
+		}
+		if n.hasEndpoint(ctx, keep) {
+			return fmt.Errorf("endpoint of deleted pod keep still there")
+		}
+		if code, body, err := n.health("/readyz"); err != nil || code != 200 {
+			return fmt.Errorf("readyz %d %s %v", code, body, err)
+		}
+		return nil
+	})
+	logStep("caught up after outage 2")
 	if !n.hasEndpoint(ctx, noPod) {
 		t.Error("the endpoint naming no pod was collected")
 	}

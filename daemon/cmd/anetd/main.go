@@ -136,7 +136,8 @@ func run(cfg *config, log *slog.Logger) error {
 		}
 		log.Info("using the Kubernetes API", "server", restCfg.Host, "node", cfg.nodeName)
 		hstate.SetReason("waiting for this node's pod CIDR")
-		info, err := kc.WaitNode(ctx)
+		nodeFile := filepath.Join(cfg.stateDir, "node.json")
+		info, err := kc.WaitNode(ctx, readNodeCache(nodeFile), 10*time.Second)
 		if ctx.Err() != nil {
 			log.Info("stopped while waiting for the pod CIDR")
 			return nil
@@ -150,7 +151,12 @@ func run(cfg *config, log *slog.Logger) error {
 			}
 		}
 		podCIDR = info.PodCIDR.String()
-		log.Info("node from the API", "node", cfg.nodeName, "podCIDR", info.PodCIDR, "internalIPs", info.InternalIPs)
+		if !info.Cached {
+			if err := writeNodeCache(nodeFile, info); err != nil {
+				log.Warn("recording the node's pod CIDR", "err", err)
+			}
+		}
+		log.Info("node", "node", cfg.nodeName, "podCIDR", info.PodCIDR, "internalIPs", info.InternalIPs, "fromLastRun", info.Cached)
 		// Traffic to another node's pods leaves through this node's stack
 		// (pod veth -> host routes -> underlay), so the node must forward.
 		// The same-node eBPF path does not need it.
@@ -222,6 +228,8 @@ func run(cfg *config, log *slog.Logger) error {
 		}
 		defer table.Close()
 		kc.Start(ctx)
+		go kc.CheckPodCIDR(ctx, alloc.CIDR())
+		go kc.WatchAPI(ctx, 5*time.Second)
 		routesSynced := make(chan struct{})
 		go kc.SyncRoutes(ctx, table, func() { close(routesSynced) })
 		go kc.CollectEndpoints(ctx, eps, cfg.gcGrace, min(max(cfg.gcGrace/2, time.Second), 10*time.Second))
