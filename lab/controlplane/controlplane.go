@@ -459,7 +459,7 @@ func (c *ControlPlane) writePIDsLocked() error {
 	var recs []pidRecord
 	for _, n := range startOrder {
 		p := c.procs[n]
-		if p == nil || p.cmd.ProcessState != nil {
+		if p == nil {
 			continue
 		}
 		select {
