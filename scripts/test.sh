@@ -12,6 +12,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export ANET_BIN="$PWD/bin"
 
+say "Kubernetes binaries $(cat scripts/k8s/VERSION) (built from Go modules on first use, then cached)"
+scripts/k8s-binaries.sh >/dev/null
+
 say "unit and node tests (race detector on; real eBPF programs, anetd, anet-cni and netns)"
 go test -race -count=1 -timeout 30m ./...
 
