@@ -445,6 +445,133 @@ func TestRestarts(t *testing.T) {
 	}
 }
 
+// TestAPIServerDown stops the API server for 30 s under running pods:
+// they keep talking (probed from inside their network namespaces, which
+// needs no API), and once it is back a new pod is wired and reachable.
+func TestAPIServerDown(t *testing.T) {
+	l := SharedLab(t)
+	if testing.Short() {
+		t.Skip("stops the API server for 30 s")
+	}
+	cp := l.ControlPlane()
+	if cp == nil {
+		t.Skip("the lab was opened, not brought up, by this process")
+	}
+	if err := l.Apply(echoManifest); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.Kubectl("delete", "deployment", "echo", "--wait=false", "--ignore-not-found") })
+	ps := waitPods(t, l, "app=echo", 2)
+	b, _ := l.binaryPath("anetd")
+	cross := anetdFlags(b)["kubeconfig"]
+	// The probe is the testserver binary of the image, run from the
+	// machine inside the pod's network namespace: kubectl exec needs the
+	// API server.
+	probeBin := filepath.Join(l.opts.ImageDir, "bin", "anet-testserver")
+	type path struct{ from, to pod }
+	var paths []path
+	netns := map[string]string{}
+	for _, a := range ps {
+		p, err := l.PodNetns("default", a.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		netns[a.Name] = p
+		for _, b := range ps {
+			if a.Name != b.Name && (cross || a.Node == b.Node) {
+				paths = append(paths, path{a, b})
+			}
+		}
+	}
+	if !cross {
+		t.Log("KNOWN GAP, not asserted: cross-node probes need anetd's routes (anetd without --kubeconfig)")
+	}
+	probe := func(when string) {
+		for _, pp := range paths {
+			out, err := exec.Command("nsenter", "--net="+netns[pp.from.Name], "--", probeBin, "connect",
+				"--protocol", "http", "--address", pp.to.IP+":8080", "--timeout", "2s").CombinedOutput()
+			if err != nil {
+				t.Errorf("%s: %s -> %s: %v: %s", when, pp.from.Name, pp.to.Name, err, out)
+			}
+		}
+	}
+	t0 := time.Now()
+	if err := cp.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("API server stopped in %v", time.Since(t0).Round(time.Millisecond))
+	restarted := false
+	defer func() {
+		if !restarted {
+			_ = cp.StartAPIServer(context.Background())
+			_ = l.RecordControlPlane()
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		time.Sleep(10 * time.Second)
+		probe(fmt.Sprintf("API server down for %ds", (i+1)*10))
+	}
+	t0 = time.Now()
+	if err := cp.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	t.Logf("API server ready again in %v", time.Since(t0).Round(time.Millisecond))
+	if err := l.RecordControlPlane(); err != nil {
+		t.Fatal(err)
+	}
+	probe("API server back")
+	// anetd caught up: a new pod is wired and reachable. The pod names its
+	// node: the controller manager's and scheduler's watches take up to a
+	// minute to come back after an API server restart, kubelet's and
+	// anetd's are what this is about.
+	node := ps[0].Node
+	newPod := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-late
+  labels: {app: echo-late}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: echo
+    image: anet-testserver:latest
+    imagePullPolicy: Never
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    readinessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+`, node)
+	if err := l.Apply(newPod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.Kubectl("delete", "pod", "echo-late", "--wait=false", "--ignore-not-found") })
+	t0 = time.Now()
+	late := waitPods(t, l, "app=echo-late", 1)[0]
+	t.Logf("new pod Ready %v after the API server came back", time.Since(t0).Round(time.Millisecond))
+	for _, from := range ps {
+		if !cross && from.Node != late.Node {
+			continue
+		}
+		out, err := connect(l, from.Name, late.IP+":8080")
+		if err != nil || !strings.Contains(out, `"pod":"echo-late"`) {
+			t.Errorf("after the API server came back: %s -> new pod %s: %v: %s", from.Name, late.Name, err, out)
+		}
+	}
+	if _, err := l.Kubectl("delete", "pod", "echo-late", "--wait=true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Kubectl("delete", "deployment", "echo", "--wait=true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Kubectl("wait", "--for=delete", "pod", "-l", "app=echo", "--timeout=90s"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCrashedUpIsRemoved kills `anet-lab up` with SIGKILL while it brings
 // a one-node lab up, then checks that `anet-lab down` removes everything
 // it had made, and that a second down is a no-op.

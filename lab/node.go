@@ -5,6 +5,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,7 +165,11 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 
 	// kubelet
 	kcfg := filepath.Join(n.Dir, "kubelet-config.yaml")
-	if err := os.WriteFile(kcfg, []byte(kubeletConfig(n, resolv)), 0o644); err != nil {
+	dnsIP, err := tenthAddress(l.opts.ServiceCIDR)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(kcfg, []byte(kubeletConfig(n, resolv, dnsIP)), 0o644); err != nil {
 		return err
 	}
 	kp, err := spawn(n.Name+"/kubelet", netns, n.MountNS, filepath.Join(logs, "kubelet.log"),
@@ -242,6 +247,23 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	l.say("%s: anetd ready (pid %d)", n.Name, p.PID)
 	return nil
+}
+
+// tenthAddress is the address 10 after a CIDR's base (10.96.0.10 for
+// 10.96.0.0/16): the cluster DNS service's address by convention.
+func tenthAddress(cidr string) (string, error) {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return "", fmt.Errorf("service CIDR %q: %w", cidr, err)
+	}
+	a := p.Masked().Addr()
+	for range 10 {
+		a = a.Next()
+	}
+	if !p.Contains(a) {
+		return "", fmt.Errorf("service CIDR %s too small", cidr)
+	}
+	return a.String(), nil
 }
 
 func copyExecutable(src, dst string) error {
@@ -360,8 +382,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 //     again) and eviction thresholds are low (a busy shared disk must not
 //     taint the nodes).
 //   - resolvConf has no nameserver: pods do not resolve through the
-//     machine's DNS.
-func kubeletConfig(n *NodeRec, resolv string) string {
+//     machine's DNS. clusterDNS is the conventional tenth address of the
+//     service range (no DNS server runs there yet; it silences kubelet's
+//     MissingClusterDNS events and gives pods a cluster-style resolv.conf).
+//   - Node status every 5 s (default 10 s) and at least every minute: after
+//     the API server was down, nodes that the controller manager marked
+//     NotReady are Ready again sooner.
+func kubeletConfig(n *NodeRec, resolv, dnsIP string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s
@@ -395,5 +422,9 @@ evictionHard:
 serializeImagePulls: false
 registerNode: true
 maxPods: 110
-`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv)
+clusterDomain: cluster.local
+clusterDNS: [%s]
+nodeStatusUpdateFrequency: 5s
+nodeStatusReportFrequency: 1m
+`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv, dnsIP)
 }
