@@ -494,3 +494,20 @@ func TestRenderErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestRenderCNIVersion(t *testing.T) {
+	for _, v := range RenderVersions {
+		b, err := Render(RenderOptions{CNIVersion: v})
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		if !strings.Contains(string(b), `"cniVersion": "`+v+`"`) {
+			t.Errorf("%s: rendered %s", v, b)
+		}
+	}
+	_, err := Render(RenderOptions{CNIVersion: "0.3.1"})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Key != "cniVersion" {
+		t.Fatalf("unsupported version: %v", err)
+	}
+}

@@ -4,18 +4,25 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
 
-// renderVersion is the cniVersion of the conflist anet installs: the
-// newest version the plugin implements (STATUS and GC need 1.1.0).
-const renderVersion = "1.1.0"
+// DefaultRenderVersion is the cniVersion of the conflist anet installs
+// unless told otherwise: the newest version the plugin implements (STATUS
+// and GC need 1.1.0). Older runtimes need older versions: containerd 1.6
+// rejects 1.1.0 results.
+const DefaultRenderVersion = "1.1.0"
+
+// RenderVersions are the cniVersions Render writes.
+var RenderVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 
 // RenderOptions are the node-specific parts of the conflist. Empty fields
 // take the defaults (DefaultNetworkName, DefaultSocket, DefaultBPFRoot,
 // DefaultMTU); an empty DNS is left out.
 type RenderOptions struct {
+	CNIVersion            string // one of RenderVersions; empty is DefaultRenderVersion
 	Name, Socket, BPFRoot string
 	MTU                   int
 	DNS                   types.DNS
@@ -41,6 +48,12 @@ type pluginEntry struct {
 // will: the plugin entry, with cniVersion and name copied in as libcni does,
 // must pass Parse; a failure is a *ConfigError.
 func Render(o RenderOptions) ([]byte, error) {
+	if o.CNIVersion == "" {
+		o.CNIVersion = DefaultRenderVersion
+	}
+	if !slices.Contains(RenderVersions, o.CNIVersion) {
+		return nil, configErrorf("cniVersion", "must be one of %v, got %s", RenderVersions, quote(o.CNIVersion))
+	}
 	if o.Name == "" {
 		o.Name = DefaultNetworkName
 	}
@@ -66,7 +79,7 @@ func Render(o RenderOptions) ([]byte, error) {
 
 	// What libcni hands the plugin: the entry plus the list's version and name.
 	asStdin := NetConf{Socket: entry.Socket, BPFRoot: entry.BPFRoot, MTU: entry.MTU, DNS: o.DNS}
-	asStdin.CNIVersion = renderVersion
+	asStdin.CNIVersion = o.CNIVersion
 	asStdin.Name = o.Name
 	asStdin.Type = PluginType
 	stdin, err := json.Marshal(asStdin)
@@ -81,7 +94,7 @@ func Render(o RenderOptions) ([]byte, error) {
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(conflist{CNIVersion: renderVersion, Name: o.Name, Plugins: []pluginEntry{entry}}); err != nil {
+	if err := enc.Encode(conflist{CNIVersion: o.CNIVersion, Name: o.Name, Plugins: []pluginEntry{entry}}); err != nil {
 		return nil, fmt.Errorf("encoding conflist: %w", err)
 	}
 	return buf.Bytes(), nil

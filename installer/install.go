@@ -17,14 +17,11 @@ package installer
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 
 	"github.com/google/renameio/v2"
 
@@ -57,7 +54,7 @@ type Options struct {
 }
 
 // SupportedCNIVersions are the conflist versions anet-install writes.
-var SupportedCNIVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+var SupportedCNIVersions = cniconf.RenderVersions
 
 // Result says what Install did.
 type Result struct {
@@ -70,12 +67,9 @@ func Install(o Options) (*Result, error) {
 	if o.CNIBinDir == "" || o.CNIConfDir == "" || o.SourceBin == "" {
 		return nil, errors.New("the CNI bin dir, the CNI conf dir and the source binary are required")
 	}
-	conf, err := cniconf.Render(cniconf.RenderOptions{Name: o.Name, Socket: o.Socket, BPFRoot: o.BPFRoot, MTU: o.MTU})
+	conf, err := cniconf.Render(cniconf.RenderOptions{CNIVersion: o.CNIVersion, Name: o.Name, Socket: o.Socket, BPFRoot: o.BPFRoot, MTU: o.MTU})
 	if err != nil {
 		return nil, fmt.Errorf("rendering conflist: %w", err)
-	}
-	if conf, err = setCNIVersion(conf, o.CNIVersion); err != nil {
-		return nil, err
 	}
 	st, err := os.Stat(o.SourceBin)
 	if err != nil {
@@ -102,32 +96,6 @@ func Install(o Options) (*Result, error) {
 	return r, nil
 }
 
-// setCNIVersion rewrites the cniVersion of a rendered conflist (the first
-// key of the file, as cniconf.Render writes it) and checks the result
-// still decodes with that version.
-func setCNIVersion(conf []byte, v string) ([]byte, error) {
-	if v == "" {
-		return conf, nil
-	}
-	if !slices.Contains(SupportedCNIVersions, v) {
-		return nil, fmt.Errorf("cniVersion %q: anet-install writes one of %v", v, SupportedCNIVersions)
-	}
-	var head struct {
-		CNIVersion string `json:"cniVersion"`
-	}
-	if err := json.Unmarshal(conf, &head); err != nil {
-		return nil, err
-	}
-	old := []byte(`"cniVersion": ` + strconv.Quote(head.CNIVersion))
-	if bytes.Count(conf, old) != 1 {
-		return nil, fmt.Errorf("unexpected conflist layout: %q appears %d times", old, bytes.Count(conf, old))
-	}
-	out := bytes.Replace(conf, old, []byte(`"cniVersion": `+strconv.Quote(v)), 1)
-	if err := json.Unmarshal(out, &head); err != nil || head.CNIVersion != v {
-		return nil, fmt.Errorf("rewriting cniVersion to %s failed (%v)", v, err)
-	}
-	return out, nil
-}
 
 // copyFile replaces dst with src's content and the given mode, atomically,
 // unless dst already has both. It reports whether it wrote.

@@ -118,8 +118,14 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 		{filepath.Join(n.Dir, "kubelet"), "/var/lib/kubelet"},
 		{filepath.Join(n.Dir, "var-log-containers"), "/var/log/containers"},
 		{filepath.Join(n.Dir, "run-containerd"), "/run/containerd"},
+		// libcni's result cache (containerd's CNI calls), kept per node
+		// instead of in the machine's /var/lib/cni.
+		{filepath.Join(n.Dir, "var-lib-cni"), "/var/lib/cni"},
 	}
 	for _, bd := range binds {
+		if err := os.MkdirAll(bd[0], 0o755); err != nil {
+			return err
+		}
 		if err := l.mkdirHost(bd[1]); err != nil {
 			return err
 		}

@@ -473,12 +473,11 @@ func (n *Node) cleanup() {
 // ConflistWithVersion is the node's conflist with another cniVersion.
 func (n *Node) ConflistWithVersion(v string) *libcni.NetworkConfigList {
 	n.t.Helper()
-	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
+	conf, err := cniconf.Render(cniconf.RenderOptions{CNIVersion: v, Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	b := bytes.Replace(conf, []byte(`"cniVersion": "1.1.0"`), []byte(`"cniVersion": "`+v+`"`), 1)
-	list, err := libcni.ConfListFromBytes(b)
+	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
 		n.t.Fatal(err)
 	}
