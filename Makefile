@@ -6,14 +6,15 @@ BPF_CFLAGS ?= -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
 BIN := $(CURDIR)/bin
 export BPF_CLANG BPF_CFLAGS
 
-CMDS := anet-cni anetd anetctl anet-install
-
-.PHONY: all help setup build generate verify test test-unit test-priv bench demo clean
+.PHONY: all help setup build generate verify test test-unit bench demo demo-node lab-down test-scale clean
 
 all: build
 
 help:
-	@echo "make demo      two pods on one node, wired by anet (root)"
+	@echo "make demo      a 2-node lab (real kubelets, containerd, anetd) with an example app (root)"
+	@echo "make lab-down  remove the demo's lab"
+	@echo "make demo-node two pods on one node wired by cnitool, step by step (root)"
+	@echo "make test-scale a 10-node lab with 100 pods (root)"
 	@echo "make test      everything CI runs: setup, build, verify, unit and privileged tests (root)"
 	@echo "make generate  rebuild the eBPF objects with $(BPF_CLANG) (bpf2go)"
 	@echo "make verify    gofmt, go vet, and stale-generated-object check"
@@ -27,6 +28,8 @@ build:
 	$(GO) build -o $(BIN)/anet-cni ./plugins/anet-cni
 	$(GO) build -o $(BIN)/anetd ./daemon/cmd/anetd
 	$(GO) build -o $(BIN)/anetctl ./daemon/cmd/anetctl
+	$(GO) build -o $(BIN)/anet-install ./installer/cmd/anet-install
+	$(GO) build -o $(BIN)/anet-lab ./lab/cmd/anet-lab
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/anet-testserver ./lab/testserver
 	$(GO) build -o $(BIN)/cnitool github.com/containernetworking/cni/cnitool
 	$(GO) build -o $(BIN)/bridge github.com/containernetworking/plugins/plugins/main/bridge
@@ -49,6 +52,16 @@ bench: setup build
 
 demo: setup build
 	@scripts/demo.sh
+
+lab-down: build
+	@$(BIN)/anet-lab down
+
+demo-node: setup build
+	@scripts/demo-node.sh
+
+test-scale: setup build
+	@scripts/k8s-binaries.sh >/dev/null
+	ANET_BIN=$(BIN) ANET_LAB_SCALE=1 $(GO) test -count=1 -timeout 30m -run TestScale -v ./lab/
 
 clean:
 	rm -rf $(BIN)
