@@ -96,7 +96,6 @@ func Install(o Options) (*Result, error) {
 	return r, nil
 }
 
-
 // copyFile replaces dst with src's content and the given mode, atomically,
 // unless dst already has both. It reports whether it wrote.
 func copyFile(src, dst string, mode os.FileMode) (bool, error) {
