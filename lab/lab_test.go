@@ -6,14 +6,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
@@ -242,20 +247,14 @@ func TestDeployment(t *testing.T) {
 		t.Errorf("same node: the server saw %s, not the client's own address %s", out, client.IP)
 	}
 
-	// CROSS-NODE (issue 4): needs anetd to route the other nodes' pod CIDRs,
-	// which comes with anetd on Kubernetes (--kubeconfig). With an anetd
-	// that has not got that yet, the probe runs and its result is logged
-	// as a known gap; once anetd speaks to Kubernetes it is asserted.
-	b, _ := l.binaryPath("anetd")
-	crossExpected := anetdFlags(b)["kubeconfig"]
+	// Across nodes: anetd routes the other nodes' pod CIDRs via their
+	// underlay addresses, from the Node objects.
 	out, err = connect(l, client.Name, remote.IP+":8080")
-	switch {
-	case err == nil && strings.Contains(out, `"pod":"`+remote.Name+`"`):
-		t.Logf("cross node: %s (%s) -> %s (%s) ok", client.Name, client.Node, remote.Name, remote.Node)
-	case crossExpected:
+	if err != nil || !strings.Contains(out, `"pod":"`+remote.Name+`"`) {
 		t.Errorf("cross node: %s (%s) -> %s (%s, %s): %v: %s", client.Name, client.Node, remote.Name, remote.Node, remote.IP, err, out)
-	default:
-		t.Logf("KNOWN GAP, not asserted: cross-node pod traffic needs anetd's routes (anetd without --kubeconfig): %v", err)
+	}
+	if !strings.Contains(out, `"client":"`+client.IP+`:`) {
+		t.Errorf("cross node: the server saw %s, not the client's own address %s", out, client.IP)
 	}
 
 	// Delete: kubelet stops the sandboxes, containerd runs anet-cni DEL,
@@ -279,13 +278,6 @@ func TestDeployment(t *testing.T) {
 			t.Errorf("%s after delete: %v", n.Name, err)
 		}
 	}
-}
-
-// binaryPath is where the lab's copy of one of anet's programs is.
-func (l *Lab) binaryPath(name string) (string, error) {
-	p := filepath.Join(l.st.get().AnetBinDir, name)
-	_, err := os.Stat(p)
-	return p, err
 }
 
 const echoManifest = `
@@ -341,10 +333,161 @@ func waitPods(t *testing.T, l *Lab, selector string, n int) []pod {
 	return ps
 }
 
+// tcpStream is a TCP connection to a pod's echo port (anet-testserver,
+// :8081), opened from inside another pod's network namespace, that is
+// written to every few milliseconds and read back for as long as it runs.
+// A socket stays in the network namespace it was made in, so only the
+// dial runs in the pod's namespace; no traffic leaves the machine's own.
+type tcpStream struct {
+	name    string
+	conn    net.Conn
+	echoed  atomic.Int64 // bytes echoed back, checked
+	lastAt  atomic.Int64 // unix nanoseconds of the last echo read
+	maxGap  atomic.Int64 // longest wait between two echo reads, in nanoseconds
+	done    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	err     error
+	stopped bool
+}
+
+func startStream(t *testing.T, l *Lab, from, to pod) *tcpStream {
+	t.Helper()
+	nsPath, err := l.PodNetns("default", from.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podNS, err := ns.GetNS(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer podNS.Close()
+	var conn net.Conn
+	if err := podNS.Do(func(ns.NetNS) error {
+		var err error
+		conn, err = net.DialTimeout("tcp", net.JoinHostPort(to.IP, "8081"), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("TCP stream %s (%s) -> %s (%s) %s:8081: %v", from.Name, from.Node, to.Name, to.Node, to.IP, err)
+	}
+	s := &tcpStream{
+		name: fmt.Sprintf("%s (%s) -> %s (%s)", from.Name, from.Node, to.Name, to.Node),
+		conn: conn, done: make(chan struct{}),
+	}
+	s.lastAt.Store(time.Now().UnixNano())
+	s.wg.Add(2)
+	go s.write()
+	go s.read()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *tcpStream) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil && !s.stopped {
+		s.err = err
+	}
+}
+
+// write sends 64 bytes of a running counter every 5 ms; a write stuck
+// for 10 s is an error.
+func (s *tcpStream) write() {
+	defer s.wg.Done()
+	var seq byte
+	buf := make([]byte, 64)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-tick.C:
+		}
+		for i := range buf {
+			buf[i] = seq
+			seq++
+		}
+		_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := s.conn.Write(buf); err != nil {
+			s.fail(fmt.Errorf("write: %w", err))
+			return
+		}
+	}
+}
+
+// read checks that the echo is the counter, in order; no echo for 10 s is
+// an error.
+func (s *tcpStream) read() {
+	defer s.wg.Done()
+	var seq byte
+	buf := make([]byte, 4096)
+	for {
+		_ = s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := s.conn.Read(buf)
+		now := time.Now().UnixNano()
+		if n > 0 {
+			if gap := now - s.lastAt.Swap(now); gap > s.maxGap.Load() {
+				s.maxGap.Store(gap)
+			}
+		}
+		for _, b := range buf[:n] {
+			if b != seq {
+				s.fail(fmt.Errorf("echo byte %d is %d, want %d", s.echoed.Load(), b, seq))
+				return
+			}
+			seq++
+			s.echoed.Add(1)
+		}
+		if err != nil {
+			s.fail(fmt.Errorf("read after %d bytes: %w", s.echoed.Load(), err))
+			return
+		}
+	}
+}
+
+// Err is the stream's first error (nil while it flows).
+func (s *tcpStream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// stop closes the connection; errors from then on are not the stream's.
+func (s *tcpStream) stop() {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	s.mu.Unlock()
+	close(s.done)
+	_ = s.conn.Close()
+	s.wg.Wait()
+}
+
+// flowing fails the test unless the stream has no error and echoes more
+// within a second from now.
+func (s *tcpStream) flowing(t *testing.T, when string) {
+	t.Helper()
+	c0 := s.echoed.Load()
+	time.Sleep(time.Second)
+	c1 := s.echoed.Load()
+	if err := s.Err(); err != nil {
+		t.Errorf("%s: TCP stream %s: %v", when, s.name, err)
+	} else if c1 <= c0 {
+		t.Errorf("%s: TCP stream %s stalled: %d bytes echoed a second ago, %d now", when, s.name, c0, c1)
+	} else {
+		t.Logf("%s: TCP stream %s: %d bytes echoed (+%d in 1 s)", when, s.name, c1, c1-c0)
+	}
+}
+
 // TestRestarts restarts node components under running pods: anetd killed
-// with SIGKILL and started again, kubelet stopped and started again. The
-// pods keep their addresses, nothing is allocated twice, and they still
-// reach each other (across nodes when anetd routes them).
+// with SIGKILL and started again, kubelet stopped and started again. A TCP
+// stream across the nodes keeps flowing through both restarts, the pods
+// keep their addresses, nothing is allocated twice, and they still reach
+// each other.
 func TestRestarts(t *testing.T) {
 	l := SharedLab(t)
 	if err := l.Apply(echoManifest); err != nil {
@@ -369,28 +512,39 @@ func TestRestarts(t *testing.T) {
 			}
 		}
 	}
-	b, _ := l.binaryPath("anetd")
-	cross := anetdFlags(b)["kubeconfig"]
-	if cross {
-		probe("before restarts")
-	}
+	probe("before restarts")
+
+	// The stream: from the pod on the node whose kubelet restarts to the
+	// pod on the node whose anetd is killed.
+	n1, n2 := before[0].Node, before[1].Node
+	stream := startStream(t, l, before[1], before[0])
+	stream.flowing(t, "before restarts")
 
 	ctx := context.Background()
-	n1 := before[0].Node
-	if err := l.Restart(ctx, n1+"/anetd", syscall.SIGKILL); err != nil {
+	t0 := time.Now()
+	if err := l.Kill(n1+"/anetd", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	stream.flowing(t, "anetd on "+n1+" killed (SIGKILL)")
+	stream.flowing(t, "anetd on "+n1+" still down")
+	if err := l.Start(ctx, n1+"/anetd"); err != nil {
 		t.Fatal(err)
 	}
 	if !l.Running(n1 + "/anetd") {
 		t.Fatalf("%s/anetd not running after restart", n1)
 	}
-	if cross {
-		probe("after anetd SIGKILL and start on " + n1)
-	}
+	t.Logf("anetd on %s down and ready again in %v", n1, time.Since(t0).Round(time.Millisecond))
+	stream.flowing(t, "anetd on "+n1+" started again")
+	probe("after anetd SIGKILL and start on " + n1)
 
-	n2 := before[1].Node
-	if err := l.Restart(ctx, n2+"/kubelet", syscall.SIGTERM); err != nil {
+	if err := l.Kill(n2+"/kubelet", syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	stream.flowing(t, "kubelet on "+n2+" stopped")
+	if err := l.Start(ctx, n2+"/kubelet"); err != nil {
+		t.Fatal(err)
+	}
+	stream.flowing(t, "kubelet on "+n2+" started again")
 	if err := l.WaitNodesReady(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -432,10 +586,16 @@ func TestRestarts(t *testing.T) {
 			t.Errorf("%s: %d allocation(s), %d endpoint(s); want 1 each", p.Node, st.Allocated, st.Endpoints)
 		}
 	}
-	if cross {
-		probe("after kubelet restart on " + n2)
-	} else {
-		t.Log("KNOWN GAP, not asserted: cross-node probes need anetd's routes (anetd without --kubeconfig)")
+	probe("after kubelet restart on " + n2)
+	stream.flowing(t, "after the restarts")
+	stream.stop()
+	if err := stream.Err(); err != nil {
+		t.Errorf("TCP stream %s: %v", stream.name, err)
+	}
+	gap := time.Duration(stream.maxGap.Load())
+	t.Logf("TCP stream %s: %d bytes echoed, longest wait for an echo %v", stream.name, stream.echoed.Load(), gap.Round(time.Millisecond))
+	if gap > 2*time.Second {
+		t.Errorf("TCP stream %s: stalled for %v at a time", stream.name, gap.Round(time.Millisecond))
 	}
 	if _, err := l.Kubectl("delete", "deployment", "echo", "--wait=true"); err != nil {
 		t.Fatal(err)
@@ -462,8 +622,9 @@ func TestAPIServerDown(t *testing.T) {
 	}
 	t.Cleanup(func() { _, _ = l.Kubectl("delete", "deployment", "echo", "--wait=false", "--ignore-not-found") })
 	ps := waitPods(t, l, "app=echo", 2)
-	b, _ := l.binaryPath("anetd")
-	cross := anetdFlags(b)["kubeconfig"]
+	if ps[0].Node == ps[1].Node {
+		t.Fatalf("both pods on %s", ps[0].Node)
+	}
 	// The probe is the testserver binary of the image, run from the
 	// machine inside the pod's network namespace: kubectl exec needs the
 	// API server.
@@ -478,13 +639,10 @@ func TestAPIServerDown(t *testing.T) {
 		}
 		netns[a.Name] = p
 		for _, b := range ps {
-			if a.Name != b.Name && (cross || a.Node == b.Node) {
+			if a.Name != b.Name {
 				paths = append(paths, path{a, b})
 			}
 		}
-	}
-	if !cross {
-		t.Log("KNOWN GAP, not asserted: cross-node probes need anetd's routes (anetd without --kubeconfig)")
 	}
 	probe := func(when string) {
 		for _, pp := range paths {
@@ -495,6 +653,10 @@ func TestAPIServerDown(t *testing.T) {
 			}
 		}
 	}
+	probe("API server up")
+	// A TCP stream across the nodes keeps flowing while the API is gone.
+	stream := startStream(t, l, ps[0], ps[1])
+	stream.flowing(t, "API server up")
 	t0 := time.Now()
 	if err := cp.StopAPIServer(); err != nil {
 		t.Fatal(err)
@@ -508,7 +670,8 @@ func TestAPIServerDown(t *testing.T) {
 		}
 	}()
 	for i := 0; i < 3; i++ {
-		time.Sleep(10 * time.Second)
+		time.Sleep(9 * time.Second)
+		stream.flowing(t, fmt.Sprintf("API server down for %ds", (i+1)*10))
 		probe(fmt.Sprintf("API server down for %ds", (i+1)*10))
 	}
 	t0 = time.Now()
@@ -521,6 +684,14 @@ func TestAPIServerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	probe("API server back")
+	stream.flowing(t, "API server back")
+	stream.stop()
+	if err := stream.Err(); err != nil {
+		t.Errorf("TCP stream %s: %v", stream.name, err)
+	}
+	if gap := time.Duration(stream.maxGap.Load()); gap > 2*time.Second {
+		t.Errorf("TCP stream %s: stalled for %v at a time", stream.name, gap.Round(time.Millisecond))
+	}
 	// anetd caught up: a new pod is wired and reachable. The pod names its
 	// node: the controller manager's and scheduler's watches take up to a
 	// minute to come back after an API server restart, kubelet's and
@@ -553,9 +724,6 @@ spec:
 	late := waitPods(t, l, "app=echo-late", 1)[0]
 	t.Logf("new pod Ready %v after the API server came back", time.Since(t0).Round(time.Millisecond))
 	for _, from := range ps {
-		if !cross && from.Node != late.Node {
-			continue
-		}
 		out, err := connect(l, from.Name, late.IP+":8080")
 		if err != nil || !strings.Contains(out, `"pod":"echo-late"`) {
 			t.Errorf("after the API server came back: %s -> new pod %s: %v: %s", from.Name, late.Name, err, out)

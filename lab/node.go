@@ -198,49 +198,19 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	return nil
 }
 
-// anetdFlags tells which of the optional flags this anetd knows.
-func anetdFlags(anetd string) map[string]bool {
-	out, _ := exec.Command(anetd, "--help").CombinedOutput()
-	has := map[string]bool{}
-	for _, f := range []string{"kubeconfig", "cgroup-root", "health-addr", "pod-cidr"} {
-		has[f] = strings.Contains(string(out), "-"+f+" ")
-	}
-	return has
-}
-
-// startAnetd starts the node's anetd. An anetd that speaks to Kubernetes
-// (--kubeconfig) takes its pod CIDR from the Node; an older one is given
-// the CIDR the controller manager allocated, once the Node has one.
+// startAnetd starts the node's anetd. It speaks to the API server
+// (--kubeconfig): its pod CIDR comes from the Node, and it routes the other
+// nodes' pod CIDRs. anetd has no --cgroup-root flag yet (it attaches no
+// cgroup hooks); once it has, pass <cgroup2>/<n.CgroupName> here, where
+// runc puts the node's pods.
 func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
-	has := anetdFlags(b.anetd)
-	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket}
-	if has["kubeconfig"] {
-		args = append(args, "--kubeconfig", l.st.get().Kubeconfig)
-	} else {
-		var cidr string
-		if err := waitFor(ctx, 60*time.Second, func() error {
-			var err error
-			cidr, err = l.PodCIDR(n.Name)
-			if err == nil && cidr == "" {
-				err = fmt.Errorf("node %s has no pod CIDR yet", n.Name)
-			}
-			return err
-		}); err != nil {
-			return err
-		}
-		args = append(args, "--pod-cidr", cidr)
+	n.HealthAddr = n.Address + ":9876"
+	nodes := append([]NodeRec(nil), l.Nodes...)
+	if err := l.st.update(func(s *State) { s.Nodes = nodes }); err != nil {
+		return err
 	}
-	if has["cgroup-root"] {
-		args = append(args, "--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName))
-	}
-	if has["health-addr"] {
-		n.HealthAddr = n.Address + ":9876"
-		args = append(args, "--health-addr", n.HealthAddr)
-		nodes := append([]NodeRec(nil), l.Nodes...)
-		if err := l.st.update(func(s *State) { s.Nodes = nodes }); err != nil {
-			return err
-		}
-	}
+	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
+		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr}
 	p, err := spawn(n.Name+"/anetd", l.netnsPath(n.Netns), n.MountNS, filepath.Join(n.Dir, "logs", "anetd.log"), args...)
 	if err != nil {
 		return err
