@@ -86,8 +86,9 @@ type Counter struct {
 // Endpoint is a registered endpoint as anetd reports it.
 type Endpoint struct {
 	EndpointRequest
-	Created  time.Time `json:"created"`
-	Counters []Counter `json:"counters"`
+	Created  time.Time         `json:"created"`
+	Labels   map[string]string `json:"labels,omitempty"` // the pod's, from the API (anetd with Kubernetes)
+	Counters []Counter         `json:"counters"`
 }
 
 // GCRequest keeps the listed attachments and removes every other

@@ -209,3 +209,28 @@ func TestGC(t *testing.T) {
 		t.Fatalf("GC removed %v; %d endpoints, %d allocations left", res.Removed, f.m.Count(), len(f.m.ipam.List()))
 	}
 }
+
+func TestSetLabelsPersists(t *testing.T) {
+	dir := t.TempDir()
+	dp := newFakeDP()
+	devices := map[string]uint32{}
+	f := newFixture(t, dir, dp, devices)
+	r := f.add(t, "l", 10)
+	if changed, err := f.m.SetLabels(r.Attachment, map[string]string{"app": "web"}); err != nil || !changed {
+		t.Fatal(changed, err)
+	}
+	if changed, _ := f.m.SetLabels(r.Attachment, map[string]string{"app": "web"}); changed {
+		t.Error("same labels reported as a change")
+	}
+	if changed, err := f.m.SetLabels(api.Attachment{ContainerID: "nope", IfName: "eth0"}, nil); changed || err != nil {
+		t.Error("unknown attachment:", changed, err)
+	}
+	g := newFixture(t, dir, dp, devices)
+	if err := g.m.Restore(filepath.Join(dir, "pending")); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := g.m.Get(r.Attachment)
+	if err != nil || ep.Labels["app"] != "web" {
+		t.Fatalf("after restart: %+v %v", ep, err)
+	}
+}

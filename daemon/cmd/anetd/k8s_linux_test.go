@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -426,7 +427,7 @@ func TestAnetdWithKubernetes(t *testing.T) {
 	// Endpoints: one whose Pod exists on this node stays, one whose Pod
 	// does not is collected after the grace period.
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "keep", Namespace: "default"},
+		ObjectMeta: metav1.ObjectMeta{Name: "keep", Namespace: "default", Labels: map[string]string{"app": "keep"}},
 		Spec: corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{
 			{Name: "c", Image: "anet-testserver:latest", ImagePullPolicy: corev1.PullNever},
 		}},
@@ -451,6 +452,32 @@ func TestAnetdWithKubernetes(t *testing.T) {
 		t.Fatal("an endpoint whose pod exists (or that names none) was collected")
 	}
 	logStep("endpoint of a missing pod collected")
+
+	// The endpoint record follows its pod's labels.
+	labelsOf := func() map[string]string {
+		ep, err := api.NewClient(n.socket).GetEndpoint(ctx, keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep.Labels
+	}
+	n.eventually(30*time.Second, "pod labels on the endpoint", func() error {
+		if l := labelsOf(); l["app"] != "keep" {
+			return fmt.Errorf("labels %v", l)
+		}
+		return nil
+	})
+	patch := []byte(`{"metadata":{"labels":{"app":"kept","tier":"web"}}}`)
+	if _, err := n.cs.CoreV1().Pods("default").Patch(ctx, "keep", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.eventually(30*time.Second, "changed pod labels on the endpoint", func() error {
+		if l := labelsOf(); l["app"] != "kept" || l["tier"] != "web" {
+			return fmt.Errorf("labels %v", l)
+		}
+		return nil
+	})
+	logStep("endpoint follows its pod's labels")
 
 	// The API server goes away: nothing changes, anetd stays ready.
 	n.createNode(ctx, "node-c", "10.77.0.3")

@@ -233,6 +233,7 @@ func run(cfg *config, log *slog.Logger) error {
 		routesSynced := make(chan struct{})
 		go kc.SyncRoutes(ctx, table, func() { close(routesSynced) })
 		go kc.CollectEndpoints(ctx, eps, cfg.gcGrace, min(max(cfg.gcGrace/2, time.Second), 10*time.Second))
+		go kc.SyncLabels(ctx, eps, 5*time.Second) // also catches endpoints registered after their pod was seen
 		hstate.SetReason("waiting for the informers to list")
 		if !kc.WaitForSync(ctx) {
 			log.Info("stopped while waiting for the informers")
