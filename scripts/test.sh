@@ -18,6 +18,9 @@ scripts/k8s-binaries.sh >/dev/null
 say "unit and node tests (race detector on; real eBPF programs, anetd, anet-cni and netns)"
 go test -race -count=1 -timeout 30m ./...
 
+say "scale: a 10-node lab running 100 pods (about 2 minutes)"
+ANET_LAB_SCALE=1 go test -count=1 -timeout 25m -run '^TestScale$' ./lab/
+
 say "fuzzing the parsers of outside input briefly"
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 15s ./cniconf/
 go test -run '^$' -fuzz '^FuzzDecode' -fuzztime 15s ./daemon/api/
