@@ -8,15 +8,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
 
-// Endpoints is what the collector needs of the endpoint manager.
+// Endpoints is what the endpoint reconciler needs of the endpoint manager.
 type Endpoints interface {
 	Records() []api.Endpoint
 	Collect(a api.Attachment, created time.Time) (bool, error)
+	SetLabels(a api.Attachment, labels map[string]string) (bool, error)
 }
 
 // DefaultGCGrace is how old an endpoint must be before it can be
@@ -71,19 +73,24 @@ func gone(ep api.Endpoint, pod *corev1.Pod, err error, node string) bool {
 	return pod.Spec.NodeName != "" && pod.Spec.NodeName != node
 }
 
-// CollectEndpoints removes endpoints whose pod no longer exists on this
-// node, once the pod informer has listed: on pod deletions and every
-// interval. Each candidate is confirmed by a live GET, so neither an
-// informer lagging behind nor an API outage removes a live pod's endpoint.
-func (c *Client) CollectEndpoints(ctx context.Context, eps Endpoints, grace, interval time.Duration) {
+// ReconcileEndpoints keeps the endpoints in step with this node's pods, on
+// pod events and every interval, once the pod informer has listed: an
+// endpoint whose pod no longer exists is removed, and every other records
+// its pod's labels (what policy will select on). Each removal is confirmed
+// by a live GET, so neither an informer lagging behind nor an API outage
+// removes a live pod's endpoint.
+func (c *Client) ReconcileEndpoints(ctx context.Context, eps Endpoints, grace, interval time.Duration) {
 	kick := make(chan struct{}, 1)
+	poke := func(any) {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
 	reg, err := c.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		DeleteFunc: func(any) {
-			select {
-			case kick <- struct{}{}:
-			default:
-			}
-		},
+		AddFunc:    poke,
+		UpdateFunc: func(_, o any) { poke(o) },
+		DeleteFunc: poke,
 	})
 	if err == nil {
 		defer func() { _ = c.pods.RemoveEventHandler(reg) }()
@@ -95,34 +102,56 @@ func (c *Client) CollectEndpoints(ctx context.Context, eps Endpoints, grace, int
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
+		pods, err := lister.List(labels.Everything())
+		if err == nil {
+			ix := newPodIndex(pods)
+			now := time.Now()
+			for _, ep := range eps.Records() {
+				if suspect(ep, ix, now, grace) {
+					c.collect(ctx, eps, ep)
+					continue
+				}
+				c.syncLabels(eps, lister, ep)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-kick:
 		case <-tick.C:
 		}
-		pods, err := lister.List(labels.Everything())
-		if err != nil {
-			continue
+	}
+}
+
+// collect removes a suspect endpoint once a live GET says its pod is gone.
+func (c *Client) collect(ctx context.Context, eps Endpoints, ep api.Endpoint) {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pod, err := c.cs.CoreV1().Pods(ep.Pod.Namespace).Get(gctx, ep.Pod.Name, metav1.GetOptions{})
+	cancel()
+	if !gone(ep, pod, err, c.node) {
+		if err != nil && !apierrors.IsNotFound(err) {
+			c.log.Debug("cannot check an endpoint's pod; keeping it", "pod", ep.Pod.Namespace+"/"+ep.Pod.Name, "err", err)
 		}
-		ix := newPodIndex(pods)
-		now := time.Now()
-		for _, ep := range eps.Records() {
-			if !suspect(ep, ix, now, grace) {
-				continue
-			}
-			gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			pod, err := c.cs.CoreV1().Pods(ep.Pod.Namespace).Get(gctx, ep.Pod.Name, metav1.GetOptions{})
-			cancel()
-			if !gone(ep, pod, err, c.node) {
-				if err != nil && !apierrors.IsNotFound(err) {
-					c.log.Debug("cannot check an endpoint's pod; keeping it", "pod", ep.Pod.Namespace+"/"+ep.Pod.Name, "err", err)
-				}
-				continue
-			}
-			if _, err := eps.Collect(ep.Attachment, ep.Created); err != nil {
-				c.log.Warn("collecting endpoint", "containerID", ep.ContainerID, "err", err)
-			}
-		}
+		return
+	}
+	if _, err := eps.Collect(ep.Attachment, ep.Created); err != nil {
+		c.log.Warn("collecting endpoint", "containerID", ep.ContainerID, "err", err)
+	}
+}
+
+// syncLabels records the labels of an endpoint's pod, matched by
+// namespace/name and, when the runtime gave it, UID.
+func (c *Client) syncLabels(eps Endpoints, lister corelisters.PodLister, ep api.Endpoint) {
+	if ep.Pod.Name == "" || ep.Pod.Namespace == "" {
+		return
+	}
+	pod, err := lister.Pods(ep.Pod.Namespace).Get(ep.Pod.Name)
+	if err != nil || (ep.Pod.UID != "" && string(pod.UID) != ep.Pod.UID) {
+		return
+	}
+	if changed, err := eps.SetLabels(ep.Attachment, pod.Labels); err != nil {
+		c.log.Warn("recording pod labels", "pod", ep.Pod.Namespace+"/"+ep.Pod.Name, "err", err)
+	} else if changed {
+		c.log.Debug("endpoint labels updated", "pod", ep.Pod.Namespace+"/"+ep.Pod.Name, "labels", pod.Labels)
 	}
 }

@@ -232,8 +232,9 @@ func run(cfg *config, log *slog.Logger) error {
 		go kc.WatchAPI(ctx, 5*time.Second)
 		routesSynced := make(chan struct{})
 		go kc.SyncRoutes(ctx, table, func() { close(routesSynced) })
-		go kc.CollectEndpoints(ctx, eps, cfg.gcGrace, min(max(cfg.gcGrace/2, time.Second), 10*time.Second))
-		go kc.SyncLabels(ctx, eps, 5*time.Second) // also catches endpoints registered after their pod was seen
+		// A short interval also catches endpoints registered after the
+		// informer saw their pod.
+		go kc.ReconcileEndpoints(ctx, eps, cfg.gcGrace, min(max(cfg.gcGrace/2, time.Second), 5*time.Second))
 		hstate.SetReason("waiting for the informers to list")
 		if !kc.WaitForSync(ctx) {
 			log.Info("stopped while waiting for the informers")
