@@ -101,6 +101,11 @@ type Options struct {
 	// KeepOnFailure leaves a lab that failed to come up in place for
 	// inspection (DownDir removes it later).
 	KeepOnFailure bool
+
+	// CNI is the pods' network: CNIAnet (anet-cni and anetd; the default)
+	// or CNIBridge (the reference bridge + host-local plugins and no
+	// anetd, for comparisons; see refcni.go).
+	CNI string
 }
 
 // Lab is a running lab.
@@ -151,6 +156,13 @@ func (o *Options) defaults() error {
 	}
 	if o.ClusterCIDR == "" {
 		o.ClusterCIDR = DefaultClusterCIDR
+	}
+	switch o.CNI {
+	case "":
+		o.CNI = CNIAnet
+	case CNIAnet, CNIBridge:
+	default:
+		return fmt.Errorf("lab: CNI %q: want %q or %q", o.CNI, CNIAnet, CNIBridge)
 	}
 	if o.ImageDir == "" {
 		cache := os.Getenv("ANET_CACHE")
@@ -226,7 +238,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 
 func (l *Lab) up(ctx context.Context) error {
 	o := l.opts
-	l.say("lab %q in %s: %d node(s)", o.Name, o.Dir, o.Nodes)
+	l.say("lab %q in %s: %d node(s), CNI %s", o.Name, o.Dir, o.Nodes, o.CNI)
 	if err := ensureRuntime(l.say); err != nil {
 		return err
 	}
@@ -300,7 +312,11 @@ func (l *Lab) up(ctx context.Context) error {
 		}
 	}
 	for i := range l.Nodes {
-		if err := l.startAnetd(ctx, &l.Nodes[i], bins); err != nil {
+		start := l.startAnetd
+		if o.CNI == CNIBridge {
+			start = l.startBridgeCNI
+		}
+		if err := start(ctx, &l.Nodes[i], bins); err != nil {
 			return fmt.Errorf("%s: %w", l.Nodes[i].Name, err)
 		}
 	}

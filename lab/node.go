@@ -71,14 +71,21 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	// containerd 1.6's libcni takes results up to 1.0.0 only. The node's
 	// "OS" provides the loopback plugin, which containerd calls for every
 	// sandbox besides the configured network.
-	out, err := run(b.install, "--cni-bin-dir", n.CNIBinDir, "--cni-conf-dir", n.CNIConfDir,
-		"--source-bin", b.cni, "--socket", n.Socket, "--bpf-root", n.BPFRoot, "--cni-version", "1.0.0")
-	if err != nil {
-		return err
-	}
-	_ = os.WriteFile(filepath.Join(logs, "anet-install.log"), []byte(out+"\n"), 0o644)
-	if err := copyExecutable(b.loopback, filepath.Join(n.CNIBinDir, "loopback")); err != nil {
-		return err
+	// A CNIBridge lab gets the reference plugins instead (refcni.go).
+	if l.opts.CNI == CNIBridge {
+		if err := l.installBridgePlugins(ctx, n, b); err != nil {
+			return err
+		}
+	} else {
+		out, err := run(b.install, "--cni-bin-dir", n.CNIBinDir, "--cni-conf-dir", n.CNIConfDir,
+			"--source-bin", b.cni, "--socket", n.Socket, "--bpf-root", n.BPFRoot, "--cni-version", "1.0.0")
+		if err != nil {
+			return err
+		}
+		_ = os.WriteFile(filepath.Join(logs, "anet-install.log"), []byte(out+"\n"), 0o644)
+		if err := copyExecutable(b.loopback, filepath.Join(n.CNIBinDir, "loopback")); err != nil {
+			return err
+		}
 	}
 
 	roots, err := cgroupV1Roots()

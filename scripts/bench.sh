@@ -21,7 +21,7 @@ done
 (( $(nproc) >= 2 )) || echo "bench: warning: one CPU only; request/response and throughput share it" >&2
 
 bin=${ANET_BIN:-$PWD/bin}
-for b in anet-cni anetd anetctl bridge host-local; do
+for b in anet-cni anetd anetctl anet-install bridge host-local; do
 	[[ -x $bin/$b ]] || die "$bin/$b is missing: run make build (or set ANET_BIN)"
 done
 

@@ -10,10 +10,13 @@
 //     throughput (iperf3): anet pods vs a bare veth pair vs bridge pods.
 //  3. The per-packet cost of anet_from_container in BPF_PROG_TEST_RUN
 //     against an empty program.
+//  4. Pod start latency (create to Ready) and pods/s through real kubelets
+//     and containerd: two 2-node labs (package lab), one wired by anet, one
+//     by the reference bridge + host-local plugins.
 //
 // It runs as root. Everything it makes (network namespaces, a bpffs mount,
-// anetd, the tools' processes, temporary files) lives in namespaces and
-// directories of its own and is removed at the end, also on error and on
+// anetd, the tools' processes, the labs, temporary files) lives in
+// namespaces and directories of its own and is removed at the end, also on error and on
 // Ctrl-C (SIGINT or SIGTERM; a third signal exits at once, leaving things
 // behind). All traffic stays inside its own netns, on 10.x addresses.
 //
@@ -48,6 +51,8 @@ type config struct {
 	rrReps, rrSeconds       int
 	tputReps, tputSeconds   int
 	progPackets, progPasses int
+	labNodes, labPods       int
+	labRounds               int
 	cpu                     string
 	sections                map[string]bool
 }
@@ -90,12 +95,16 @@ func run() int {
 	flag.IntVar(&cfg.tputSeconds, "tput-time", 3, "seconds of each throughput run (plus one omitted)")
 	flag.IntVar(&cfg.progPackets, "prog-packets", 1_000_000, "packets per case per pass in BPF_PROG_TEST_RUN")
 	flag.IntVar(&cfg.progPasses, "prog-passes", 3, "passes of the BPF_PROG_TEST_RUN measurement")
-	flag.StringVar(&only, "only", "cni,traffic,prog", "sections to run, comma-separated")
-	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets")
+	flag.IntVar(&cfg.labNodes, "lab-nodes", 2, "nodes of each lab in the pod start benchmark")
+	flag.IntVar(&cfg.labPods, "lab-pods", 20, "pods created at once per round in the pod start benchmark")
+	flag.IntVar(&cfg.labRounds, "lab-rounds", 3, "rounds per lab in the pod start benchmark")
+	flag.StringVar(&only, "only", "cni,traffic,prog,lab", "sections to run, comma-separated")
+	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 10 lab pods in 1 round")
 	flag.Parse()
 	if quick {
 		cfg.pods, cfg.rounds, cfg.progPackets, cfg.progPasses = 20, 1, 100_000, 1
 		cfg.rrReps, cfg.rrSeconds, cfg.tputReps, cfg.tputSeconds = 1, 2, 1, 2
+		cfg.labPods, cfg.labRounds = 10, 1
 	}
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -191,6 +200,7 @@ func run() int {
 		section("traffic", func() { rep.traffic = b.benchTraffic(ctx, b.trafficSetups(anet, bridge)) })
 	}
 	section("prog", func() { rep.prog = b.benchProg() })
+	section("lab", func() { rep.lab = b.benchLab(ctx) })
 
 	md := rep.markdown()
 	if err := writeAtomic(cfg.out, md); err != nil {
@@ -226,7 +236,7 @@ func preflight(cfg *config) error {
 		return err
 	}
 	cfg.bin = abs
-	for _, f := range []string{"anet-cni", "anetd", "anetctl", "bridge", "host-local"} {
+	for _, f := range []string{"anet-cni", "anetd", "anetctl", "anet-install", "bridge", "host-local"} {
 		if _, err := os.Stat(filepath.Join(cfg.bin, f)); err != nil {
 			return fmt.Errorf("%s: %v (run make build)", f, err)
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/anet-dev/anet/lab"
 )
 
 // num formats a figure with three significant digits, and thousands
@@ -70,6 +72,7 @@ type report struct {
 	cni     *cniResult
 	traffic *trafficResult
 	prog    *progResult
+	lab     *labResult
 	errs    map[string]error
 }
 
@@ -131,6 +134,29 @@ func (r *report) markdown() string {
 		w("%s\n", table([]string{"packet", "verdict", "anet_from_container", "empty program", "anet / empty", "anet − empty", "passes (ns)"}, p.rows()))
 	}
 
+	w("## 4. Pod start through kubelet and containerd: anet vs bridge + host-local\n\n")
+	if err := r.errs["lab"]; err != nil {
+		w("**Not measured: %v**\n\n", err)
+	} else if r.lab != nil {
+		l := r.lab
+		w("Two labs of `lab` (`anet-lab`), each with its own control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) "+
+			"and %d nodes, each node a network namespace with its own containerd 1.6 and a real kubelet. The labs differ only in the pods' network: "+
+			"**anet** (anet-cni installed by anet-install, anetd on every node) and **bridge** (the reference `bridge` plugin, bridge `%s`, "+
+			"`isGateway`, no masquerade, `host-local` IPAM on the node's pod CIDR from its Node object, cniVersion 1.0.0; **no anetd runs** in that lab, "+
+			"as in a cluster without anet). Both labs are up at the same time; each gets a warm-up of %d pods (not counted), "+
+			"then %d rounds of %d bare `anet-testserver` pods created at once (`kubectl create` of a List; no readiness probe, so Ready means "+
+			"the sandbox is wired and the container runs; a topology spread constraint puts half on each node), "+
+			"the labs alternating round by round and which goes first alternating too. "+
+			"One `kubectl get pods --watch` per lab stamps each pod when it is first seen (created) and first seen Ready: "+
+			"the latency is the difference, the rate is pods / (first created → last Ready). "+
+			"Then the pods are deleted (grace period 1 s) and the rate is pods / (delete command → last pod gone). "+
+			"kubelet notices started containers through its 1-second PLEG relist, which dominates these figures for both networks. "+
+			"Lower is better for latency, higher for rates.\n\n",
+			l.nodes, lab.BridgeName, 2*l.nodes, l.rounds, l.pods)
+		w("%s\n", table([]string{"", "anet", "bridge+host-local", "anet / bridge"}, l.rows()))
+		w("Every round (pods/s):\n\n%s\n", table([]string{"lab", "create → Ready", "delete → gone"}, l.runs()))
+	}
+
 	w("## Checks\n\n")
 	var checks []string
 	if r.cni != nil {
@@ -142,10 +168,13 @@ func (r *report) markdown() string {
 	if r.prog != nil {
 		checks = append(checks, r.prog.checks...)
 	}
+	if r.lab != nil {
+		checks = append(checks, r.lab.checks...)
+	}
 	for _, c := range checks {
 		w("- %s\n", c)
 	}
-	for _, k := range []string{"cni", "traffic", "prog"} {
+	for _, k := range []string{"cni", "traffic", "prog", "lab"} {
 		if err := r.errs[k]; err != nil {
 			w("- FAIL: %s: %v\n", k, err)
 		}
