@@ -52,7 +52,7 @@ type config struct {
 	tputReps, tputSeconds   int
 	progPackets, progPasses int
 	labNodes, labPods       int
-	labRounds               int
+	labRounds, labSerial    int
 	cpu                     string
 	sections                map[string]bool
 }
@@ -98,13 +98,14 @@ func run() int {
 	flag.IntVar(&cfg.labNodes, "lab-nodes", 2, "nodes of each lab in the pod start benchmark")
 	flag.IntVar(&cfg.labPods, "lab-pods", 20, "pods created at once per round in the pod start benchmark")
 	flag.IntVar(&cfg.labRounds, "lab-rounds", 3, "rounds per lab in the pod start benchmark")
+	flag.IntVar(&cfg.labSerial, "lab-serial", 5, "pods started one at a time per lab in the pod start benchmark")
 	flag.StringVar(&only, "only", "cni,traffic,prog,lab", "sections to run, comma-separated")
-	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 10 lab pods in 1 round")
+	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round")
 	flag.Parse()
 	if quick {
 		cfg.pods, cfg.rounds, cfg.progPackets, cfg.progPasses = 20, 1, 100_000, 1
 		cfg.rrReps, cfg.rrSeconds, cfg.tputReps, cfg.tputSeconds = 1, 2, 1, 2
-		cfg.labPods, cfg.labRounds = 10, 1
+		cfg.labPods, cfg.labRounds, cfg.labSerial = 10, 1, 2
 	}
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(only, ",") {

@@ -144,15 +144,17 @@ func (r *report) markdown() string {
 			"**anet** (anet-cni installed by anet-install, anetd on every node) and **bridge** (the reference `bridge` plugin, bridge `%s`, "+
 			"`isGateway`, no masquerade, `host-local` IPAM on the node's pod CIDR from its Node object, cniVersion 1.0.0; **no anetd runs** in that lab, "+
 			"as in a cluster without anet). Both labs are up at the same time; each gets a warm-up of %d pods (not counted), "+
-			"then %d rounds of %d bare `anet-testserver` pods created at once (`kubectl create` of a List; no readiness probe, so Ready means "+
-			"the sandbox is wired and the container runs; a topology spread constraint puts half on each node), "+
-			"the labs alternating round by round and which goes first alternating too. "+
+			"then %d bare `anet-testserver` pods one at a time (each created, Ready, deleted and gone before the next; the labs alternating pod by pod), "+
+			"then %d rounds of %d created at once (`kubectl create` of a List; a topology spread constraint puts half on each node), "+
+			"the labs alternating round by round and which goes first alternating too. No pod has a readiness probe, so Ready means "+
+			"the sandbox is wired and the container runs. "+
 			"One `kubectl get pods --watch` per lab stamps each pod when it is first seen (created) and first seen Ready: "+
 			"the latency is the difference, the rate is pods / (first created → last Ready). "+
 			"Then the pods are deleted (grace period 1 s) and the rate is pods / (delete command → last pod gone). "+
-			"kubelet notices started containers through its 1-second PLEG relist, which dominates these figures for both networks. "+
+			"kubelet learns that a container started from its PLEG relist, once a second, for either network: single pod starts are quantized by it (each create comes after a random pause of up to 1 s so that they sample that second evenly). "+
+			"With many pods at once the latency is mostly queueing on the node (two CPUs for both labs): the rate says more there. "+
 			"Lower is better for latency, higher for rates.\n\n",
-			l.nodes, lab.BridgeName, 2*l.nodes, l.rounds, l.pods)
+			l.nodes, lab.BridgeName, 2*l.nodes, l.serial, l.rounds, l.pods)
 		w("%s\n", table([]string{"", "anet", "bridge+host-local", "anet / bridge"}, l.rows()))
 		w("Every round (pods/s):\n\n%s\n", table([]string{"lab", "create → Ready", "delete → gone"}, l.runs()))
 	}
