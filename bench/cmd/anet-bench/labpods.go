@@ -570,6 +570,7 @@ func (r *labResult) rows() [][]string {
 	secs := func(d time.Duration) float64 { return d.Seconds() }
 	return [][]string{
 		row(fmt.Sprintf("pod start p50, create → Ready, one pod at a time (%d per lab)", len(a.serial)), one(a, 50), one(br, 50), " ms"),
+		row("pod start mean, one pod at a time", stats.Mean(stats.Millis(a.serial)), stats.Mean(stats.Millis(br.serial)), " ms"),
 		row("pod start max, one pod at a time", one(a, 100), one(br, 100), " ms"),
 		row(fmt.Sprintf("pod start p50, %d created at once (%d pods per lab)", r.pods, len(a.lat)), ms(a, 50), ms(br, 50), " ms"),
 		row(fmt.Sprintf("pod start p90, %d at once", r.pods), ms(a, 90), ms(br, 90), " ms"),
@@ -581,16 +582,19 @@ func (r *labResult) rows() [][]string {
 	}
 }
 
-// runs lists every round of both labs.
+// runs lists every sample of both labs.
 func (r *labResult) runs() [][]string {
 	var rows [][]string
 	for _, n := range []*labNet{r.anet, r.bridge} {
-		var rates, dels []string
+		var one, rates, dels []string
+		for _, ms := range stats.Millis(n.serial) {
+			one = append(one, fmt.Sprintf("%.0f", ms))
+		}
 		for i := range n.rates {
 			rates = append(rates, num(n.rates[i]))
 			dels = append(dels, num(n.dels[i]))
 		}
-		rows = append(rows, []string{n.cni, strings.Join(rates, ", "), strings.Join(dels, ", ")})
+		rows = append(rows, []string{n.cni, strings.Join(one, ", "), strings.Join(rates, ", "), strings.Join(dels, ", ")})
 	}
 	return rows
 }

@@ -98,7 +98,7 @@ func run() int {
 	flag.IntVar(&cfg.labNodes, "lab-nodes", 2, "nodes of each lab in the pod start benchmark")
 	flag.IntVar(&cfg.labPods, "lab-pods", 20, "pods created at once per round in the pod start benchmark")
 	flag.IntVar(&cfg.labRounds, "lab-rounds", 3, "rounds per lab in the pod start benchmark")
-	flag.IntVar(&cfg.labSerial, "lab-serial", 5, "pods started one at a time per lab in the pod start benchmark")
+	flag.IntVar(&cfg.labSerial, "lab-serial", 8, "pods started one at a time per lab in the pod start benchmark")
 	flag.StringVar(&only, "only", "cni,traffic,prog,lab", "sections to run, comma-separated")
 	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round")
 	flag.Parse()

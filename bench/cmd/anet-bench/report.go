@@ -151,12 +151,12 @@ func (r *report) markdown() string {
 			"One `kubectl get pods --watch` per lab stamps each pod when it is first seen (created) and first seen Ready: "+
 			"the latency is the difference, the rate is pods / (first created → last Ready). "+
 			"Then the pods are deleted (grace period 1 s) and the rate is pods / (delete command → last pod gone). "+
-			"kubelet learns that a container started from its PLEG relist, once a second, for either network: single pod starts are quantized by it (each create comes after a random pause of up to 1 s so that they sample that second evenly). "+
+			"kubelet learns that a container started from its PLEG relist, once a second, for either network: single pod starts are quantized by it (each create comes after a random pause of up to 1 s so that they sample that second evenly; with a handful of samples, a difference under about half a second between the networks is within that noise). "+
 			"With many pods at once the latency is mostly queueing on the node (two CPUs for both labs): the rate says more there. "+
 			"Lower is better for latency, higher for rates.\n\n",
 			l.nodes, lab.BridgeName, 2*l.nodes, l.serial, l.rounds, l.pods)
 		w("%s\n", table([]string{"", "anet", "bridge+host-local", "anet / bridge"}, l.rows()))
-		w("Every round (pods/s):\n\n%s\n", table([]string{"lab", "create → Ready", "delete → gone"}, l.runs()))
+		w("Every sample:\n\n%s\n", table([]string{"lab", "one at a time, create → Ready (ms)", "rounds, create → Ready (pods/s)", "rounds, delete → gone (pods/s)"}, l.runs()))
 	}
 
 	w("## Checks\n\n")
