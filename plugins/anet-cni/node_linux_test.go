@@ -26,6 +26,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
@@ -393,7 +394,7 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	ra := n.MustAdd(a)
 	n.MustAdd(b)
 	s := startStream(t, a, b)
-	s.flowing(t, "before the kill", 300*time.Millisecond)
+	s.flowing(t, "before the kill", time.Second)
 	progBefore := linkProgID(t, n, ra.Interfaces[0].Name)
 
 	n.KillAnetd()
@@ -407,7 +408,7 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	// The restarted anetd loads its programs anew and swaps them into the
 	// pinned links while the stream runs (what an upgrade does).
 	n.StartAnetd()
-	s.flowing(t, "after the restart", 500*time.Millisecond)
+	s.flowing(t, "after the restart", time.Second)
 	if after := linkProgID(t, n, ra.Interfaces[0].Name); after == progBefore {
 		t.Errorf("link still runs program %d after restart; want the new program", after)
 	}
@@ -439,6 +440,18 @@ func TestProgramSwapLosesNothing(t *testing.T) {
 	}
 	pc := l.(net.PacketConn)
 	defer pc.Close()
+	// A receive buffer far beyond the default, so that a receiver starved
+	// of CPU on a busy machine loses nothing: a loss here is the datapath's.
+	raw, err := pc.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.Control(func(fd uintptr) {
+		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var got atomic.Int64
 	go func() {
 		buf := make([]byte, 64)
