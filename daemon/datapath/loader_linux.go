@@ -184,3 +184,25 @@ func (dp *Datapath) updateTCFilters() error {
 
 // Close releases the loader's handles; pinned objects stay in the kernel.
 func (dp *Datapath) Close() error { return dp.objs.Close() }
+
+// LoadUnpinned loads the programs with fresh maps of their own, pinned
+// nowhere and attached to nothing: for BPF_PROG_TEST_RUN tests and
+// benchmarks, never for a node.
+func LoadUnpinned() (*Datapath, error) {
+	spec, err := bpf.LoadLxc()
+	if err != nil {
+		return nil, fmt.Errorf("loading eBPF spec: %w", err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	dp := &Datapath{log: slog.Default()}
+	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
+		return nil, fmt.Errorf("loading eBPF programs: %w", err)
+	}
+	return dp, nil
+}
+
+// Program returns one of the loaded programs by name (ProgFromContainer,
+// ProgToContainer), or nil.
+func (dp *Datapath) Program(name string) *ebpf.Program { return dp.programs()[name] }

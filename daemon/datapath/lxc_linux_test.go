@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/anet-dev/anet/bpf"
 )
 
 // These tests run the real programs in the kernel with BPF_PROG_TEST_RUN:
@@ -47,15 +45,8 @@ func needRoot(t *testing.T) {
 func loadTest(t *testing.T) *Datapath {
 	t.Helper()
 	needRoot(t)
-	spec, err := bpf.LoadLxc()
+	dp, err := LoadUnpinned()
 	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	dp := &Datapath{}
-	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })

@@ -16,7 +16,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/anet-dev/anet/bench/internal/stats"
-	"github.com/anet-dev/anet/bpf"
 	"github.com/anet-dev/anet/daemon/datapath"
 )
 
@@ -77,11 +76,6 @@ func udp4(src, dst netip.Addr, ttl uint8, payload int) []byte {
 	return append(frame, ip...)
 }
 
-func ipKey(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
-
 type progCase struct {
 	name    string
 	prog    *ebpf.Program
@@ -123,30 +117,16 @@ func (b *bench) benchProg() *progResult {
 func (b *bench) progRuns() (*progResult, error) {
 	runtime.LockOSThread() // ns.Do already holds the thread; be explicit
 	defer runtime.UnlockOSThread()
-	spec, err := bpf.LoadLxc()
+	dp, err := datapath.LoadUnpinned()
 	if err != nil {
-		return nil, err
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	var objs bpf.LxcObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the lxc programs: %w", err)
 	}
-	defer objs.Close()
-	for _, ep := range []struct {
-		ip       netip.Addr
-		ifindex  uint32
-		pod, hst net.HardwareAddr
-	}{{podIP, loIfindex, podMAC, hostMAC}, {peerIP, peerIfindex, peerMAC, peerHst}} {
-		v := bpf.LxcEndpointInfo{Ip: ipKey(ep.ip), Ifindex: ep.ifindex}
-		copy(v.PodMac[:], ep.pod)
-		copy(v.HostMac[:], ep.hst)
-		if err := objs.AnetEpByIf.Put(ep.ifindex, v); err != nil {
-			return nil, err
-		}
-		if err := objs.AnetEpByIp.Put(v.Ip, v); err != nil {
+	defer dp.Close()
+	for _, ep := range []datapath.Endpoint{
+		{IP: podIP, Ifindex: loIfindex, PodMAC: podMAC, HostMAC: hostMAC},
+		{IP: peerIP, Ifindex: peerIfindex, PodMAC: peerMAC, HostMAC: peerHst},
+	} {
+		if err := dp.UpsertEndpoint(ep); err != nil {
 			return nil, err
 		}
 	}
@@ -160,7 +140,7 @@ func (b *bench) progRuns() (*progResult, error) {
 	defer empty.Close()
 
 	const payload = 64
-	fc := objs.AnetFromContainer
+	fc := dp.Program(datapath.ProgFromContainer)
 	cases := []*progCase{
 		{name: "pod → pod on the node, UDP (redirect_peer)", prog: fc, pkt: udp4(podIP, peerIP, 255, payload), verdict: tcActRedirect},
 		{name: "pod → node (to the host stack)", prog: fc, pkt: udp4(podIP, gwIP, 255, payload), verdict: tcActOK},
@@ -193,9 +173,15 @@ func (b *bench) progRuns() (*progResult, error) {
 	// Every packet took the path it was meant to: the counters anetd's
 	// program keeps say so.
 	runs := uint64(chunks * chunkRepeat * b.cfg.progPasses)
-	counts, err := counters(objs.AnetMetrics)
+	all, err := dp.Counters()
 	if err != nil {
 		return nil, err
+	}
+	counts := map[[3]uint32]uint64{}
+	for ifindex, m := range all {
+		for k, v := range m {
+			counts[[3]uint32{ifindex, uint32(k.Dir), uint32(k.Reason)}] = v.Packets
+		}
 	}
 	expect := []struct {
 		what    string
@@ -235,22 +221,6 @@ func (b *bench) progRuns() (*progResult, error) {
 	res.checks = append(res.checks, fmt.Sprintf("ok: anet_metrics counted the %d runs of each case on the expected path, no TTL or other drops "+
 		"(at most %d more: test runs interrupted by a signal and restarted)", runs, extra))
 	return res, nil
-}
-
-// counters sums the per-CPU metrics by (ifindex, dir, reason).
-func counters(m *ebpf.Map) (map[[3]uint32]uint64, error) {
-	out := map[[3]uint32]uint64{}
-	var k bpf.LxcMetricsKey
-	var per []bpf.LxcMetricsValue
-	it := m.Iterate()
-	for it.Next(&k, &per) {
-		var n uint64
-		for _, v := range per {
-			n += v.Packets
-		}
-		out[[3]uint32{k.Ifindex, uint32(k.Dir), uint32(k.Reason)}] += n
-	}
-	return out, it.Err()
 }
 
 func (r *progResult) rows() [][]string {

@@ -123,7 +123,7 @@ func (r *report) markdown() string {
 		w("**Not measured: %v**\n\n", err)
 	} else if r.prog != nil {
 		p := r.prog
-		w("The datapath's programs loaded from `bpf.LoadLxc()` with unpinned maps, two endpoints written to the endpoint maps "+
+		w("The datapath's programs loaded by `datapath.LoadUnpinned()` (maps of their own, pinned nowhere), two endpoints written to the endpoint maps "+
 			"(the sender on lo of a scratch netns, a peer on a made-up ifindex), run by the kernel with `BPF_PROG_TEST_RUN` "+
 			"on a 106-byte Ethernet/IPv4/UDP frame. "+
 			"The kernel runs a program `repeat` times on the same skb without restoring it, and the pod-to-pod path decrements the TTL, "+
