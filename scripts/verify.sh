@@ -19,7 +19,11 @@ go vet ./...
 
 say "regenerating eBPF objects (bpf2go, ${BPF_CLANG:-clang-19})"
 make -s generate
-if ! git diff --exit-code --stat -- bpf/; then
+# git status, not git diff: a generated file that is new (untracked) is
+# stale too.
+stale=$(git status --porcelain --untracked-files=all -- bpf/)
+if [ -n "$stale" ]; then
+	echo "$stale" >&2
 	echo "verify: the committed eBPF objects are stale: run 'make generate' and commit bpf/" >&2
 	exit 1
 fi
