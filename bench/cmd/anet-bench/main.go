@@ -5,7 +5,9 @@
 //
 //  1. CNI ADD and DEL latency (p50, p99) and sustained pods/s, anet-cni with
 //     its anetd vs the reference bridge + host-local plugins, both through
-//     libcni on a simulated node (lab/testnode).
+//     libcni on a simulated node (lab/testnode) as a runtime invokes them,
+//     and where one ADD goes (binary starts, anetd log stamps, strace,
+//     ANET_CNI_TRACE).
 //  2. Same-node pod-to-pod TCP request/response rate (sockperf) and bulk
 //     throughput (iperf3): anet pods vs a bare veth pair vs bridge pods.
 //  3. The per-packet cost of anet_from_container in BPF_PROG_TEST_RUN
@@ -65,6 +67,7 @@ type bench struct {
 	bridge    *network
 	bridgeDir string
 	anetNode  *testnode.Node
+	anetdPID  int // the bench's own anetd (see restartAnetdAtInfo)
 
 	procMu sync.Mutex
 	procs  map[int]*proc
