@@ -206,6 +206,7 @@ func run() int {
 	section("prog", func() { rep.prog = b.benchProg() })
 	section("lab", func() { rep.lab = b.benchLab(ctx) })
 
+	rep.m.loadEnd = loadAvg()
 	md := rep.markdown()
 	if err := writeAtomic(cfg.out, md); err != nil {
 		fmt.Fprintf(os.Stderr, "anet-bench: writing %s: %v\n", cfg.out, err)
@@ -263,6 +264,7 @@ func describeMachine() machine {
 			}
 		}
 	}
+	m.loadStart = loadAvg()
 	m.commit = "unknown"
 	if out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output(); err == nil {
 		m.commit = strings.TrimSpace(string(out))
@@ -271,6 +273,19 @@ func describeMachine() machine {
 		}
 	}
 	return m
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func cstr(b []int8) string {

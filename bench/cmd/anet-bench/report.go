@@ -63,6 +63,7 @@ func table(header []string, rows [][]string) string {
 // machine is what the header of the report says about the run.
 type machine struct {
 	date, kernel, cpu, commit, goVersion string
+	loadStart, loadEnd                   string // /proc/loadavg at the start and the end of the run
 	cpus                                 int
 }
 
@@ -81,7 +82,8 @@ func (r *report) markdown() string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# anet benchmarks\n\n")
-	w("- date: %s\n- kernel: %s\n- CPU: %s (%d CPUs)\n- commit: %s\n- Go: %s\n\n", r.m.date, r.m.kernel, r.m.cpu, r.m.cpus, r.m.commit, r.m.goVersion)
+	w("- date: %s\n- kernel: %s\n- CPU: %s (%d CPUs)\n- load average (1, 5, 15 min): %s at the start, %s at the end\n- commit: %s\n- Go: %s\n\n",
+		r.m.date, r.m.kernel, r.m.cpu, r.m.cpus, r.m.loadStart, r.m.loadEnd, r.m.commit, r.m.goVersion)
 	w("Written by `make bench` (`scripts/bench.sh`, program `bench/cmd/anet-bench`). All figures come from **one run** " +
 		"on a small machine that other jobs may share: absolute numbers move from run to run, so read the **ratios** " +
 		"(anet / peer, measured side by side and interleaved in the same run), and treat a ratio within a few percent of 1 as a tie.\n\n")
