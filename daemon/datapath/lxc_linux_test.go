@@ -8,9 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/anet-dev/anet/bpf"
 )
+
+type metricsKey = bpf.LxcMetricsKey
 
 // These tests run the real programs in the kernel with BPF_PROG_TEST_RUN:
 // bytes in, verdict, bytes and counters out.
@@ -219,8 +224,112 @@ func TestFromUnknownEndpoint(t *testing.T) {
 	if ret != tcActShot {
 		t.Fatalf("verdict %d, want TC_ACT_SHOT", ret)
 	}
-	if n := counter(t, dp, loIfindex, DirEgress, DropUnknownEndpoint); n != 1 {
-		t.Errorf("unknown-endpoint drops = %d, want 1", n)
+	if n := nodeCounter(t, dp, DirEgress, DropUnknownEndpoint); n != 1 {
+		t.Errorf("node-wide unknown-endpoint drops = %d, want 1", n)
+	}
+	noCountersOf(t, dp, loIfindex)
+}
+
+func nodeCounter(t *testing.T, dp *Datapath, d Dir, r Reason) uint64 {
+	t.Helper()
+	c, err := dp.NodeCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[CounterKey{d, r}].Packets
+}
+
+// noCountersOf fails unless the counter map holds no key of ifindex, read
+// from the map itself (not through Counters, which could filter).
+func noCountersOf(t *testing.T, dp *Datapath, ifindex uint32) {
+	t.Helper()
+	var k metricsKey
+	var per [][]byte
+	it := dp.objs.AnetMetrics.Iterate()
+	for it.Next(&k, &per) {
+		if k.Ifindex == ifindex {
+			t.Errorf("counter %+v of ifindex %d is in the map", k, ifindex)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The host stack's packets to a device that is no endpoint are dropped and
+// counted under the node-wide key, never under the device.
+func TestToContainerUnknownEndpoint(t *testing.T) {
+	dp := loadTest(t)
+	if err := dp.DeleteEndpoint(podIP, loIfindex); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		ret, _ := run(t, dp.objs.AnetToContainer, udp4(nodeIP, podIP, 64, nil))
+		if ret != tcActShot {
+			t.Fatalf("verdict %d, want TC_ACT_SHOT", ret)
+		}
+	}
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n != 3 {
+		t.Errorf("node-wide unknown-endpoint drops = %d, want 3", n)
+	}
+	noCountersOf(t, dp, loIfindex)
+	// Restore's prune deletes the counters of every device that is no
+	// endpoint: the node-wide ones are not a device's.
+	if err := dp.DeleteCountersOf(IfindexNode); err != nil {
+		t.Fatal(err)
+	}
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n != 3 {
+		t.Errorf("node-wide counters deleted as a device's: %d left", n)
+	}
+	if all, _ := dp.Counters(); len(all[IfindexNode]) != 0 {
+		t.Errorf("Counters (per endpoint) shows the node-wide key: %v", all[IfindexNode])
+	}
+}
+
+// Packets keep arriving on an endpoint's device while it is deleted (an
+// endpoint collected while its veth stays): once DeleteEndpoint returns,
+// no counter of that device exists, and none comes back.
+func TestDeleteEndpointRacingPackets(t *testing.T) {
+	dp := loadTest(t)
+	pkt := udp4(nodeIP, podIP, 64, nil)
+	if ret, _ := run(t, dp.objs.AnetToContainer, pkt); ret != tcActOK {
+		t.Fatalf("verdict %d for a registered endpoint", ret)
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			ctx := make([]uint32, 11)
+			ctx[10] = loIfindex
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				if _, err := dp.objs.AnetToContainer.Run(&ebpf.RunOptions{Data: pkt, Context: ctx, Repeat: 50}); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := dp.DeleteEndpoint(podIP, loIfindex); err != nil {
+		t.Fatal(err)
+	}
+	noCountersOf(t, dp, loIfindex)
+	time.Sleep(50 * time.Millisecond) // the racers go on
+	close(stop)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	noCountersOf(t, dp, loIfindex)
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n == 0 {
+		t.Error("the racing packets after the delete were not counted as unknown-endpoint drops")
 	}
 }
 
