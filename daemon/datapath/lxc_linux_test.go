@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/anet-dev/anet/bpf"
+	"github.com/anet-dev/anet/internal/testpkt"
 )
 
 type metricsKey = bpf.LxcMetricsKey
@@ -79,51 +80,18 @@ func run(t *testing.T, p *ebpf.Program, pkt []byte) (uint32, []byte) {
 	return ret, opts.DataOut
 }
 
-func eth(dst, src net.HardwareAddr, proto uint16) []byte {
-	b := append(append([]byte{}, dst...), src...)
-	return binary.BigEndian.AppendUint16(b, proto)
-}
+// Frames from the test pod to its host side, built by the shared builder.
+var (
+	eth  = testpkt.Eth
+	csum = testpkt.Checksum
+)
 
-func csum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
-}
-
-// udp4 builds an Ethernet/IPv4/UDP packet with a valid header checksum.
+// udp4 is an Ethernet/IPv4/UDP frame from the pod's MAC to its host side.
 func udp4(src, dst netip.Addr, ttl uint8, payload []byte) []byte {
-	ip := make([]byte, 20+8+len(payload))
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	ip[8] = ttl
-	ip[9] = 17
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], csum(ip[:20]))
-	binary.BigEndian.PutUint16(ip[20:], 40000)
-	binary.BigEndian.PutUint16(ip[22:], 8081)
-	binary.BigEndian.PutUint16(ip[24:], uint16(8+len(payload)))
-	copy(ip[28:], payload)
-	return append(eth(hostMAC, podMAC, 0x0800), ip...)
+	return testpkt.UDP{DstMAC: hostMAC, SrcMAC: podMAC, Src: src, Dst: dst, SrcPort: 40000, DstPort: 8081, TTL: ttl, Payload: payload}.Frame()
 }
 
-func arpReq(sender, target netip.Addr) []byte {
-	b := eth(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, podMAC, 0x0806)
-	b = binary.BigEndian.AppendUint16(b, 1)      // Ethernet
-	b = binary.BigEndian.AppendUint16(b, 0x0800) // IPv4
-	b = append(b, 6, 4)
-	b = binary.BigEndian.AppendUint16(b, 1) // request
-	s, d := sender.As4(), target.As4()
-	b = append(append(b, podMAC...), s[:]...)
-	b = append(append(b, make([]byte, 6)...), d[:]...)
-	return b
-}
+func arpReq(sender, target netip.Addr) []byte { return testpkt.WhoHas(podMAC, sender, target) }
 
 func counter(t *testing.T, dp *Datapath, ifindex uint32, d Dir, r Reason) uint64 {
 	t.Helper()
