@@ -26,12 +26,15 @@ import (
 const callTimeout = 20 * time.Second
 
 // podRef reads the pod's identity from CNI_ARGS (K8S_POD_NAMESPACE, ...).
+// Empty segments (a trailing or doubled ";", which runtimes send) are
+// skipped; a non-empty segment without "=" is an error. Unknown keys are
+// ignored: CNI_ARGS is shared by every plugin of a chain.
 func podRef(cniArgs string) (api.PodRef, error) {
 	var p api.PodRef
-	if cniArgs == "" {
-		return p, nil
-	}
 	for _, kv := range strings.Split(cniArgs, ";") {
+		if kv == "" {
+			continue
+		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
 			return p, fmt.Errorf("CNI_ARGS: %q is not KEY=VALUE", kv)
