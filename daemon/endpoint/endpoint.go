@@ -74,8 +74,12 @@ func toDatapath(e *api.EndpointRequest) (datapath.Endpoint, error) {
 	return datapath.Endpoint{IP: e.IP, Ifindex: e.HostIfindex, PodMAC: pod, HostMAC: host}, nil
 }
 
-// Allocate gives an attachment an address.
+// Allocate gives an attachment an address. It holds the manager's lock so
+// that no allocation appears while Restore, GC or the sweep of dead ADDs
+// decide which allocations belong to nobody.
 func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	ip, err := m.ipam.Allocate(r.Attachment)
 	if err != nil {
 		return nil, err
@@ -87,15 +91,18 @@ func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
 // Register records a wired endpoint and programs the datapath. The address
 // must be the one allocated to the attachment.
 func (m *Manager) Register(r api.EndpointRequest) error {
-	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
-		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
-	}
 	dpe, err := toDatapath(&r)
 	if err != nil {
 		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
+	// The allocation is checked under the lock that Delete holds while it
+	// releases: checked before it, a DEL in between would leave an
+	// endpoint whose address is free.
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
+		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
+	}
 	if old, ok := m.eps[r.Attachment]; ok {
 		if old.EndpointRequest == r {
 			return nil // the same registration again

@@ -234,3 +234,44 @@ func TestSetLabelsPersists(t *testing.T) {
 		t.Fatalf("after restart: %+v %v", ep, err)
 	}
 }
+
+// ADD's registration and a DEL of the same attachment, raced: whatever the
+// order, both end with neither an endpoint nor an allocation, and never one
+// without the other.
+func TestRegisterRacesDelete(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	att := api.Attachment{ContainerID: "race", IfName: "eth0"}
+	host := datapath.HostIfName(att.ContainerID, att.IfName)
+	registered := 0
+	for i := range 1000 {
+		a, err := f.m.Allocate(api.AllocateRequest{Attachment: att})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := api.EndpointRequest{Attachment: att, IP: a.IP, HostIfName: host, HostIfindex: 10,
+			HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		var regErr, delErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; regErr = f.m.Register(r) }()
+		go func() { defer wg.Done(); <-start; delErr = f.m.Delete(att) }()
+		close(start)
+		wg.Wait()
+		if delErr != nil {
+			t.Fatalf("round %d: DEL: %v", i, delErr)
+		}
+		if regErr == nil {
+			registered++
+		} else if !errors.Is(regErr, api.ErrInvalid) {
+			t.Fatalf("round %d: register: %v", i, regErr)
+		}
+		_, allocated := f.m.ipam.Lookup(att)
+		_, recErr := os.Stat(f.m.recordPath(att))
+		if n := f.m.Count(); n != 0 || allocated || len(f.dp.byIP) != 0 || !errors.Is(recErr, os.ErrNotExist) {
+			t.Fatalf("round %d (register err %v): %d endpoints, allocated %v, map %v, record %v: an endpoint outlived its allocation",
+				i, regErr, n, allocated, f.dp.byIP, recErr)
+		}
+	}
+	t.Logf("1000 rounds, register first in %d", registered)
+}
