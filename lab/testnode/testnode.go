@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -511,4 +512,93 @@ func (n *Node) DelWith(list *libcni.NetworkConfigList, p *Pod) error {
 	return n.cni(func(c *libcni.CNIConfig) error {
 		return c.DelNetworkList(context.Background(), list, p.RuntimeConf())
 	})
+}
+
+// PluginConf is the config a runtime gives the plugin on stdin for the
+// node's conflist: its anet-cni entry with the list's name and cniVersion.
+func (n *Node) PluginConf() []byte {
+	n.t.Helper()
+	list := n.Conflist()
+	var m map[string]any
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &m); err != nil {
+		n.t.Fatal(err)
+	}
+	m["name"], m["cniVersion"] = list.Name, list.CNIVersion
+	b, err := json.Marshal(m)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return b
+}
+
+// PluginCmd is the real anet-cni run for verb on p as a runtime runs it,
+// in the node's netns (nsenter execs it: the PID is the plugin's), with
+// extra environment.
+func (n *Node) PluginCmd(verb string, p *Pod, env ...string) *exec.Cmd {
+	cmd := n.NSEnter(filepath.Join(n.Bin, "anet-cni"))
+	cmd.Env = append(append(os.Environ(), "CNI_COMMAND="+verb, "CNI_CONTAINERID="+p.ContainerID,
+		"CNI_NETNS="+p.NS.Path(), "CNI_IFNAME="+p.IfName, "CNI_PATH="+n.Bin,
+		"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name+";K8S_POD_UID=uid-"+p.Name), env...)
+	cmd.Stdin = bytes.NewReader(n.PluginConf())
+	return cmd
+}
+
+// HeldAdd is an ADD of the real plugin held at the end of a step by its
+// test hook (ANET_CNI_TEST_HOLD), to look at the node mid-ADD or to kill
+// the plugin there.
+type HeldAdd struct {
+	Step   string
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr *syncBuffer
+	done   chan struct{}
+	err    error
+}
+
+// HoldAdd starts ADD of p and returns once the plugin waits at step.
+func (n *Node) HoldAdd(p *Pod, step string) *HeldAdd {
+	n.t.Helper()
+	h := &HeldAdd{Step: step, stderr: &syncBuffer{}, done: make(chan struct{})}
+	h.cmd = n.PluginCmd("ADD", p, "ANET_CNI_TEST_HOLD="+step)
+	h.cmd.Stdout = &h.stdout
+	h.cmd.Stderr = h.stderr
+	if err := h.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	go func() { h.err = h.cmd.Wait(); close(h.done) }()
+	n.t.Cleanup(h.Kill)
+	want := "anet-cni-test-hold step=" + step + " "
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(h.stderr.String(), want) {
+		select {
+		case <-h.done:
+			n.t.Fatalf("ADD ended before step %s: %v\nstdout: %s\nstderr: %s\nanetd:\n%s", step, h.err, h.stdout.String(), h.stderr.String(), n.Log())
+		case <-deadline:
+			n.t.Fatalf("ADD not at step %s after 20s; stderr: %s", step, h.stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return h
+}
+
+// Continue lets the held ADD go on and returns its error (nil on success)
+// and stdout.
+func (h *HeldAdd) Continue() (string, error) {
+	_ = h.cmd.Process.Signal(syscall.SIGUSR1)
+	<-h.done
+	if h.err != nil {
+		return h.stdout.String(), fmt.Errorf("%w: %s%s", h.err, h.stdout.String(), h.stderr.String())
+	}
+	return h.stdout.String(), nil
+}
+
+// Kill sends SIGKILL to the held plugin and waits for it to die.
+func (h *HeldAdd) Kill() {
+	select {
+	case <-h.done:
+		return
+	default:
+	}
+	_ = h.cmd.Process.Kill()
+	<-h.done
 }

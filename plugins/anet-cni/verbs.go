@@ -66,6 +66,8 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
+	tr := newTracer("ADD", args.ContainerID, args.IfName)
+	tr.step("start")
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
@@ -82,6 +84,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return envError("opening netns %q: %v", args.Netns, err)
 	}
 	defer netns.Close()
+	tr.step("config")
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -90,6 +93,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return daemonError("allocating an address", err)
 	}
+	tr.step("allocate")
 
 	// From here on, undo everything on failure: a failed ADD leaves nothing.
 	layout := datapath.Layout{Root: conf.BPFRoot}
@@ -125,19 +129,23 @@ func cmdAdd(args *skel.CmdArgs) error {
 			return fmt.Errorf("creating veth pair: %w", err)
 		}
 		vethMade = true
+		tr.step("veth")
 		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
 	})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "setting up the pod interface", err.Error())
 	}
+	tr.step("pod")
 	if err := configureHost(hostIfName, alloc, podIf.HardwareAddr); err != nil {
 		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
 	}
+	tr.step("host")
 	mode, err := datapath.AttachEndpoint(layout, hostIfName)
 	if err != nil {
 		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
 	}
 	attached = true
+	tr.step("attach")
 	err = client.PutEndpoint(ctx, api.EndpointRequest{
 		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
 		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
@@ -146,6 +154,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return daemonError("registering the endpoint", err)
 	}
+	tr.step("register")
 
 	podIdx := 1
 	result := &current.Result{
@@ -163,7 +172,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		DNS:    conf.DNS,
 	}
 	success = true
-	return types.PrintResult(result, conf.CNIVersion)
+	err = types.PrintResult(result, conf.CNIVersion)
+	tr.step("result")
+	return err
 }
 
 // configurePod runs in the pod's netns: the address as a /32, the gateway
