@@ -822,3 +822,81 @@ func TestBadEnvironment(t *testing.T) {
 	}
 	assertClean(t, n)
 }
+
+// linkState reads, in a netns, whether a link is up and whether IPv6 is off
+// on it.
+func linkState(t *testing.T, netns ns.NetNS, name string) (up, ipv6Off bool) {
+	t.Helper()
+	err := netns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		up = l.Attrs().Flags&net.FlagUp != 0 || l.Attrs().RawFlags&unix.IFF_UP != 0
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6")
+		ipv6Off = err == nil && strings.TrimSpace(string(b)) == "1"
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	return up, ipv6Off
+}
+
+// The pod's link comes up only once the programs are attached and IPv6 is
+// off on both ends: the pod never sends a packet the datapath does not see.
+// The plugin's test hook holds ADD after each step to look.
+func TestPodUpOnlyWhenProtected(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	for _, step := range []string{"veth", "attach"} {
+		t.Run(step, func(t *testing.T) {
+			p := n.NewPod("up-" + step)
+			hostIf := datapath.HostIfName(p.ContainerID, p.IfName)
+			h := n.HoldAdd(p, step)
+			for _, end := range []struct {
+				netns ns.NetNS
+				name  string
+			}{{p.NS, p.IfName}, {n.NS, hostIf}} {
+				up, off := linkState(t, end.netns, end.name)
+				if up {
+					t.Errorf("after %s: %s is up before the ADD is done", step, end.name)
+				}
+				if !off {
+					t.Errorf("after %s: IPv6 is on on %s", step, end.name)
+				}
+			}
+			if step == "attach" {
+				if err := n.NS.Do(func(ns.NetNS) error {
+					return datapath.CheckEndpoint(datapath.Layout{Root: n.BPFRoot}, hostIf)
+				}); err != nil {
+					t.Errorf("after attach: programs not attached: %v", err)
+				}
+			}
+			out, err := h.Continue()
+			if err != nil {
+				t.Fatalf("ADD after the hold: %v", err)
+			}
+			if up, _ := linkState(t, p.NS, p.IfName); !up {
+				t.Errorf("%s is down after ADD", p.IfName)
+			}
+			if up, _ := linkState(t, n.NS, hostIf); !up {
+				t.Errorf("%s is down after ADD", hostIf)
+			}
+			var res struct {
+				IPs []struct{ Address string } `json:"ips"`
+			}
+			if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
+				t.Fatalf("ADD result: %v\n%s", err, out)
+			}
+			// No IPv6 address came up on the pod's link, and the pod reaches
+			// the node.
+			if v6, _ := p.Exec("ip", "-6", "addr", "show", "dev", p.IfName); strings.Contains(v6, "inet6") {
+				t.Errorf("the pod has IPv6 addresses:\n%s", v6)
+			}
+			if err := n.Del(p); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, n)
+		})
+	}
+}

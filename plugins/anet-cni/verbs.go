@@ -115,21 +115,22 @@ func cmdAdd(args *skel.CmdArgs) error {
 		_ = client.DeleteEndpoint(dctx, att) // also releases the address
 	}()
 
-	hostNS, err := ns.GetCurrentNS()
+	// The pod's link comes up last: first the pair is made down with IPv6
+	// off on both ends, then the programs are attached to the host side,
+	// and only then are the links set up. No packet of the pod ever passes
+	// unseen by the datapath, and the pod sends no IPv6 at all.
+	hostIf, podIf, vethMade, err := makeVeth(netns, att.IfName, hostIfName, conf.MTU)
 	if err != nil {
-		return err
+		return types.NewError(types.ErrInternal, "creating the veth pair", err.Error())
 	}
-	defer hostNS.Close()
-
-	var hostIf, podIf net.Interface
+	tr.step("veth")
+	attached = true // a partial attach leaves pins too
+	mode, err := datapath.AttachEndpoint(layout, hostIfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
+	}
+	tr.step("attach")
 	err = netns.Do(func(ns.NetNS) error {
-		var err error
-		hostIf, podIf, err = ip.SetupVethWithName(att.IfName, hostIfName, conf.MTU, "", hostNS)
-		if err != nil {
-			return fmt.Errorf("creating veth pair: %w", err)
-		}
-		vethMade = true
-		tr.step("veth")
 		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
 	})
 	if err != nil {
@@ -140,12 +141,6 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
 	}
 	tr.step("host")
-	mode, err := datapath.AttachEndpoint(layout, hostIfName)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
-	}
-	attached = true
-	tr.step("attach")
 	err = client.PutEndpoint(ctx, api.EndpointRequest{
 		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
 		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
@@ -177,22 +172,67 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return err
 }
 
-// configurePod runs in the pod's netns: the address as a /32, the gateway
-// as an on-link host route and the default route through it, and a
-// permanent neighbour entry for the gateway (the host-side MAC), so the pod
-// needs no ARP to leave. The datapath answers ARP too, should the entry go.
+// makeVeth makes the veth pair, both ends down: hostIfName in the current
+// (node's) netns, ifName in the pod's, with IPv6 off on both ends before
+// either can come up. made says whether the pair was made (the caller then
+// owns it, also when err is set).
+func makeVeth(netns ns.NetNS, ifName, hostIfName string, mtu int) (hostIf, podIf net.Interface, made bool, err error) {
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostIfName, MTU: mtu},
+		PeerName:      ifName,
+		PeerNamespace: netlink.NsFd(int(netns.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return hostIf, podIf, false, fmt.Errorf("adding veth %s (pod side %s): %w", hostIfName, ifName, err)
+	}
+	host, err := netlink.LinkByName(hostIfName)
+	if err != nil {
+		return hostIf, podIf, true, err
+	}
+	hostIf = net.Interface{Index: host.Attrs().Index, Name: hostIfName, HardwareAddr: host.Attrs().HardwareAddr, MTU: mtu}
+	if err := disableIPv6(hostIfName); err != nil {
+		return hostIf, podIf, true, err
+	}
+	err = netns.Do(func(ns.NetNS) error {
+		pod, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		podIf = net.Interface{Index: pod.Attrs().Index, Name: ifName, HardwareAddr: pod.Attrs().HardwareAddr, MTU: mtu}
+		return disableIPv6(ifName)
+	})
+	return hostIf, podIf, true, err
+}
+
+// disableIPv6 turns IPv6 off on a link of the current netns. anet is IPv4
+// only for now: this keeps the pod from sending IPv6 (router and neighbour
+// solicitations, MLD) that the datapath would drop and count. A kernel
+// without IPv6 has no such file, which is as good.
+func disableIPv6(ifName string) error {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("turning IPv6 off on %s: %w", ifName, err)
+	}
+	return nil
+}
+
+// configurePod runs in the pod's netns: the link up, the address as a /32,
+// the gateway as an on-link host route and the default route through it,
+// and a permanent neighbour entry for the gateway (the host-side MAC), so
+// the pod needs no ARP to leave. The datapath answers ARP too, should the
+// entry go.
 func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr) error {
 	link, err := netlink.LinkByName(ifName)
 	if err != nil {
 		return err
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", ifName, err)
-	}
 	gw := alloc.Gateway.AsSlice()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("adding %s: %w", alloc.IP, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", ifName, err)
 	}
 	idx := link.Attrs().Index
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
@@ -204,13 +244,10 @@ func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
 		return fmt.Errorf("adding gateway neighbour: %w", err)
 	}
-	// IPv4 only for now: keep the pod from sending IPv6 (router and
-	// neighbour solicitations) that the datapath would drop and count.
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
 	return nil
 }
 
-// configureHost runs in the node's netns: a host route to the pod over its
+// configureHost runs in the node's netns: the link up, a host route to the pod over its
 // veth and a permanent neighbour entry, so the node reaches the pod without
 // ARP and without a bridge.
 func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.HardwareAddr) error {
@@ -218,9 +255,11 @@ func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.Hardware
 	if err != nil {
 		return err
 	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", hostIfName, err)
+	}
 	idx := link.Attrs().Index
 	podIP := alloc.IP.AsSlice()
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+hostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return fmt.Errorf("adding route to the pod: %w", err)
 	}
