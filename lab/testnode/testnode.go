@@ -445,6 +445,7 @@ func (n *Node) Leftovers() []string {
 	list(filepath.Join(n.StateDir, "ipam"), "allocation", func(s string) bool { return s == "last" })
 	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", func(string) bool { return false })
 	list(api.PendingReleaseDir(n.Socket), "pending release", func(string) bool { return false })
+	list(api.PendingAddDir(n.Socket), "pending-ADD marker", func(string) bool { return false })
 	entries, err := n.MapEntries()
 	if err != nil {
 		out = append(out, "maps unreadable: "+err.Error())

@@ -900,3 +900,64 @@ func TestPodUpOnlyWhenProtected(t *testing.T) {
 		})
 	}
 }
+
+// An ADD killed (SIGKILL) at the end of any step before it registers leaves
+// nothing once anetd restarts: anetd finds the ADD's mark free and removes
+// its veth, link pins and address.
+func TestKilledAddLeavesNothing(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	for _, step := range []string{"allocate", "veth", "attach", "pod", "host"} {
+		t.Run(step, func(t *testing.T) {
+			p := n.NewPod("kill-" + step)
+			h := n.HoldAdd(p, step)
+			h.Kill()
+			if len(n.Leftovers()) == 0 {
+				t.Fatal("the killed ADD left nothing to clean: the test proves nothing")
+			}
+			n.StopAnetd()
+			n.StartAnetd()
+			assertClean(t, n)
+			// The attachment can be added again and works.
+			q := n.NewPod("again-" + step)
+			n.MustAdd(p)
+			n.MustAdd(q)
+			if err := p.Ping(q.IP().String(), 1); err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range []*testnode.Pod{p, q} {
+				if err := n.Del(x); err != nil {
+					t.Fatal(err)
+				}
+			}
+			assertClean(t, n)
+		})
+	}
+	// Killed while anetd runs: its periodic sweep cleans up, no restart.
+	t.Run("no restart", func(t *testing.T) {
+		p := n.NewPod("kill-live")
+		n.HoldAdd(p, "attach").Kill()
+		deadline := time.Now().Add(15 * time.Second)
+		for len(n.Leftovers()) > 0 && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		assertClean(t, n)
+	})
+	// The ADD fails with anetd gone, so its undo cannot release the
+	// address: it records the release as DEL does, applied when anetd is
+	// back.
+	t.Run("undo with anetd down", func(t *testing.T) {
+		p := n.NewPod("undo")
+		h := n.HoldAdd(p, "host")
+		n.KillAnetd()
+		out, err := h.Continue()
+		if err == nil || !strings.Contains(out, `"code": 11`) {
+			t.Fatalf("ADD with anetd gone at register: %v", err)
+		}
+		left := strings.Join(n.Leftovers(), "\n")
+		if !strings.Contains(left, "pending release") || strings.Contains(left, "link ") || strings.Contains(left, "link pin") {
+			t.Errorf("after the undo with anetd down, left:\n%s", left)
+		}
+		n.StartAnetd()
+		assertClean(t, n)
+	})
+}

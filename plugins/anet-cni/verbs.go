@@ -86,6 +86,16 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer netns.Close()
 	tr.step("config")
 
+	// The ADD is marked (and the mark locked) before anything is allocated:
+	// should this process die or fail to undo, anetd finds the mark free and
+	// removes what the ADD left (see api.PendingAddDir).
+	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	mark, err := api.MarkAdd(api.PendingAddDir(conf.Socket), hostIfName, att)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "marking the ADD in progress", err.Error())
+	}
+	// Whatever fails from here leaves the mark for anetd's sweep, released
+	// when the process exits.
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	client := api.NewClient(conf.Socket)
@@ -97,22 +107,35 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	// From here on, undo everything on failure: a failed ADD leaves nothing.
 	layout := datapath.Layout{Root: conf.BPFRoot}
-	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
 	success := false
 	vethMade, attached := false, false
 	defer func() {
 		if success {
+			mark.Done()
 			return
 		}
+		undone := true
 		if vethMade {
-			_ = ip.DelLinkByName(hostIfName)
+			if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+				undone = false
+			}
 		}
 		if attached {
-			_ = datapath.DetachEndpoint(layout, hostIfName)
+			if datapath.DetachEndpoint(layout, hostIfName) != nil {
+				undone = false
+			}
 		}
 		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
 		defer dcancel()
-		_ = client.DeleteEndpoint(dctx, att) // also releases the address
+		err := client.DeleteEndpoint(dctx, att) // also releases the address
+		var unavail *api.UnavailableError
+		if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
+			// As DEL does: anetd applies the release when it is back.
+			_ = api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att)
+		}
+		if err == nil && undone {
+			mark.Done()
+		}
 	}()
 
 	// The pod's link comes up last: first the pair is made down with IPv6
@@ -278,6 +301,26 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	// Not beside an ADD of this attachment: wait for it, then remove what
+	// it made and its mark too.
+	mark, err := api.LockAddMark(api.PendingAddDir(conf.Socket), hostIfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "locking the ADD's mark", err.Error())
+	}
+	if err := delAttachment(conf, att, hostIfName); err != nil {
+		if mark != nil {
+			mark.Release()
+		}
+		return err
+	}
+	if mark != nil {
+		mark.Done()
+	}
+	return nil
+}
+
+// delAttachment is DEL once the ADD mark is held.
+func delAttachment(conf *cniconf.NetConf, att api.Attachment, hostIfName string) error {
 	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
 	}
@@ -286,7 +329,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
+	err := api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
 	var unavail *api.UnavailableError
 	if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
 		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
