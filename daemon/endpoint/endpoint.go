@@ -93,6 +93,11 @@ func toDatapath(e *api.EndpointRequest) (datapath.Endpoint, error) {
 func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if r.Network != "" {
+		if ip, ok := m.ipam.Lookup(r.Attachment.Legacy()); ok {
+			return nil, fmt.Errorf("%w: %s/%s holds %s", api.ErrExists, r.ContainerID, r.IfName, ip)
+		}
+	}
 	ip, err := m.ipam.Allocate(r.Attachment)
 	if err != nil {
 		return nil, err
@@ -145,7 +150,30 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 func (m *Manager) Delete(a api.Attachment) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.deleteLocked(a)
+	return m.deleteLocked(m.resolveLocked(a))
+}
+
+// resolveLocked returns the key under which a is known: a itself, or, for
+// an attachment made before networks were recorded, a without its network
+// (a DEL or CHECK after an upgrade names the network; the record does not).
+func (m *Manager) resolveLocked(a api.Attachment) api.Attachment {
+	if a.Network == "" {
+		return a
+	}
+	if _, ok := m.eps[a]; ok {
+		return a
+	}
+	if _, ok := m.ipam.Lookup(a); ok {
+		return a
+	}
+	l := a.Legacy()
+	if _, ok := m.eps[l]; ok {
+		return l
+	}
+	if _, ok := m.ipam.Lookup(l); ok {
+		return l
+	}
+	return a
 }
 
 func (m *Manager) deleteLocked(a api.Attachment) error {
@@ -171,6 +199,9 @@ func (m *Manager) deleteLocked(a api.Attachment) error {
 
 // Get returns an endpoint with its counters.
 func (m *Manager) Get(a api.Attachment) (*api.Endpoint, error) {
+	m.mu.Lock()
+	a = m.resolveLocked(a)
+	m.mu.Unlock()
 	eps, err := m.List()
 	if err != nil {
 		return nil, err
@@ -222,22 +253,33 @@ func (m *Manager) Count() int {
 	return len(m.eps)
 }
 
-// GC removes every endpoint and allocation whose attachment is not in valid.
-func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
+// GC removes every endpoint and allocation of network whose attachment is
+// not in valid. Those of other networks stay, and so do those without a
+// network (made before networks were recorded: they may be another
+// network's; DEL and the Kubernetes collector remove them). An empty
+// network (an older plugin) means every record, as GC did before.
+func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, error) {
 	keep := map[api.Attachment]bool{}
 	for _, a := range valid {
+		a.Network = network
 		keep[a] = true
+	}
+	collectable := func(a api.Attachment) bool {
+		if network == "" {
+			return !keep[a.Legacy()]
+		}
+		return a.Network == network && !keep[a]
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gone := map[api.Attachment]bool{}
 	for a := range m.eps {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
 	for a := range m.ipam.List() {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
@@ -434,8 +476,8 @@ func (m *Manager) releasePendingLocked(dir string) error {
 	}
 	for path, a := range recs {
 		if a.Validate() == nil {
-			m.log.Info("applying release recorded while anetd was away", "containerID", a.ContainerID, "ifName", a.IfName)
-			if err := m.deleteLocked(a); err != nil {
+			m.log.Info("applying release recorded while anetd was away", "network", a.Network, "containerID", a.ContainerID, "ifName", a.IfName)
+			if err := m.deleteLocked(m.resolveLocked(a)); err != nil {
 				return err
 			}
 		}

@@ -207,7 +207,7 @@ func TestGC(t *testing.T) {
 	if _, err := f.m.Allocate(api.AllocateRequest{Attachment: api.Attachment{ContainerID: "c", IfName: "eth0"}}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.m.GC([]api.Attachment{a.Attachment})
+	res, err := f.m.GC("", []api.Attachment{a.Attachment})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,5 +367,52 @@ func TestSweepDeadAdds(t *testing.T) {
 	}
 	if n := len(f.m.ipam.List()); n != 1 {
 		t.Errorf("%d allocations left, want the registered one", n)
+	}
+}
+
+// GC of one network removes that network's stale attachments only; records
+// without a network (made before networks were recorded) stay, and DEL
+// with a network finds them.
+func TestGCByNetwork(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	add := func(network, id string, ifindex uint32) api.Attachment {
+		t.Helper()
+		att := api.Attachment{Network: network, ContainerID: id, IfName: "eth0"}
+		a, err := f.m.Allocate(api.AllocateRequest{Attachment: att})
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := datapath.HostIfName(id, "eth0")
+		r := api.EndpointRequest{Attachment: att, IP: a.IP, HostIfName: host, HostIfindex: ifindex,
+			HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+		if err := f.m.Register(r); err != nil {
+			t.Fatal(err)
+		}
+		return att
+	}
+	a1, a2 := add("one", "a1", 10), add("one", "a2", 11)
+	b1 := add("two", "b1", 12)
+	old := add("", "old", 13)
+	if _, err := f.m.Allocate(api.AllocateRequest{Attachment: api.Attachment{Network: "one", ContainerID: "old", IfName: "eth0"}}); !errors.Is(err, api.ErrExists) {
+		t.Fatalf("ADD with a network of an attachment held without one: %v", err)
+	}
+	res, err := f.m.GC("one", []api.Attachment{{ContainerID: a1.ContainerID, IfName: a1.IfName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Removed) != 1 || res.Removed[0] != a2 {
+		t.Fatalf("GC of network one removed %v, want only %v", res.Removed, a2)
+	}
+	for _, a := range []api.Attachment{a1, b1, old} {
+		if _, err := f.m.Get(a); err != nil {
+			t.Errorf("%+v after GC of network one: %v", a, err)
+		}
+	}
+	// A DEL after the upgrade names the network; the old record has none.
+	if err := f.m.Delete(api.Attachment{Network: "two", ContainerID: "old", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.m.ipam.Lookup(old); ok || f.m.Count() != 2 {
+		t.Fatalf("DEL with a network did not remove the record without one: %d endpoints", f.m.Count())
 	}
 }

@@ -603,3 +603,29 @@ func (h *HeldAdd) Kill() {
 	_ = h.cmd.Process.Kill()
 	<-h.done
 }
+
+// ConflistNamed is the node's conflist under another network name (a
+// second network that also uses anet-cni, with the same anetd).
+func (n *Node) ConflistNamed(name string) *libcni.NetworkConfigList {
+	n.t.Helper()
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: name, Socket: n.Socket, BPFRoot: n.BPFRoot})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(conf)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+// GCWith runs GC of a given conflist keeping the given pods' attachments.
+func (n *Node) GCWith(list *libcni.NetworkConfigList, keep ...*Pod) error {
+	args := &libcni.GCArgs{}
+	for _, p := range keep {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: p.IfName})
+	}
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.GCNetworkList(context.Background(), list, args)
+	})
+}

@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -960,4 +962,53 @@ func TestKilledAddLeavesNothing(t *testing.T) {
 		n.StartAnetd()
 		assertClean(t, n)
 	})
+}
+
+// Two networks use anet-cni on one node: GC of one removes its own stale
+// attachments and never the other's.
+func TestGCKeepsOtherNetworks(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	one, two := n.ConflistNamed("anet"), n.ConflistNamed("anet-second")
+	a, stale, b := n.NewPod("a"), n.NewPod("stale"), n.NewPod("b")
+	for _, x := range []struct {
+		list *libcni.NetworkConfigList
+		p    *testnode.Pod
+	}{{one, a}, {one, stale}, {two, b}} {
+		res, err := n.AddWith(x.list, x.p)
+		if err != nil {
+			t.Fatalf("ADD %s to %s: %v", x.p.Name, x.list.Name, err)
+		}
+		if x.p.Result, err = current.NewResultFromResult(res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.GCWith(one, a); err != nil {
+		t.Fatalf("GC of %s: %v", one.Name, err)
+	}
+	eps := listEndpoints(t, n)
+	if _, ok := eps[stale.ContainerID]; ok {
+		t.Errorf("GC of %s kept its stale attachment", one.Name)
+	}
+	if len(eps) != 2 || eps[a.ContainerID].Network != one.Name || eps[b.ContainerID].Network != two.Name {
+		t.Fatalf("after GC of %s, endpoints %v; want a (%s) and b (%s)", one.Name, eps, one.Name, two.Name)
+	}
+	if err := n.CheckWith(two, b); err != nil {
+		t.Fatalf("CHECK of b after the other network's GC: %v", err)
+	}
+	if err := a.Ping(b.IP().String(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.GCWith(two); err != nil {
+		t.Fatalf("GC of %s: %v", two.Name, err)
+	}
+	if eps := listEndpoints(t, n); len(eps) != 1 || eps[a.ContainerID].Network != one.Name {
+		t.Fatalf("after GC of %s keeping nothing: %v", two.Name, eps)
+	}
+	if err := n.DelWith(one, a); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*testnode.Pod{stale, b} {
+		_ = n.DelWith(one, p) // already collected: DEL succeeds
+	}
+	assertClean(t, n)
 }

@@ -59,6 +59,9 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	if err != nil {
 		return nil, a, err
 	}
+	// The network is part of the attachment: two networks using anet-cni
+	// keep their attachments apart (GC of one never removes the other's).
+	a.Network = conf.Name
 	if err := a.Validate(); err != nil {
 		return nil, a, envError("%v", err)
 	}
@@ -422,9 +425,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req := api.GCRequest{Valid: []api.Attachment{}}
+	req := api.GCRequest{Network: conf.Name, Valid: []api.Attachment{}}
 	for _, a := range conf.ValidAttachments {
-		req.Valid = append(req.Valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		req.Valid = append(req.Valid, api.Attachment{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
