@@ -539,7 +539,8 @@ func (n *Node) PluginCmd(verb string, p *Pod, env ...string) *exec.Cmd {
 	cmd := n.NSEnter(filepath.Join(n.Bin, "anet-cni"))
 	cmd.Env = append(append(os.Environ(), "CNI_COMMAND="+verb, "CNI_CONTAINERID="+p.ContainerID,
 		"CNI_NETNS="+p.NS.Path(), "CNI_IFNAME="+p.IfName, "CNI_PATH="+n.Bin,
-		"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name+";K8S_POD_UID=uid-"+p.Name), env...)
+		// A trailing ";", as some runtimes send.
+		"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name+";K8S_POD_UID=uid-"+p.Name+";"), env...)
 	cmd.Stdin = bytes.NewReader(n.PluginConf())
 	return cmd
 }

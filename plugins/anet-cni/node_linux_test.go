@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -206,15 +207,48 @@ func TestTwoPodsThroughLibcni(t *testing.T) {
 	assertClean(t, n)
 }
 
-// cnitool drives the plugin as an operator would by hand.
+// cnitool drives the plugin as an operator would by hand, and the pods it
+// wires are checked as the libcni test checks them: TCP, UDP, ICMP, the
+// counters, IP forwarding off, no bridge. cnitool has no flag or variable
+// for libcni's result cache (always /var/lib/cni), so it runs in a mount
+// namespace of its own where the test's directory is mounted on /var/lib:
+// the machine's /var/lib/cni is neither created nor written.
 func TestCnitool(t *testing.T) {
+	const machineCache = "/var/lib/cni"
+	_, err := os.Lstat(machineCache)
+	machineHadCache := err == nil
 	n := testnode.New(t, testnode.Options{})
 	a, b := n.NewPod("a"), n.NewPod("b")
+	varLib := filepath.Join(n.Dir, "cnitool-var-lib")
+	if err := os.MkdirAll(filepath.Join(varLib, "cni"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// cnitool's cache key: network, container ID (from the netns path), ifname.
+	cacheName := func(p *testnode.Pod) string {
+		sum := sha512.Sum512([]byte(p.NS.Path()))
+		return fmt.Sprintf("anet-cnitool-%x-eth0", sum[:10])
+	}
+	inMachineCache := func() {
+		t.Helper()
+		if !machineHadCache {
+			if _, err := os.Lstat(machineCache); err == nil {
+				t.Fatalf("%s did not exist before the test and does now", machineCache)
+			}
+			return
+		}
+		for _, p := range []*testnode.Pod{a, b} {
+			if _, err := os.Lstat(filepath.Join(machineCache, "results", cacheName(p))); err == nil {
+				t.Fatalf("cnitool wrote its cache for %s into the machine's %s", p.Name, machineCache)
+			}
+		}
+	}
 	run := func(verb string, p *testnode.Pod) string {
 		t.Helper()
-		cmd := n.NSEnter(filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
+		cmd := n.NSEnter("unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, varLib,
+			filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
 		cmd.Env = append(os.Environ(), "CNI_PATH="+n.Bin, "NETCONFPATH="+n.ConfDir, "CNI_IFNAME=eth0",
-			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name)
+			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name) // cnitool itself refuses a trailing ";"
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("cnitool %s %s: %v\n%s\nanetd:\n%s", verb, p.Name, err, out, n.Log())
@@ -231,17 +265,51 @@ func TestCnitool(t *testing.T) {
 			t.Fatalf("cnitool add output: %v\n%s", err, out)
 		}
 		addrs = append(addrs, strings.TrimSuffix(res.IPs[0].Address, "/32"))
+		if _, err := os.Stat(filepath.Join(varLib, "cni", "results", cacheName(p))); err != nil {
+			t.Fatalf("cnitool's result cache is not in the test's directory: %v", err)
+		}
 	}
-	if err := a.Ping(addrs[1], 2); err != nil {
+	inMachineCache()
+	noBridge(t, n)
+	if err := a.Ping(addrs[1], 3); err != nil {
 		t.Fatal(err)
 	}
 	echoTCP(t, a, 7000)
-	roundTrip(t, b, "tcp", net.JoinHostPort(addrs[0], "7000"), "cnitool")
+	echoUDP(t, a, 7001)
+	roundTrip(t, b, "tcp", net.JoinHostPort(addrs[0], "7000"), "cnitool over tcp")
+	roundTrip(t, b, "udp", net.JoinHostPort(addrs[0], "7001"), "cnitool over udp")
+	if out, _ := n.NSEnter("cat", "/proc/sys/net/ipv4/ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Fatalf("ip_forward is %q", out)
+	}
+	eps := listEndpoints(t, n)
+	var ea, eb api.Endpoint
+	for _, e := range eps {
+		switch e.IP.String() {
+		case addrs[0]:
+			ea = e
+		case addrs[1]:
+			eb = e
+		}
+	}
+	if ea.Pod.Name != "a" || eb.Pod.Name != "b" || ea.Network != "anet" {
+		t.Fatalf("endpoints do not match cnitool's pods: %+v", eps)
+	}
+	// 3 pings, 1 TCP handshake+data, 1 UDP datagram each way at least.
+	if got := count(ea, "egress", "forwarded"); got < 5 {
+		t.Errorf("pod a egress forwarded = %d, want >= 5", got)
+	}
+	if got := count(eb, "ingress", "forwarded"); got < 5 {
+		t.Errorf("pod b ingress forwarded = %d, want >= 5", got)
+	}
 	run("check", a)
 	run("check", b)
 	run("del", a)
 	run("del", b)
 	assertClean(t, n)
+	inMachineCache()
+	if left, _ := os.ReadDir(filepath.Join(varLib, "cni", "results")); len(left) != 0 {
+		t.Errorf("cnitool's cache after DEL: %v", left)
+	}
 }
 
 func TestSpoofedSourceDropped(t *testing.T) {
