@@ -194,6 +194,33 @@ func (n *Node) NSEnter(name string, args ...string) *exec.Cmd {
 // StartAnetd starts anetd and waits until it is ready.
 func (n *Node) StartAnetd() {
 	n.t.Helper()
+	n.startAnetd(false)
+}
+
+// StartAnetdHeld starts anetd held by its test hook before it restores its
+// endpoints, and waits until its socket answers, not ready. ReleaseAnetd
+// lets it go on.
+func (n *Node) StartAnetdHeld() {
+	n.t.Helper()
+	n.startAnetd(true)
+}
+
+// ReleaseAnetd lets an anetd started with StartAnetdHeld go on and waits
+// until it is ready.
+func (n *Node) ReleaseAnetd() {
+	n.t.Helper()
+	n.mu.Lock()
+	cmd, done := n.anetd, n.done
+	n.mu.Unlock()
+	if cmd == nil {
+		n.t.Fatal("anetd is not running")
+	}
+	_ = cmd.Process.Signal(syscall.SIGUSR1)
+	n.waitAnetd(done, true)
+}
+
+func (n *Node) startAnetd(held bool) {
+	n.t.Helper()
 	n.mu.Lock()
 	if n.anetd != nil {
 		n.mu.Unlock()
@@ -204,6 +231,9 @@ func (n *Node) StartAnetd() {
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = n.log, n.log
+	if held {
+		cmd.Env = append(os.Environ(), "ANETD_TEST_HOLD_RESTORE=1")
+	}
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()
 		n.t.Fatal(err)
@@ -213,12 +243,18 @@ func (n *Node) StartAnetd() {
 	n.done = done
 	go func() { _ = cmd.Wait(); close(done) }()
 	n.mu.Unlock()
+	n.waitAnetd(done, !held)
+}
+
+// waitAnetd waits until anetd answers on its socket, and is ready if ready.
+func (n *Node) waitAnetd(done chan struct{}, ready bool) {
+	n.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := n.Client().Status(ctx)
 		cancel()
-		if err == nil && st.Ready {
+		if err == nil && st.Ready == ready {
 			return
 		}
 		select {
@@ -227,7 +263,7 @@ func (n *Node) StartAnetd() {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	n.t.Fatalf("anetd not ready after 20s:\n%s", n.Log())
+	n.t.Fatalf("anetd not answering (ready %v) after 20s:\n%s", ready, n.Log())
 }
 
 // KillAnetd sends SIGKILL to anetd and waits for it to die.

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
@@ -362,9 +363,15 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	}
 }
 
-// stream keeps a TCP stream running from a to b and counts the bytes b gets.
+// stream keeps a TCP stream running from a to b (1 KiB a millisecond),
+// counts the bytes b gets and measures the longest wait between two reads
+// that got data: a stall (a lost segment waits for a retransmission of at
+// least 200 ms) shows there, however short the test's windows.
 type stream struct {
 	received atomic.Int64
+	lastAt   atomic.Int64 // monotonic nanoseconds since start of the last read with data
+	maxGap   atomic.Int64
+	start    time.Time
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	err      atomic.Value
@@ -377,7 +384,7 @@ func startStream(t *testing.T, a, b *testnode.Pod) *stream {
 		t.Fatal(err)
 	}
 	ln := l.(net.Listener)
-	s := &stream{stop: make(chan struct{})}
+	s := &stream{stop: make(chan struct{}), start: time.Now()}
 	conn, err := a.Dial("tcp", net.JoinHostPort(b.IP().String(), "7100"), 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -412,7 +419,13 @@ func startStream(t *testing.T, a, b *testnode.Pod) *stream {
 		buf := make([]byte, 64<<10)
 		for {
 			k, err := srv.Read(buf)
-			s.received.Add(int64(k))
+			if k > 0 {
+				s.received.Add(int64(k))
+				now := int64(time.Since(s.start))
+				if gap := now - s.lastAt.Swap(now); gap > s.maxGap.Load() {
+					s.maxGap.Store(gap)
+				}
+			}
 			if err != nil {
 				return
 			}
@@ -429,6 +442,21 @@ func (s *stream) Stop() {
 		close(s.stop)
 	}
 	s.wg.Wait()
+}
+
+// maxStall is the longest wait between two reads of the stream a test
+// accepts: well above the scheduling delays of a busy machine, below what a
+// lost segment costs twice.
+const maxStall = 500 * time.Millisecond
+
+// noStall asserts that the stream never waited longer than maxStall.
+func (s *stream) noStall(t *testing.T) {
+	t.Helper()
+	gap := time.Duration(s.maxGap.Load())
+	t.Logf("stream: %d bytes, longest wait between reads %v", s.received.Load(), gap.Round(time.Millisecond))
+	if gap > maxStall {
+		t.Errorf("stream stalled for %v at a time (bound %v)", gap.Round(time.Millisecond), maxStall)
+	}
 }
 
 // flowing asserts that the stream moves during d.
@@ -471,8 +499,8 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	s.flowing(t, "with anetd dead", time.Second)
 	if err := n.Status(); err == nil {
 		t.Error("STATUS succeeded with anetd dead")
-	} else if !strings.Contains(err.Error(), "not reachable") {
-		t.Errorf("STATUS error: %v", err)
+	} else if code := cniCode(err); code != 50 || !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("STATUS with anetd dead: code %d, %v; want code 50 (plugin not available)", code, err)
 	}
 
 	// The restarted anetd loads its programs anew and swaps them into the
@@ -493,9 +521,44 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 		t.Errorf("a's counters after restart: %d packets, want the stream's", got)
 	}
 	s.Stop()
+	s.noStall(t)
 	if err := n.Status(); err != nil {
 		t.Errorf("STATUS: %v", err)
 	}
+}
+
+// STATUS is code 50 while anetd is up but not ready (held by its test hook
+// before it restores its endpoints), ADD is code 11 (try again later), and
+// both work once it is ready.
+func TestStatusWhileAnetdNotReady(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	n.StopAnetd()
+	n.StartAnetdHeld()
+	st, err := n.Client().Status(context.Background())
+	if err != nil || st.Ready {
+		t.Fatalf("held anetd: status %+v, %v; want answering and not ready", st, err)
+	}
+	err = n.Status()
+	if code := cniCode(err); code != 50 || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("STATUS with anetd not ready: code %d, %v; want code 50 and \"not ready\"", code, err)
+	}
+	p := n.NewPod("early")
+	if _, err := n.Add(p); cniCode(err) != 11 {
+		t.Fatalf("ADD with anetd not ready: %v; want code 11", err)
+	}
+	out, err := n.Anetctl("status")
+	if err != nil || !strings.Contains(out, "restoring endpoints") {
+		t.Errorf("anetctl status with anetd not ready: %v\n%s", err, out)
+	}
+	n.ReleaseAnetd()
+	if err := n.Status(); err != nil {
+		t.Fatalf("STATUS once ready: %v", err)
+	}
+	n.MustAdd(p)
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, n)
 }
 
 // A restart swaps programs with link.Update while datagrams flow: none lost.

@@ -35,6 +35,11 @@ import (
 	"github.com/anet-dev/anet/daemon/routing"
 )
 
+// testHoldEnv, set to 1, holds anetd before it restores its endpoints, its
+// socket serving and not ready, until SIGUSR1: for tests of what the plugin
+// and anetctl do meanwhile. Never set it on a real node.
+const testHoldEnv = "ANETD_TEST_HOLD_RESTORE"
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -213,6 +218,18 @@ func run(cfg *config, log *slog.Logger) error {
 	}()
 
 	hstate.SetReason("restoring endpoints")
+	if os.Getenv(testHoldEnv) == "1" {
+		// Tests only: serve "not ready" until SIGUSR1.
+		held := make(chan os.Signal, 1)
+		signal.Notify(held, syscall.SIGUSR1)
+		log.Warn("test hold: not ready until SIGUSR1", "env", testHoldEnv)
+		select {
+		case <-held:
+			signal.Stop(held)
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	if err := eps.Restore(pending); err != nil {
 		return fmt.Errorf("restoring endpoints: %w", err)
 	}
