@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -469,19 +470,26 @@ func (n *Node) Leftovers() []string {
 		}
 		return nil
 	})
-	list := func(dir, what string, skip func(string) bool) {
-		es, _ := os.ReadDir(dir)
+	// A directory that anetd makes at its start must be there and readable:
+	// a renamed layout must not pass as clean. The plugin's pending
+	// directories are made on first use.
+	list := func(dir, what string, mustExist bool, skip func(string) bool) {
+		es, err := os.ReadDir(dir)
+		if err != nil && (mustExist || !errors.Is(err, os.ErrNotExist)) {
+			out = append(out, fmt.Sprintf("%ss unreadable: %v", what, err))
+		}
 		for _, e := range es {
 			if !skip(e.Name()) {
 				out = append(out, what+" "+e.Name())
 			}
 		}
 	}
-	list(filepath.Join(n.BPFRoot, "links"), "link pin", func(string) bool { return false })
-	list(filepath.Join(n.StateDir, "ipam"), "allocation", func(s string) bool { return s == "last" })
-	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", func(string) bool { return false })
-	list(api.PendingReleaseDir(n.Socket), "pending release", func(string) bool { return false })
-	list(api.PendingAddDir(n.Socket), "pending-ADD marker", func(string) bool { return false })
+	none := func(string) bool { return false }
+	list(filepath.Join(n.BPFRoot, "links"), "link pin", true, none)
+	list(filepath.Join(n.StateDir, "ipam"), "allocation", true, func(s string) bool { return s == "last" })
+	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", true, none)
+	list(api.PendingReleaseDir(n.Socket), "pending release", false, none)
+	list(api.PendingAddDir(n.Socket), "pending-ADD marker", false, none)
 	entries, err := n.MapEntries()
 	if err != nil {
 		out = append(out, "maps unreadable: "+err.Error())

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -1140,6 +1141,58 @@ func TestGCKeepsOtherNetworks(t *testing.T) {
 	}
 	for _, p := range []*testnode.Pod{stale, b} {
 		_ = n.DelWith(one, p) // already collected: DEL succeeds
+	}
+	assertClean(t, n)
+}
+
+// anetd's socket is mode 0600 in a 0700 directory, and other users cannot
+// connect to it; anetctl status reports the node.
+func TestSocketModeAndAnetctlStatus(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	fi, err := os.Lstat(n.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket %s has mode %v, want a socket of mode 0600", n.Socket, fi.Mode())
+	}
+	if di, err := os.Stat(filepath.Dir(n.Socket)); err != nil || di.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory mode %v (%v), want 0700", di.Mode(), err)
+	}
+	// The socket's own mode keeps others out: through a hard link in a
+	// directory anyone may enter, a user other than root is refused.
+	open, err := os.MkdirTemp("", "anet-t-sock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(open) })
+	if err := os.Chmod(open, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	linked := filepath.Join(open, "anetd.sock")
+	if err := os.Link(n.Socket, linked); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		filepath.Join(n.Bin, "anetctl"), "--socket", linked, "status").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("anetctl status as nobody: %v\n%s; want permission denied", err, out)
+	}
+
+	p := n.NewPod("p")
+	n.MustAdd(p)
+	st, err := n.Anetctl("status")
+	if err != nil {
+		t.Fatalf("anetctl status: %v\n%s", err, st)
+	}
+	for _, want := range []string{"Node:", n.Name, "Ready:", "yes", "Pod CIDR:", n.PodCIDR + " (gateway 10.244.1.1)",
+		"Addresses:", "1 of 253 allocated", "Endpoints:", "BPF root:", n.BPFRoot} {
+		if !strings.Contains(st, want) {
+			t.Errorf("anetctl status lacks %q:\n%s", want, st)
+		}
+	}
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
 	}
 	assertClean(t, n)
 }
