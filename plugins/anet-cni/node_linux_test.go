@@ -624,6 +624,10 @@ func TestProgramSwapLosesNothing(t *testing.T) {
 		n.StartAnetd()
 	}
 	time.Sleep(200 * time.Millisecond)
+	// At least 500 datagrams, however slow the machine sends them.
+	for deadline := time.Now().Add(10 * time.Second); sent.Load() < 500 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	close(stop)
 	<-done
 	time.Sleep(300 * time.Millisecond)
