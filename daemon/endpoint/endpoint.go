@@ -34,28 +34,41 @@ type Datapath interface {
 	DeleteCountersOf(ifindex uint32) error
 }
 
-// DeviceExists reports whether the host-side device of an endpoint is still
-// there under that name and index.
-type DeviceExists func(name string, ifindex uint32) bool
+// Devices is what the manager needs of the node's links.
+type Devices interface {
+	// Exists reports whether the host-side device of an endpoint is still
+	// there under that name and index.
+	Exists(name string, ifindex uint32) bool
+	// Remove deletes a host-side device (with its pod-side peer) and its
+	// link pins; what is already gone is fine.
+	Remove(name string) error
+}
+
+// OrphanGrace is how old an allocation with neither an endpoint nor the
+// marker of an ADD in progress must be before the sweep releases it. Every
+// ADD of this plugin marks itself before it allocates, so such allocations
+// come only from older plugins (an ADD in flight during an upgrade, or one
+// that died before): the grace leaves a running one time to finish.
+const OrphanGrace = 10 * time.Minute
 
 // Manager owns the endpoint records and their datapath entries.
 type Manager struct {
-	dir    string
-	ipam   *ipam.Allocator
-	dp     Datapath
-	exists DeviceExists
-	log    *slog.Logger
+	dir  string
+	ipam *ipam.Allocator
+	dp   Datapath
+	devs Devices
+	log  *slog.Logger
 
 	mu  sync.Mutex
 	eps map[api.Attachment]*api.Endpoint
 }
 
 // New returns a manager keeping its records in dir. Call Restore before use.
-func New(dir string, alloc *ipam.Allocator, dp Datapath, exists DeviceExists, log *slog.Logger) (*Manager, error) {
+func New(dir string, alloc *ipam.Allocator, dp Datapath, devs Devices, log *slog.Logger) (*Manager, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Manager{dir: dir, ipam: alloc, dp: dp, exists: exists, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
+	return &Manager{dir: dir, ipam: alloc, dp: dp, devs: devs, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
 }
 
 func (m *Manager) recordPath(a api.Attachment) string {
@@ -74,8 +87,17 @@ func toDatapath(e *api.EndpointRequest) (datapath.Endpoint, error) {
 	return datapath.Endpoint{IP: e.IP, Ifindex: e.HostIfindex, PodMAC: pod, HostMAC: host}, nil
 }
 
-// Allocate gives an attachment an address.
+// Allocate gives an attachment an address. It holds the manager's lock so
+// that no allocation appears while Restore, GC or the sweep of dead ADDs
+// decide which allocations belong to nobody.
 func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.Network != "" {
+		if ip, ok := m.ipam.Lookup(r.Attachment.Legacy()); ok {
+			return nil, fmt.Errorf("%w: %s/%s holds %s", api.ErrExists, r.ContainerID, r.IfName, ip)
+		}
+	}
 	ip, err := m.ipam.Allocate(r.Attachment)
 	if err != nil {
 		return nil, err
@@ -87,15 +109,18 @@ func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
 // Register records a wired endpoint and programs the datapath. The address
 // must be the one allocated to the attachment.
 func (m *Manager) Register(r api.EndpointRequest) error {
-	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
-		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
-	}
 	dpe, err := toDatapath(&r)
 	if err != nil {
 		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
+	// The allocation is checked under the lock that Delete holds while it
+	// releases: checked before it, a DEL in between would leave an
+	// endpoint whose address is free.
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
+		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
+	}
 	if old, ok := m.eps[r.Attachment]; ok {
 		if old.EndpointRequest == r {
 			return nil // the same registration again
@@ -125,7 +150,30 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 func (m *Manager) Delete(a api.Attachment) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.deleteLocked(a)
+	return m.deleteLocked(m.resolveLocked(a))
+}
+
+// resolveLocked returns the key under which a is known: a itself, or, for
+// an attachment made before networks were recorded, a without its network
+// (a DEL or CHECK after an upgrade names the network; the record does not).
+func (m *Manager) resolveLocked(a api.Attachment) api.Attachment {
+	if a.Network == "" {
+		return a
+	}
+	if _, ok := m.eps[a]; ok {
+		return a
+	}
+	if _, ok := m.ipam.Lookup(a); ok {
+		return a
+	}
+	l := a.Legacy()
+	if _, ok := m.eps[l]; ok {
+		return l
+	}
+	if _, ok := m.ipam.Lookup(l); ok {
+		return l
+	}
+	return a
 }
 
 func (m *Manager) deleteLocked(a api.Attachment) error {
@@ -151,6 +199,9 @@ func (m *Manager) deleteLocked(a api.Attachment) error {
 
 // Get returns an endpoint with its counters.
 func (m *Manager) Get(a api.Attachment) (*api.Endpoint, error) {
+	m.mu.Lock()
+	a = m.resolveLocked(a)
+	m.mu.Unlock()
 	eps, err := m.List()
 	if err != nil {
 		return nil, err
@@ -202,22 +253,33 @@ func (m *Manager) Count() int {
 	return len(m.eps)
 }
 
-// GC removes every endpoint and allocation whose attachment is not in valid.
-func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
+// GC removes every endpoint and allocation of network whose attachment is
+// not in valid. Those of other networks stay, and so do those without a
+// network (made before networks were recorded: they may be another
+// network's; DEL and the Kubernetes collector remove them). An empty
+// network (an older plugin) means every record, as GC did before.
+func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, error) {
 	keep := map[api.Attachment]bool{}
 	for _, a := range valid {
+		a.Network = network
 		keep[a] = true
+	}
+	collectable := func(a api.Attachment) bool {
+		if network == "" {
+			return !keep[a.Legacy()]
+		}
+		return a.Network == network && !keep[a]
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gone := map[api.Attachment]bool{}
 	for a := range m.eps {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
 	for a := range m.ipam.List() {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
@@ -234,10 +296,18 @@ func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
 	return res, errors.Join(errs...)
 }
 
+// Pending names the directories where anet-cni leaves work for anetd:
+// releases it could not tell anetd about (api.PendingReleaseDir) and the
+// markers of its ADDs (api.PendingAddDir).
+type Pending struct {
+	Releases, Adds string
+}
+
 // Restore loads the records, drops those whose device or address is gone,
 // writes the rest into the datapath and prunes every map entry and counter
-// that belongs to no record. Then it applies pending releases.
-func (m *Manager) Restore(pendingDir string) error {
+// that belongs to no record. Then it applies pending releases and cleans up
+// after ADDs that died (see Sweep).
+func (m *Manager) Restore(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	entries, err := os.ReadDir(m.dir)
@@ -270,7 +340,7 @@ func (m *Manager) Restore(pendingDir string) error {
 		switch {
 		case !allocated || ip != ep.IP:
 			m.log.Info("endpoint lost its address; removing", "containerID", a.ContainerID, "ip", ep.IP)
-		case !m.exists(ep.HostIfName, ep.HostIfindex):
+		case !m.devs.Exists(ep.HostIfName, ep.HostIfindex):
 			m.log.Info("endpoint device is gone; removing", "containerID", a.ContainerID, "hostIf", ep.HostIfName)
 		default:
 			dpe, err := toDatapath(&ep.EndpointRequest)
@@ -289,7 +359,7 @@ func (m *Manager) Restore(pendingDir string) error {
 	if err := m.pruneLocked(); err != nil {
 		return err
 	}
-	return m.applyPendingLocked(pendingDir)
+	return m.applyPendingLocked(p)
 }
 
 func (m *Manager) pruneLocked() error {
@@ -333,22 +403,81 @@ func (m *Manager) pruneLocked() error {
 	return nil
 }
 
-// ApplyPending applies the releases anet-cni recorded while anetd was away.
-func (m *Manager) ApplyPending(dir string) error {
+// ApplyPending applies the releases anet-cni recorded while anetd was away,
+// then sweeps: an ADD that is over without having registered its endpoint
+// (it failed and could not undo, or it was killed) leaves its veth, link
+// pins and address, which are removed here; so is an allocation older than
+// OrphanGrace with neither an endpoint nor an ADD in progress.
+func (m *Manager) ApplyPending(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.applyPendingLocked(dir)
+	return m.applyPendingLocked(p)
 }
 
-func (m *Manager) applyPendingLocked(dir string) error {
+func (m *Manager) applyPendingLocked(p Pending) error {
+	if err := m.releasePendingLocked(p.Releases); err != nil {
+		return err
+	}
+	return m.sweepLocked(p)
+}
+
+func (m *Manager) sweepLocked(p Pending) error {
+	live, err := api.SweepAddMarks(p.Adds, func(a api.Attachment, readable bool) error {
+		if !readable {
+			return nil // the ADD died before it allocated anything
+		}
+		if _, ok := m.eps[a]; ok {
+			return nil // it registered: only the marker is left
+		}
+		host := datapath.HostIfName(a.ContainerID, a.IfName)
+		ip, _ := m.ipam.Lookup(a)
+		m.log.Info("cleaning up after an ADD that ended without its endpoint", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "hostIf", host)
+		if err := m.devs.Remove(host); err != nil {
+			return err
+		}
+		if err := m.deleteLocked(a); err != nil {
+			return err
+		}
+		// Its own release, recorded when it could not reach anetd, is
+		// applied now.
+		if err := os.Remove(filepath.Join(p.Releases, host)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for a, ip := range m.ipam.List() {
+		if _, ok := m.eps[a]; ok || live[a] {
+			continue
+		}
+		at, ok := m.ipam.AllocatedAt(a)
+		if !ok || time.Since(at) < OrphanGrace {
+			continue
+		}
+		m.log.Info("releasing an allocation that has no endpoint and no ADD in progress", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "allocated", at)
+		if err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := m.deleteLocked(a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) releasePendingLocked(dir string) error {
 	recs, err := api.ReadPendingReleases(dir)
 	if err != nil {
 		return err
 	}
 	for path, a := range recs {
 		if a.Validate() == nil {
-			m.log.Info("applying release recorded while anetd was away", "containerID", a.ContainerID, "ifName", a.IfName)
-			if err := m.deleteLocked(a); err != nil {
+			m.log.Info("applying release recorded while anetd was away", "network", a.Network, "containerID", a.ContainerID, "ifName", a.IfName)
+			if err := m.deleteLocked(m.resolveLocked(a)); err != nil {
 				return err
 			}
 		}

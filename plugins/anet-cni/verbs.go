@@ -26,12 +26,15 @@ import (
 const callTimeout = 20 * time.Second
 
 // podRef reads the pod's identity from CNI_ARGS (K8S_POD_NAMESPACE, ...).
+// Empty segments (a trailing or doubled ";", which runtimes send) are
+// skipped; a non-empty segment without "=" is an error. Unknown keys are
+// ignored: CNI_ARGS is shared by every plugin of a chain.
 func podRef(cniArgs string) (api.PodRef, error) {
 	var p api.PodRef
-	if cniArgs == "" {
-		return p, nil
-	}
 	for _, kv := range strings.Split(cniArgs, ";") {
+		if kv == "" {
+			continue
+		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
 			return p, fmt.Errorf("CNI_ARGS: %q is not KEY=VALUE", kv)
@@ -56,6 +59,9 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	if err != nil {
 		return nil, a, err
 	}
+	// The network is part of the attachment: two networks using anet-cni
+	// keep their attachments apart (GC of one never removes the other's).
+	a.Network = conf.Name
 	if err := a.Validate(); err != nil {
 		return nil, a, envError("%v", err)
 	}
@@ -63,6 +69,8 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
+	tr := newTracer("ADD", args.ContainerID, args.IfName)
+	tr.step("start")
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
@@ -79,7 +87,18 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return envError("opening netns %q: %v", args.Netns, err)
 	}
 	defer netns.Close()
+	tr.step("config")
 
+	// The ADD is marked (and the mark locked) before anything is allocated:
+	// should this process die or fail to undo, anetd finds the mark free and
+	// removes what the ADD left (see api.PendingAddDir).
+	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	mark, err := api.MarkAdd(api.PendingAddDir(conf.Socket), hostIfName, att)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "marking the ADD in progress", err.Error())
+	}
+	// Whatever fails from here leaves the mark for anetd's sweep, released
+	// when the process exits.
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	client := api.NewClient(conf.Socket)
@@ -87,54 +106,67 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return daemonError("allocating an address", err)
 	}
+	tr.step("allocate")
 
 	// From here on, undo everything on failure: a failed ADD leaves nothing.
 	layout := datapath.Layout{Root: conf.BPFRoot}
-	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
 	success := false
 	vethMade, attached := false, false
 	defer func() {
 		if success {
+			mark.Done()
 			return
 		}
+		undone := true
 		if vethMade {
-			_ = ip.DelLinkByName(hostIfName)
+			if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+				undone = false
+			}
 		}
 		if attached {
-			_ = datapath.DetachEndpoint(layout, hostIfName)
+			if datapath.DetachEndpoint(layout, hostIfName) != nil {
+				undone = false
+			}
 		}
 		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
 		defer dcancel()
-		_ = client.DeleteEndpoint(dctx, att) // also releases the address
+		err := client.DeleteEndpoint(dctx, att) // also releases the address
+		var unavail *api.UnavailableError
+		if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
+			// As DEL does: anetd applies the release when it is back.
+			_ = api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att)
+		}
+		if err == nil && undone {
+			mark.Done()
+		}
 	}()
 
-	hostNS, err := ns.GetCurrentNS()
+	// The pod's link comes up last: first the pair is made down with IPv6
+	// off on both ends, then the programs are attached to the host side,
+	// and only then are the links set up. No packet of the pod ever passes
+	// unseen by the datapath, and the pod sends no IPv6 at all.
+	hostIf, podIf, vethMade, err := makeVeth(netns, att.IfName, hostIfName, conf.MTU)
 	if err != nil {
-		return err
+		return types.NewError(types.ErrInternal, "creating the veth pair", err.Error())
 	}
-	defer hostNS.Close()
-
-	var hostIf, podIf net.Interface
+	tr.step("veth")
+	attached = true // a partial attach leaves pins too
+	mode, err := datapath.AttachEndpoint(layout, hostIfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
+	}
+	tr.step("attach")
 	err = netns.Do(func(ns.NetNS) error {
-		var err error
-		hostIf, podIf, err = ip.SetupVethWithName(att.IfName, hostIfName, conf.MTU, "", hostNS)
-		if err != nil {
-			return fmt.Errorf("creating veth pair: %w", err)
-		}
-		vethMade = true
 		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
 	})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "setting up the pod interface", err.Error())
 	}
+	tr.step("pod")
 	if err := configureHost(hostIfName, alloc, podIf.HardwareAddr); err != nil {
 		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
 	}
-	mode, err := datapath.AttachEndpoint(layout, hostIfName)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
-	}
-	attached = true
+	tr.step("host")
 	err = client.PutEndpoint(ctx, api.EndpointRequest{
 		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
 		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
@@ -143,6 +175,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return daemonError("registering the endpoint", err)
 	}
+	tr.step("register")
 
 	podIdx := 1
 	result := &current.Result{
@@ -160,25 +193,72 @@ func cmdAdd(args *skel.CmdArgs) error {
 		DNS:    conf.DNS,
 	}
 	success = true
-	return types.PrintResult(result, conf.CNIVersion)
+	err = types.PrintResult(result, conf.CNIVersion)
+	tr.step("result")
+	return err
 }
 
-// configurePod runs in the pod's netns: the address as a /32, the gateway
-// as an on-link host route and the default route through it, and a
-// permanent neighbour entry for the gateway (the host-side MAC), so the pod
-// needs no ARP to leave. The datapath answers ARP too, should the entry go.
+// makeVeth makes the veth pair, both ends down: hostIfName in the current
+// (node's) netns, ifName in the pod's, with IPv6 off on both ends before
+// either can come up. made says whether the pair was made (the caller then
+// owns it, also when err is set).
+func makeVeth(netns ns.NetNS, ifName, hostIfName string, mtu int) (hostIf, podIf net.Interface, made bool, err error) {
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostIfName, MTU: mtu},
+		PeerName:      ifName,
+		PeerNamespace: netlink.NsFd(int(netns.Fd())),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return hostIf, podIf, false, fmt.Errorf("adding veth %s (pod side %s): %w", hostIfName, ifName, err)
+	}
+	host, err := netlink.LinkByName(hostIfName)
+	if err != nil {
+		return hostIf, podIf, true, err
+	}
+	hostIf = net.Interface{Index: host.Attrs().Index, Name: hostIfName, HardwareAddr: host.Attrs().HardwareAddr, MTU: mtu}
+	if err := disableIPv6(hostIfName); err != nil {
+		return hostIf, podIf, true, err
+	}
+	err = netns.Do(func(ns.NetNS) error {
+		pod, err := netlink.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		podIf = net.Interface{Index: pod.Attrs().Index, Name: ifName, HardwareAddr: pod.Attrs().HardwareAddr, MTU: mtu}
+		return disableIPv6(ifName)
+	})
+	return hostIf, podIf, true, err
+}
+
+// disableIPv6 turns IPv6 off on a link of the current netns. anet is IPv4
+// only for now: this keeps the pod from sending IPv6 (router and neighbour
+// solicitations, MLD) that the datapath would drop and count. A kernel
+// without IPv6 has no such file, which is as good.
+func disableIPv6(ifName string) error {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("turning IPv6 off on %s: %w", ifName, err)
+	}
+	return nil
+}
+
+// configurePod runs in the pod's netns: the link up, the address as a /32,
+// the gateway as an on-link host route and the default route through it,
+// and a permanent neighbour entry for the gateway (the host-side MAC), so
+// the pod needs no ARP to leave. The datapath answers ARP too, should the
+// entry go.
 func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr) error {
 	link, err := netlink.LinkByName(ifName)
 	if err != nil {
 		return err
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", ifName, err)
-	}
 	gw := alloc.Gateway.AsSlice()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("adding %s: %w", alloc.IP, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", ifName, err)
 	}
 	idx := link.Attrs().Index
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
@@ -190,13 +270,10 @@ func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
 		return fmt.Errorf("adding gateway neighbour: %w", err)
 	}
-	// IPv4 only for now: keep the pod from sending IPv6 (router and
-	// neighbour solicitations) that the datapath would drop and count.
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
 	return nil
 }
 
-// configureHost runs in the node's netns: a host route to the pod over its
+// configureHost runs in the node's netns: the link up, a host route to the pod over its
 // veth and a permanent neighbour entry, so the node reaches the pod without
 // ARP and without a bridge.
 func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.HardwareAddr) error {
@@ -204,9 +281,11 @@ func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.Hardware
 	if err != nil {
 		return err
 	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("setting %s up: %w", hostIfName, err)
+	}
 	idx := link.Attrs().Index
 	podIP := alloc.IP.AsSlice()
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+hostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return fmt.Errorf("adding route to the pod: %w", err)
 	}
@@ -225,6 +304,26 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	// Not beside an ADD of this attachment: wait for it, then remove what
+	// it made and its mark too.
+	mark, err := api.LockAddMark(api.PendingAddDir(conf.Socket), hostIfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "locking the ADD's mark", err.Error())
+	}
+	if err := delAttachment(conf, att, hostIfName); err != nil {
+		if mark != nil {
+			mark.Release()
+		}
+		return err
+	}
+	if mark != nil {
+		mark.Done()
+	}
+	return nil
+}
+
+// delAttachment is DEL once the ADD mark is held.
+func delAttachment(conf *cniconf.NetConf, att api.Attachment, hostIfName string) error {
 	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
 	}
@@ -233,7 +332,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
+	err := api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
 	var unavail *api.UnavailableError
 	if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
 		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
@@ -326,9 +425,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req := api.GCRequest{Valid: []api.Attachment{}}
+	req := api.GCRequest{Network: conf.Name, Valid: []api.Attachment{}}
 	for _, a := range conf.ValidAttachments {
-		req.Valid = append(req.Valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		req.Valid = append(req.Valid, api.Attachment{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
