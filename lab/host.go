@@ -254,27 +254,3 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
-
-// mkdirHost makes a directory outside the lab's own directory (a
-// bind-mount target such as /var/lib/kubelet), recording the directories
-// that did not exist so that down removes them (when empty).
-func (l *Lab) mkdirHost(dir string) error {
-	var made []string
-	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		made = append(made, d)
-	}
-	if len(made) == 0 {
-		return nil
-	}
-	if err := l.st.update(func(s *State) {
-		for i := len(made) - 1; i >= 0; i-- {
-			s.HostDirs = append(s.HostDirs, made[i])
-		}
-	}); err != nil {
-		return err
-	}
-	return os.MkdirAll(dir, 0o755)
-}

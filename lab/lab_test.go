@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,7 +26,61 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	for _, p := range machinePaths() {
+		if _, err := os.Lstat(p); err != nil {
+			missingBefore = append(missingBefore, p)
+		}
+	}
 	os.Exit(RunShared(m, Options{Nodes: 2}))
+}
+
+// machinePaths are paths of the machine that a lab could make by mistake:
+// the targets of the nodes' bind mounts, and util-linux's utab directory
+// (which mount(8) makes unless told -n).
+func machinePaths() []string {
+	return append(slices.Sorted(maps.Keys(NodeBindTargets)), "/run/mount")
+}
+
+// missingBefore are the machinePaths that the machine lacked before the
+// tests: they must not appear, neither while a lab runs nor after.
+var missingBefore []string
+
+func checkMachinePaths(t *testing.T, when string) {
+	t.Helper()
+	for _, p := range missingBefore {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s: %s exists on the machine, which had none before the lab", when, p)
+		}
+	}
+}
+
+// TestNodeDirsStayInNodes checks that the paths kubelet, containerd and
+// libcni hard-code are each node's own directories inside the node's mount
+// namespace, and that the lab made none of them on the machine (issue 7,
+// item 0: a /var/lib/cni made on the machine as a mount point caught
+// another test's libcni cache and could not be removed).
+func TestNodeDirsStayInNodes(t *testing.T) {
+	l := SharedLab(t)
+	checkMachinePaths(t, "lab up")
+	for _, n := range l.Nodes {
+		for target, dir := range NodeBindTargets {
+			probe := filepath.Join(target, ".anet-lab-probe-"+n.Name)
+			cmd, err := l.NodeCmd(n.Name, "sh", "-c", "echo "+n.Name+" > "+probe)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("%s: writing %s: %v: %s", n.Name, probe, err, out)
+				continue
+			}
+			own := filepath.Join(n.Dir, dir, filepath.Base(probe))
+			if b, err := os.ReadFile(own); err != nil || strings.TrimSpace(string(b)) != n.Name {
+				t.Errorf("%s: %s written in the node is not its %s: %q, %v", n.Name, probe, own, b, err)
+			}
+			_ = os.Remove(own)
+		}
+	}
+	checkMachinePaths(t, "lab up, files written in the nodes")
 }
 
 const webManifest = `
@@ -833,6 +889,7 @@ func TestDownLeavesNoTrace(t *testing.T) {
 	if left := Leftovers(&s); len(left) > 0 {
 		t.Errorf("left after down: %v", left)
 	}
+	checkMachinePaths(t, "lab down")
 	if err := DownDir(s.Dir, nil); err != nil {
 		t.Errorf("second down: %v", err)
 	}

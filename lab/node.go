@@ -5,10 +5,12 @@ package lab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,8 +38,7 @@ func (l *Lab) prepareNodes(n int) error {
 			CNIConfDir: filepath.Join(dir, "cni", "net.d"),
 		}
 		for _, d := range []string{"logs", "run", "bpf", "anetd", "cni/bin", "cni/net.d", "containerd/root",
-			"containerd/state", "containerd/opt", "runc", "kubelet", "kubelet-pki", "pod-logs",
-			"var-log-containers", "run-containerd"} {
+			"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs"} {
 			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 				return err
 			}
@@ -121,27 +122,12 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	if _, err := run("unshare", "--mount="+n.MountNS, "--propagation", "slave", "true"); err != nil {
 		return err
 	}
-	binds := [][2]string{
-		{filepath.Join(n.Dir, "kubelet"), "/var/lib/kubelet"},
-		{filepath.Join(n.Dir, "var-log-containers"), "/var/log/containers"},
-		{filepath.Join(n.Dir, "run-containerd"), "/run/containerd"},
-		// libcni's result cache (containerd's CNI calls), kept per node
-		// instead of in the machine's /var/lib/cni.
-		{filepath.Join(n.Dir, "var-lib-cni"), "/var/lib/cni"},
+	var dirs [][2]string
+	for _, t := range slices.Sorted(maps.Keys(NodeBindTargets)) {
+		dirs = append(dirs, [2]string{filepath.Join(n.Dir, NodeBindTargets[t]), t})
 	}
-	for _, bd := range binds {
-		if err := os.MkdirAll(bd[0], 0o755); err != nil {
-			return err
-		}
-		if err := l.mkdirHost(bd[1]); err != nil {
-			return err
-		}
-	}
-	binds = append(binds, [2]string{resolv, "/etc/resolv.conf"})
-	for _, bd := range binds {
-		if _, err := run("nsenter", "--mount="+n.MountNS, "--", "mount", "--bind", bd[0], bd[1]); err != nil {
-			return err
-		}
+	if err := l.makeNodeMounts(n, dirs, [][2]string{{resolv, "/etc/resolv.conf"}}); err != nil {
+		return err
 	}
 
 	// containerd

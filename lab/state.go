@@ -35,7 +35,7 @@ type State struct {
 	Procs    []Proc    `json:"procs"`    // started processes
 	Cgroups  []string  `json:"cgroups"`  // cgroup directories made (their subtrees go too)
 	Sysctls  []Sysctl  `json:"sysctls"`  // values raised, with the old value
-	HostDirs []string  `json:"hostDirs"` // directories made outside Dir (removed when empty)
+	HostDirs []string  `json:"hostDirs"` // directories made outside Dir by older labs (removed when empty); none now
 	Nodes    []NodeRec `json:"nodes"`
 
 	ControlPlaneDir  string `json:"controlPlaneDir,omitempty"`
