@@ -894,3 +894,89 @@ func TestDownLeavesNoTrace(t *testing.T) {
 		t.Errorf("second down: %v", err)
 	}
 }
+
+// TestSecondLabSameName brings a second lab up with the shared lab's name
+// (issue 7, item 11): it must fail, remove only what it made, and leave the
+// first lab's namespaces, processes, cgroups and mounts in place and the
+// lab working.
+func TestSecondLabSameName(t *testing.T) {
+	l := SharedLab(t)
+	s := l.State()
+	dir := filepath.Join(t.TempDir(), "second")
+	var progress strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	second, err := Up(ctx, Options{Nodes: 1, Dir: dir, Name: l.Name, AnetBinDir: s.AnetBinDir,
+		KubernetesBinDir: s.KubernetesBinDir, Progress: &progress})
+	if err == nil {
+		_ = second.Down()
+		t.Fatalf("a second lab named %q came up", l.Name)
+	}
+	t.Logf("second up failed as it should: %v\n%s", err, progress.String())
+	if !strings.Contains(err.Error(), "exists already") {
+		t.Errorf("the error does not say that the name is in use: %v", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("the failed lab left its directory %s", dir)
+	}
+
+	// The first lab: everything it recorded is still there.
+	for _, n := range s.Netns {
+		if _, err := os.Stat(l.netnsPath(n)); err != nil {
+			t.Errorf("first lab's network namespace %s: %v", n, err)
+		}
+	}
+	for _, p := range s.Procs {
+		if !p.alive() {
+			t.Errorf("first lab's %s (pid %d) is gone", p.Name, p.PID)
+		}
+	}
+	for _, c := range s.Cgroups {
+		if _, err := os.Stat(c); err != nil {
+			t.Errorf("first lab's cgroup %s: %v", c, err)
+		}
+	}
+	for _, m := range s.Mounts {
+		if !isMountPoint(m) {
+			t.Errorf("first lab's mount %s is gone", m)
+		}
+	}
+	// And it works: the API answers, the nodes are Ready, each anetd is.
+	if err := l.WaitNodesReady(ctx, 30*time.Second); err != nil {
+		t.Error(err)
+	}
+	for _, n := range l.Nodes {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := api.NewClient(n.Socket).Status(cctx)
+		ccancel()
+		if err != nil || !st.Ready {
+			t.Errorf("%s: anetd after the second up: %+v, %v", n.Name, st, err)
+		}
+	}
+}
+
+// TestKubectlCacheIsTheLabs checks that the lab's kubectl keeps its
+// discovery cache in the lab's directory, not in the user's ~/.kube/cache,
+// which every lab (all at 10.77.0.2:6443) would share (issue 7, item 12).
+func TestKubectlCacheIsTheLabs(t *testing.T) {
+	l := SharedLab(t)
+	home := t.TempDir()
+	cmd := l.KubectlCmd("get", "nodes")
+	cmd.Env = append(os.Environ(), "HOME="+home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl get nodes: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".kube")); err == nil {
+		t.Errorf("kubectl wrote to $HOME/.kube (%s)", filepath.Join(home, ".kube"))
+	}
+	found := false
+	_ = filepath.WalkDir(filepath.Join(l.KubectlCacheDir(), "discovery"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			found = true
+		}
+		return nil
+	})
+	if !found {
+		t.Errorf("no discovery cache under %s", l.KubectlCacheDir())
+	}
+}
