@@ -106,6 +106,11 @@ type Options struct {
 	// or CNIBridge (the reference bridge + host-local plugins and no
 	// anetd, for comparisons; see refcni.go).
 	CNI string
+
+	// EndpointGCGrace is anetd's --endpoint-gc-grace: how old an endpoint
+	// must be before anetd collects it when its pod is gone. 0: anetd's
+	// default (30 s).
+	EndpointGCGrace time.Duration
 }
 
 // Lab is a running lab.

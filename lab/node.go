@@ -24,21 +24,22 @@ func (l *Lab) prepareNodes(n int) error {
 		name := NodeName(i)
 		dir := filepath.Join(l.Dir, "nodes", name)
 		nr := NodeRec{
-			Name:       name,
-			Netns:      l.Name + "-" + name,
-			Address:    NodeIP(i),
-			Dir:        dir,
-			MountNS:    filepath.Join(l.Dir, "ns", name+".mnt"),
-			CgroupName: l.Name + "-" + name,
-			Socket:     filepath.Join(dir, "run", "anetd.sock"),
-			BPFRoot:    filepath.Join(dir, "bpf"),
-			StateDir:   filepath.Join(dir, "anetd"),
-			Containerd: filepath.Join(dir, "run", "containerd.sock"),
-			CNIBinDir:  filepath.Join(dir, "cni", "bin"),
-			CNIConfDir: filepath.Join(dir, "cni", "net.d"),
+			Name:         name,
+			Netns:        l.Name + "-" + name,
+			Address:      NodeIP(i),
+			Dir:          dir,
+			MountNS:      filepath.Join(l.Dir, "ns", name+".mnt"),
+			CgroupName:   l.Name + "-" + name,
+			Socket:       filepath.Join(dir, "run", "anetd.sock"),
+			BPFRoot:      filepath.Join(dir, "bpf"),
+			StateDir:     filepath.Join(dir, "anetd"),
+			Containerd:   filepath.Join(dir, "run", "containerd.sock"),
+			CNIBinDir:    filepath.Join(dir, "cni", "bin"),
+			CNIConfDir:   filepath.Join(dir, "cni", "net.d"),
+			StaticPodDir: filepath.Join(dir, "manifests"),
 		}
 		for _, d := range []string{"logs", "run", "bpf", "anetd", "cni/bin", "cni/net.d", "containerd/root",
-			"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs"} {
+			"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs", "manifests"} {
 			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 				return err
 			}
@@ -204,6 +205,9 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
 		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr}
+	if l.opts.EndpointGCGrace > 0 {
+		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
+	}
 	p, err := spawn(n.Name+"/anetd", l.netnsPath(n.Netns), n.MountNS, filepath.Join(n.Dir, "logs", "anetd.log"), args...)
 	if err != nil {
 		return err
@@ -357,6 +361,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 //   - Node status every 5 s (default 10 s) and at least every minute: after
 //     the API server was down, nodes that the controller manager marked
 //     NotReady are Ready again sooner.
+//   - staticPodPath is the node's manifests/ (a real node's
+//     /etc/kubernetes/manifests): a manifest there runs as a static pod,
+//     checked every 5 s besides inotify.
 func kubeletConfig(n *NodeRec, resolv, dnsIP string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -395,5 +402,7 @@ clusterDomain: cluster.local
 clusterDNS: [%s]
 nodeStatusUpdateFrequency: 5s
 nodeStatusReportFrequency: 1m
-`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv, dnsIP)
+staticPodPath: %s
+fileCheckFrequency: 5s
+`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv, dnsIP, n.StaticPodDir)
 }

@@ -87,6 +87,9 @@ type NodeRec struct {
 	Containerd string `json:"containerd"` // containerd's socket
 	CNIBinDir  string `json:"cniBinDir"`
 	CNIConfDir string `json:"cniConfDir"`
+	// StaticPodDir is kubelet's staticPodPath: a pod manifest put there
+	// runs as a static pod of the node (with a mirror pod in the API).
+	StaticPodDir string `json:"staticPodDir,omitempty"`
 	HealthAddr string `json:"healthAddr,omitempty"`
 }
 
