@@ -90,7 +90,7 @@ type NodeRec struct {
 	// StaticPodDir is kubelet's staticPodPath: a pod manifest put there
 	// runs as a static pod of the node (with a mirror pod in the API).
 	StaticPodDir string `json:"staticPodDir,omitempty"`
-	HealthAddr string `json:"healthAddr,omitempty"`
+	HealthAddr   string `json:"healthAddr,omitempty"`
 }
 
 // stateStore serializes updates to the state file.
