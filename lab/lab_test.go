@@ -954,31 +954,6 @@ func TestCrashedUpIsRemoved(t *testing.T) {
 	}
 }
 
-// TestDownLeavesNoTrace removes the shared lab (the tests after it, if
-// any, get a new one) and checks that nothing of it is left: namespaces,
-// mounts, processes, cgroups, sysctls, directories.
-func TestDownLeavesNoTrace(t *testing.T) {
-	l := SharedLab(t)
-	s := l.State()
-	// The check below means something only if the state records each kind.
-	if len(s.Netns) == 0 || len(s.Mounts) == 0 || len(s.Procs) == 0 || len(s.Cgroups) == 0 || len(s.Nodes) == 0 {
-		t.Fatalf("the state records too little to check: %d netns, %d mounts, %d processes, %d cgroups, %d nodes",
-			len(s.Netns), len(s.Mounts), len(s.Procs), len(s.Cgroups), len(s.Nodes))
-	}
-	t0 := time.Now()
-	if err := shutdownShared(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("down took %v", time.Since(t0).Round(time.Millisecond))
-	if left := Leftovers(&s); len(left) > 0 {
-		t.Errorf("left after down: %v", left)
-	}
-	checkMachinePaths(t, "lab down")
-	if err := DownDir(s.Dir, nil); err != nil {
-		t.Errorf("second down: %v", err)
-	}
-}
-
 // TestSecondLabSameName brings a second lab up with the shared lab's name
 // (issue 7, item 11): it must fail, remove only what it made, and leave the
 // first lab's namespaces, processes, cgroups and mounts in place and the
@@ -1257,5 +1232,30 @@ func endpointRemoval(n *NodeRec, containerID string) (how, line string) {
 func TestLeftoversCannotPassBlind(t *testing.T) {
 	if left := Leftovers(&State{}); len(left) == 0 {
 		t.Error("Leftovers of an empty state found nothing to complain about")
+	}
+}
+
+// TestDownLeavesNoTrace removes the shared lab (the tests after it, if
+// any, get a new one) and checks that nothing of it is left: namespaces,
+// mounts, processes, cgroups, sysctls, directories.
+func TestDownLeavesNoTrace(t *testing.T) {
+	l := SharedLab(t)
+	s := l.State()
+	// The check below means something only if the state records each kind.
+	if len(s.Netns) == 0 || len(s.Mounts) == 0 || len(s.Procs) == 0 || len(s.Cgroups) == 0 || len(s.Nodes) == 0 {
+		t.Fatalf("the state records too little to check: %d netns, %d mounts, %d processes, %d cgroups, %d nodes",
+			len(s.Netns), len(s.Mounts), len(s.Procs), len(s.Cgroups), len(s.Nodes))
+	}
+	t0 := time.Now()
+	if err := shutdownShared(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("down took %v", time.Since(t0).Round(time.Millisecond))
+	if left := Leftovers(&s); len(left) > 0 {
+		t.Errorf("left after down: %v", left)
+	}
+	checkMachinePaths(t, "lab down")
+	if err := DownDir(s.Dir, nil); err != nil {
+		t.Errorf("second down: %v", err)
 	}
 }
