@@ -29,32 +29,34 @@ var NodeBindTargets = map[string]string{
 // back from the machine's (recursively, so mounts below stay, and the
 // machine's later mounts and unmounts still propagate), each other file
 // bound back, each symlink copied — plus the missing directories given
-// after $2, which exist only in this namespace. $2 is an empty staging
-// directory of the lab's where the machine's $1 stays visible meanwhile.
+// after $1, which exist only in this namespace. The machine's $1 stays
+// reachable through an open descriptor (/proc/self/fd/3) once the tmpfs
+// covers it, which also works when the lab's own directory is under $1.
 //
 // Writes into $1 itself (not into one of its subdirectories) land in the
 // tmpfs, so they stay in the node too. mount -n: util-linux would
-// otherwise make /run/mount (its utab) on the machine.
+// otherwise make /run/mount (its utab) on the machine; -c: a
+// canonicalized /proc/self/fd/3/... would name the covered path.
 const punchScript = `set -eu
-p=$1; s=$2; shift 2
-mount -n --rbind "$p" "$s"
-mount -n -t tmpfs -o "mode=$(stat -c %a "$p"),uid=$(stat -c %u "$p"),gid=$(stat -c %g "$p"),size=16m" anet-lab "$p"
-for e in "$s"/* "$s"/.[!.]* "$s"/..?*; do
+p=$1; shift
+exec 3<"$p"
+m=/proc/self/fd/3
+mount -n -t tmpfs -o "mode=$(stat -c %a "$m/"),uid=$(stat -c %u "$m/"),gid=$(stat -c %g "$m/"),size=16m" anet-lab "$p"
+for e in "$m"/* "$m"/.[!.]* "$m"/..?*; do
 	[ -e "$e" ] || [ -L "$e" ] || continue
 	n=${e##*/}
 	if [ -L "$e" ]; then
 		ln -s "$(readlink "$e")" "$p/$n"
 	elif [ -d "$e" ]; then
 		mkdir -p "$p/$n"
-		mount -n --rbind "$e" "$p/$n"
+		mount -n -c --rbind "$e" "$p/$n"
 	else
 		: > "$p/$n"
-		mount -n --bind "$e" "$p/$n"
+		mount -n -c --bind "$e" "$p/$n"
 	fi
 done
+exec 3<&-
 for t; do mkdir -p "$p/$t"; done
-# Unreachable (so this fails, harmlessly) when the lab's directory is under $p.
-umount -n -l "$s" 2>/dev/null || true
 `
 
 // holes groups the targets missing on the machine by the deepest directory
@@ -111,11 +113,7 @@ func (l *Lab) makeNodeMounts(n *NodeRec, dirs, files [][2]string) error {
 				return fmt.Errorf("nested holes %s and %s: not supported", q, p)
 			}
 		}
-		stage := filepath.Join(n.Dir, "mnt-stage", strings.ReplaceAll(strings.Trim(p, "/"), "/", "-"))
-		if err := os.MkdirAll(stage, 0o755); err != nil {
-			return err
-		}
-		args := append([]string{"--mount=" + n.MountNS, "--", "sh", "-c", punchScript, "sh", p, stage}, hs[p]...)
+		args := append([]string{"--mount=" + n.MountNS, "--", "sh", "-c", punchScript, "sh", p}, hs[p]...)
 		if _, err := run("nsenter", args...); err != nil {
 			return fmt.Errorf("making %v under %s in the node's mount namespace: %w", hs[p], p, err)
 		}
