@@ -144,8 +144,9 @@ func cgroupV1Roots() ([]string, error) {
 		return nil, err
 	}
 	var out []string
+	seen := map[string]bool{} // hierarchy (device and root): one mount point each
 	for _, line := range strings.Split(string(b), "\n") {
-		// ... mountpoint ... - fstype source options
+		// id parent major:minor root mountpoint ... - fstype source options
 		i := strings.Index(line, " - ")
 		if i < 0 {
 			continue
@@ -155,7 +156,10 @@ func cgroupV1Roots() ([]string, error) {
 		if len(f) < 5 || len(tail) < 1 || tail[0] != "cgroup" {
 			continue
 		}
-		if mp := f[4]; strings.HasPrefix(mp, "/sys/fs/cgroup/") {
+		// A hierarchy mounted twice would make the lab's cgroup appear in
+		// the second place at once, and makeCgroup refuses one that exists.
+		if mp := f[4]; strings.HasPrefix(mp, "/sys/fs/cgroup/") && !seen[f[2]+" "+f[3]] {
+			seen[f[2]+" "+f[3]] = true
 			out = append(out, mp)
 		}
 	}
