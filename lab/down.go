@@ -75,7 +75,13 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 		}
 	}
 	for _, n := range s.Nodes {
-		if pids := pidsInCgroup(filepath.Join("/sys/fs/cgroup/pids", n.CgroupName)); len(pids) > 0 {
+		// Only in a cgroup the lab made: a node is recorded before its
+		// cgroups, and the name may be another lab's.
+		cg := filepath.Join("/sys/fs/cgroup/pids", n.CgroupName)
+		if !slices.Contains(s.Cgroups, cg) {
+			continue
+		}
+		if pids := pidsInCgroup(cg); len(pids) > 0 {
 			say("%s: killing %d pod process(es)", n.Name, len(pids))
 			keep(killAll(pids, n.Name+" pods"))
 		}

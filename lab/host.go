@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,9 +30,8 @@ func run(name string, args ...string) (string, error) {
 
 // ensureRuntime installs containerd and runc from Debian when they are
 // missing. The package enables a system containerd service; the lab runs
-// its own containerd per node, so the system one is disabled and stopped
-// where systemd runs (on machines without systemd as PID 1 nothing starts
-// it, and systemctl fails: that is fine).
+// its own containerd per node, so the system one is disabled, and stopped
+// where systemd runs (disableSystemContainerd).
 func ensureRuntime(say func(string, ...any)) error {
 	missing := false
 	for _, b := range []string{"containerd", "runc", "ctr", "containerd-shim-runc-v2"} {
@@ -49,11 +49,42 @@ func ensureRuntime(say func(string, ...any)) error {
 		return fmt.Errorf("apt-get install containerd runc: %w\n%s", err, out)
 	}
 	if _, err := exec.LookPath("systemctl"); err == nil {
-		if _, err := run("systemctl", "disable", "--now", "containerd"); err != nil {
-			say("note: could not disable the system containerd service (no systemd here?): %v", err)
-		}
+		disableSystemContainerd(say, func(args ...string) error {
+			_, err := run("systemctl", args...)
+			return err
+		}, systemdBooted())
 	}
 	return nil
+}
+
+// systemdBooted tells whether systemd runs as the init system (the test of
+// sd_booted(3)).
+func systemdBooted() bool {
+	fi, err := os.Lstat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// disableSystemContainerd disables the system containerd service that
+// Debian's package enables, and stops it where systemd runs, saying what
+// happened. The two are separate calls: `systemctl disable --now` on a
+// machine without systemd as PID 1 disables the unit (it only removes
+// symlinks, which works offline, and prints "Removed ...") and then fails
+// to stop it with exit status 1, which reads as if nothing worked.
+func disableSystemContainerd(say func(string, ...any), systemctl func(args ...string) error, booted bool) {
+	if err := systemctl("disable", "containerd"); err != nil {
+		say("note: could not disable the system containerd service (the lab does not use it): %v", err)
+	} else {
+		say("disabled the system containerd service that the package enabled (the lab runs a containerd per node)")
+	}
+	if !booted {
+		say("systemd is not the init system here: no system containerd runs, nothing to stop")
+		return
+	}
+	if err := systemctl("stop", "containerd"); err != nil {
+		say("note: could not stop the system containerd service: %v", err)
+	} else {
+		say("stopped the system containerd service")
+	}
 }
 
 // sysctlPath maps fs.inotify.max_user_instances to its /proc/sys file.
@@ -113,8 +144,9 @@ func cgroupV1Roots() ([]string, error) {
 		return nil, err
 	}
 	var out []string
+	seen := map[string]bool{} // hierarchy (device and root): one mount point each
 	for _, line := range strings.Split(string(b), "\n") {
-		// ... mountpoint ... - fstype source options
+		// id parent major:minor root mountpoint ... - fstype source options
 		i := strings.Index(line, " - ")
 		if i < 0 {
 			continue
@@ -124,21 +156,33 @@ func cgroupV1Roots() ([]string, error) {
 		if len(f) < 5 || len(tail) < 1 || tail[0] != "cgroup" {
 			continue
 		}
-		if mp := f[4]; strings.HasPrefix(mp, "/sys/fs/cgroup/") {
+		// A hierarchy mounted twice would make the lab's cgroup appear in
+		// the second place at once, and makeCgroup refuses one that exists.
+		if mp := f[4]; strings.HasPrefix(mp, "/sys/fs/cgroup/") && !seen[f[2]+" "+f[3]] {
+			seen[f[2]+" "+f[3]] = true
 			out = append(out, mp)
 		}
 	}
 	return out, nil
 }
 
-// makeCgroup makes a cgroup directory, recording it first. In the cpuset
-// hierarchy a new cgroup has no CPUs and no memory nodes until they are
-// copied from its parent.
+// makeCgroup makes a cgroup directory, recording it first. One that exists
+// already is not the lab's (another lab of the same name, or one left by a
+// crash that was never taken down): the record is dropped and the error
+// says so, since the failure path of Up removes what is recorded. In the
+// cpuset hierarchy a new cgroup has no CPUs and no memory nodes until they
+// are copied from its parent.
 func (l *Lab) makeCgroup(dir string) error {
 	if err := l.st.update(func(s *State) { s.Cgroups = append(s.Cgroups, dir) }); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		if uerr := l.st.update(func(s *State) { s.Cgroups = slices.DeleteFunc(s.Cgroups, func(c string) bool { return c == dir }) }); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("cgroup %s exists already (another lab named %q, or one never taken down? pick another --name): %w", dir, l.Name, err)
+		}
 		return err
 	}
 	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
@@ -253,28 +297,4 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// mkdirHost makes a directory outside the lab's own directory (a
-// bind-mount target such as /var/lib/kubelet), recording the directories
-// that did not exist so that down removes them (when empty).
-func (l *Lab) mkdirHost(dir string) error {
-	var made []string
-	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		made = append(made, d)
-	}
-	if len(made) == 0 {
-		return nil
-	}
-	if err := l.st.update(func(s *State) {
-		for i := len(made) - 1; i >= 0; i-- {
-			s.HostDirs = append(s.HostDirs, made[i])
-		}
-	}); err != nil {
-		return err
-	}
-	return os.MkdirAll(dir, 0o755)
 }

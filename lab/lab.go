@@ -106,6 +106,11 @@ type Options struct {
 	// or CNIBridge (the reference bridge + host-local plugins and no
 	// anetd, for comparisons; see refcni.go).
 	CNI string
+
+	// EndpointGCGrace is anetd's --endpoint-gc-grace: how old an endpoint
+	// must be before anetd collects it when its pod is gone. 0: anetd's
+	// default (30 s).
+	EndpointGCGrace time.Duration
 }
 
 // Lab is a running lab.
@@ -392,12 +397,19 @@ func (l *Lab) Node(name string) (*NodeRec, bool) {
 
 // KubectlCmd returns a kubectl command against the lab, run inside the
 // control plane's network namespace (the machine's own namespace has no
-// route to the lab, on purpose).
+// route to the lab, on purpose). Its discovery and HTTP cache is the lab's
+// own (<Dir>/kube-cache), not the user's ~/.kube/cache: every lab's API
+// server is at the same address, so a cache shared between labs would
+// serve one lab's resource kinds to the next.
 func (l *Lab) KubectlCmd(args ...string) *exec.Cmd {
 	s := l.st.get()
-	argv := append([]string{"--net=" + s.ControlPlaneNS, "--", s.KubectlPath, "--kubeconfig", s.Kubeconfig}, args...)
+	argv := append([]string{"--net=" + s.ControlPlaneNS, "--", s.KubectlPath, "--kubeconfig", s.Kubeconfig,
+		"--cache-dir", l.KubectlCacheDir()}, args...)
 	return exec.Command("nsenter", argv...)
 }
+
+// KubectlCacheDir is the directory of the lab's kubectl cache.
+func (l *Lab) KubectlCacheDir() string { return filepath.Join(l.Dir, "kube-cache") }
 
 // Kubectl runs kubectl against the lab and returns its standard output;
 // a failure's error holds its standard error.

@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,13 +20,74 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(RunShared(m, Options{Nodes: 2}))
+	for _, p := range machinePaths() {
+		if _, err := os.Lstat(p); err != nil {
+			missingBefore = append(missingBefore, p)
+		}
+	}
+	// A short collection grace: the endpoint collector acts within the
+	// tests, so a test that a pod keeps its endpoint (static pods) or that
+	// the runtime's DEL removed it (TestDeployment) means something.
+	os.Exit(RunShared(m, Options{Nodes: 2, EndpointGCGrace: gcGrace}))
+}
+
+// gcGrace is the shared lab's anetd --endpoint-gc-grace.
+const gcGrace = 5 * time.Second
+
+// machinePaths are paths of the machine that a lab could make by mistake:
+// the targets of the nodes' bind mounts, and util-linux's utab directory
+// (which mount(8) makes unless told -n).
+func machinePaths() []string {
+	return append(slices.Sorted(maps.Keys(NodeBindTargets)), "/run/mount")
+}
+
+// missingBefore are the machinePaths that the machine lacked before the
+// tests: they must not appear, neither while a lab runs nor after.
+var missingBefore []string
+
+func checkMachinePaths(t *testing.T, when string) {
+	t.Helper()
+	for _, p := range missingBefore {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s: %s exists on the machine, which had none before the lab", when, p)
+		}
+	}
+}
+
+// TestNodeDirsStayInNodes checks that the paths kubelet, containerd and
+// libcni hard-code are each node's own directories inside the node's mount
+// namespace, and that the lab made none of them on the machine (issue 7,
+// item 0: a /var/lib/cni made on the machine as a mount point caught
+// another test's libcni cache and could not be removed).
+func TestNodeDirsStayInNodes(t *testing.T) {
+	l := SharedLab(t)
+	checkMachinePaths(t, "lab up")
+	for _, n := range l.Nodes {
+		for target, dir := range NodeBindTargets {
+			probe := filepath.Join(target, ".anet-lab-probe-"+n.Name)
+			cmd, err := l.NodeCmd(n.Name, "sh", "-c", "echo "+n.Name+" > "+probe)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("%s: writing %s: %v: %s", n.Name, probe, err, out)
+				continue
+			}
+			own := filepath.Join(n.Dir, dir, filepath.Base(probe))
+			if b, err := os.ReadFile(own); err != nil || strings.TrimSpace(string(b)) != n.Name {
+				t.Errorf("%s: %s written in the node is not its %s: %q, %v", n.Name, probe, own, b, err)
+			}
+			_ = os.Remove(own)
+		}
+	}
+	checkMachinePaths(t, "lab up, files written in the nodes")
 }
 
 const webManifest = `
@@ -117,7 +180,7 @@ func pods(t *testing.T, l *Lab, selector string) []pod {
 }
 
 // nodeLeftovers lists what a node holds of pods: anet veths, endpoints in
-// anetd, link pins, address allocations.
+// anetd, link pins, address allocations, entries of the pinned maps.
 func nodeLeftovers(l *Lab, n *NodeRec) []string {
 	var out []string
 	links, err := run("ip", "-n", n.Netns, "-o", "link", "show")
@@ -137,11 +200,55 @@ func nodeLeftovers(l *Lab, n *NodeRec) []string {
 	} else if st.Endpoints != 0 || st.Allocated != 0 {
 		out = append(out, fmt.Sprintf("anetd: %d endpoint(s), %d address(es) allocated", st.Endpoints, st.Allocated))
 	}
-	pins, _ := os.ReadDir(filepath.Join(n.BPFRoot, "links"))
+	pins, err := os.ReadDir(filepath.Join(n.BPFRoot, "links"))
+	if err != nil && !os.IsNotExist(err) {
+		out = append(out, "link pins: "+err.Error())
+	}
 	for _, p := range pins {
 		out = append(out, "link pin "+p.Name())
 	}
+	entries, err := mapEntries(n.BPFRoot)
+	if err != nil {
+		out = append(out, err.Error())
+	}
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
+		if entries[name] > 0 {
+			out = append(out, fmt.Sprintf("map %s: %d entries", name, entries[name]))
+		}
+	}
 	return out
+}
+
+// mapEntries counts the entries of each of anetd's pinned maps that hold
+// per-endpoint state (as lab/testnode does), under a node's bpffs.
+func mapEntries(bpfRoot string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, name := range []string{"anet_ep_by_ip", "anet_ep_by_if", "anet_metrics"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(bpfRoot, "maps", name), nil)
+		if err != nil {
+			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
+		}
+		it := m.Iterate()
+		var k, v []byte
+		var pv [][]byte
+		count := 0
+		if m.Type() == ebpf.PerCPUHash {
+			for it.Next(&k, &pv) {
+				count++
+			}
+		} else {
+			for it.Next(&k, &v) {
+				count++
+			}
+		}
+		err = it.Err()
+		m.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading pinned map %s: %w", name, err)
+		}
+		out[name] = count
+	}
+	return out, nil
 }
 
 func connect(l *Lab, from, addr string) (string, error) {
@@ -258,7 +365,30 @@ func TestDeployment(t *testing.T) {
 	}
 
 	// Delete: kubelet stops the sandboxes, containerd runs anet-cni DEL,
-	// and nothing of the pods is left on the nodes.
+	// and nothing of the pods is left on the nodes. The sandboxes' IDs
+	// first, to tell afterwards from anetd's log that DEL removed each
+	// endpoint (the endpoint collector would also remove them, within its
+	// short grace, once the pods are gone from the API).
+	sandboxes := map[string][]string{} // node -> container IDs
+	for _, p := range ps {
+		n, _ := l.Node(p.Node)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		eps, err := api.NewClient(n.Socket).ListEndpoints(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, ep := range eps {
+			if ep.Pod.Namespace == "default" && ep.Pod.Name == p.Name {
+				sandboxes[p.Node] = append(sandboxes[p.Node], ep.ContainerID)
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no endpoint in %s's anetd for pod %s", p.Node, p.Name)
+		}
+	}
 	if _, err := l.Kubectl("delete", "deployment", "web", "--wait=true", "--timeout=90s"); err != nil {
 		t.Fatal(err)
 	}
@@ -276,6 +406,11 @@ func TestDeployment(t *testing.T) {
 			return nil
 		}); err != nil {
 			t.Errorf("%s after delete: %v", n.Name, err)
+		}
+		for _, id := range sandboxes[n.Name] {
+			if how, line := endpointRemoval(n, id); how != "DEL" {
+				t.Errorf("%s: the endpoint of sandbox %s was not removed by the runtime's DEL (%q): %s", n.Name, id, how, line)
+			}
 		}
 	}
 }
@@ -819,12 +954,298 @@ func TestCrashedUpIsRemoved(t *testing.T) {
 	}
 }
 
+// TestSecondLabSameName brings a second lab up with the shared lab's name
+// (issue 7, item 11): it must fail, remove only what it made, and leave the
+// first lab's namespaces, processes, cgroups and mounts in place and the
+// lab working.
+func TestSecondLabSameName(t *testing.T) {
+	l := SharedLab(t)
+	s := l.State()
+	dir := filepath.Join(t.TempDir(), "second")
+	var progress strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	second, err := Up(ctx, Options{Nodes: 1, Dir: dir, Name: l.Name, AnetBinDir: s.AnetBinDir,
+		KubernetesBinDir: s.KubernetesBinDir, Progress: &progress})
+	if err == nil {
+		_ = second.Down()
+		t.Fatalf("a second lab named %q came up", l.Name)
+	}
+	t.Logf("second up failed as it should: %v\n%s", err, progress.String())
+	if !strings.Contains(err.Error(), "exists already") {
+		t.Errorf("the error does not say that the name is in use: %v", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("the failed lab left its directory %s", dir)
+	}
+
+	// The first lab: everything it recorded is still there.
+	for _, n := range s.Netns {
+		if _, err := os.Stat(l.netnsPath(n)); err != nil {
+			t.Errorf("first lab's network namespace %s: %v", n, err)
+		}
+	}
+	for _, p := range s.Procs {
+		if !p.alive() {
+			t.Errorf("first lab's %s (pid %d) is gone", p.Name, p.PID)
+		}
+	}
+	for _, c := range s.Cgroups {
+		if _, err := os.Stat(c); err != nil {
+			t.Errorf("first lab's cgroup %s: %v", c, err)
+		}
+	}
+	for _, m := range s.Mounts {
+		if !isMountPoint(m) {
+			t.Errorf("first lab's mount %s is gone", m)
+		}
+	}
+	// And it works: the API answers, the nodes are Ready, each anetd is.
+	if err := l.WaitNodesReady(ctx, 30*time.Second); err != nil {
+		t.Error(err)
+	}
+	for _, n := range l.Nodes {
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := api.NewClient(n.Socket).Status(cctx)
+		ccancel()
+		if err != nil || !st.Ready {
+			t.Errorf("%s: anetd after the second up: %+v, %v", n.Name, st, err)
+		}
+	}
+}
+
+// TestKubectlCacheIsTheLabs checks that the lab's kubectl keeps its
+// discovery cache in the lab's directory, not in the user's ~/.kube/cache,
+// which every lab (all at 10.77.0.2:6443) would share (issue 7, item 12).
+func TestKubectlCacheIsTheLabs(t *testing.T) {
+	l := SharedLab(t)
+	home := t.TempDir()
+	cmd := l.KubectlCmd("get", "nodes")
+	cmd.Env = append(os.Environ(), "HOME="+home)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl get nodes: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".kube")); err == nil {
+		t.Errorf("kubectl wrote to $HOME/.kube (%s)", filepath.Join(home, ".kube"))
+	}
+	found := false
+	_ = filepath.WalkDir(filepath.Join(l.KubectlCacheDir(), "discovery"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			found = true
+		}
+		return nil
+	})
+	if !found {
+		t.Errorf("no discovery cache under %s", l.KubectlCacheDir())
+	}
+}
+
+const staticManifest = `apiVersion: v1
+kind: Pod
+metadata:
+  name: static-web
+  namespace: default
+  labels: {app: static-web}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: anet-testserver:latest
+    imagePullPolicy: Never
+    env:
+    - name: POD_NAME
+      value: static-web
+    readinessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+`
+
+// TestStaticPod runs a static pod with pod networking (a manifest in
+// node1's staticPodPath): the runtime names it by the UID kubelet gave it,
+// not its mirror pod's, and it must keep its endpoint and address for
+// longer than anetd's collection grace and keep answering (issue 7,
+// item 2). Removing the manifest removes its endpoint through the
+// runtime's DEL.
+func TestStaticPod(t *testing.T) {
+	l := SharedLab(t)
+	n := &l.Nodes[0]
+	other := &l.Nodes[1]
+	manifest := filepath.Join(n.StaticPodDir, "static-web.yaml")
+	if err := os.WriteFile(manifest, []byte(staticManifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(manifest) })
+	mirrorName := "static-web-" + n.Name
+
+	type mirror struct {
+		UID, Hash, IP string
+		Ready         bool
+	}
+	getMirror := func() (mirror, error) {
+		out, err := l.Kubectl("get", "pod", mirrorName, "-o", "json")
+		if err != nil {
+			return mirror{}, err
+		}
+		var p struct {
+			Metadata struct {
+				UID         string            `json:"uid"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
+			Status struct {
+				PodIP      string `json:"podIP"`
+				Conditions []struct{ Type, Status string }
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(out), &p); err != nil {
+			return mirror{}, err
+		}
+		m := mirror{UID: p.Metadata.UID, Hash: p.Metadata.Annotations["kubernetes.io/config.mirror"], IP: p.Status.PodIP}
+		for _, c := range p.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" {
+				m.Ready = true
+			}
+		}
+		return m, nil
+	}
+	var m mirror
+	if err := waitFor(context.Background(), 2*time.Minute, func() error {
+		var err error
+		if m, err = getMirror(); err != nil {
+			return err
+		}
+		if !m.Ready || m.IP == "" {
+			return fmt.Errorf("mirror pod %+v not Ready", m)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v%s", err, l.nodeLogTails([]string{n.Name}))
+	}
+	t.Logf("static pod %s: mirror %+v", mirrorName, m)
+	if m.Hash == "" || m.Hash == m.UID {
+		t.Fatalf("mirror pod %+v: want a config.mirror hash that differs from its UID", m)
+	}
+
+	endpoint := func() (api.Endpoint, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		eps, err := api.NewClient(n.Socket).ListEndpoints(ctx)
+		if err != nil {
+			return api.Endpoint{}, err
+		}
+		for _, ep := range eps {
+			if ep.Pod.Namespace == "default" && ep.Pod.Name == mirrorName {
+				return ep, nil
+			}
+		}
+		return api.Endpoint{}, fmt.Errorf("no endpoint for %s in %d endpoint(s)", mirrorName, len(eps))
+	}
+	ep, err := endpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The scenario of the defect: the runtime gave the static pod's UID
+	// (the hash), not the mirror pod's.
+	if ep.Pod.UID != m.Hash {
+		t.Errorf("endpoint names pod UID %q; kubelet's static pod UID is %q (mirror %q)", ep.Pod.UID, m.Hash, m.UID)
+	}
+	if ep.IP.String() != m.IP {
+		t.Errorf("endpoint address %s, pod address %s", ep.IP, m.IP)
+	}
+	probeBin := filepath.Join(l.opts.ImageDir, "bin", "anet-testserver")
+	probe := func(when string) {
+		t.Helper()
+		out, err := exec.Command("nsenter", "--net="+l.netnsPath(other.Netns), "--", probeBin, "connect",
+			"--protocol", "http", "--address", m.IP+":8080", "--timeout", "3s").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"pod":"static-web"`) {
+			t.Errorf("%s: %s -> static pod %s: %v: %s", when, other.Name, m.IP, err, out)
+		}
+	}
+	probe("static pod Ready")
+
+	// Past the grace period (the endpoint is older than it by then) and a
+	// few collection rounds.
+	wait := time.Until(ep.Created.Add(gcGrace)) + 4*gcGrace
+	t.Logf("waiting %v: past the collection grace (%v) of an endpoint created at %s", wait.Round(time.Second), gcGrace, ep.Created.Format(time.RFC3339))
+	time.Sleep(wait)
+	after, err := endpoint()
+	if err != nil {
+		t.Fatalf("after %v: %v\n%s", wait, err, tail(filepath.Join(n.Dir, "logs", "anetd.log"), 20))
+	}
+	if after.ContainerID != ep.ContainerID || after.IP != ep.IP || !after.Created.Equal(ep.Created) {
+		t.Errorf("endpoint changed: %+v, then %+v", ep.Attachment, after.Attachment)
+	}
+	if how, line := endpointRemoval(n, ep.ContainerID); how != "" {
+		t.Errorf("anetd removed the static pod's endpoint (%s): %s", how, line)
+	}
+	if m2, err := getMirror(); err != nil || m2.IP != m.IP {
+		t.Errorf("mirror pod after the wait: %+v, %v", m2, err)
+	}
+	probe(fmt.Sprintf("%v after the endpoint was made", time.Since(ep.Created).Round(time.Second)))
+
+	// The manifest goes: kubelet stops the pod, the runtime's DEL removes
+	// the endpoint.
+	if err := os.Remove(manifest); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(context.Background(), time.Minute, func() error {
+		if _, err := endpoint(); err == nil {
+			return fmt.Errorf("endpoint of %s still there", mirrorName)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if how, line := endpointRemoval(n, ep.ContainerID); how != "DEL" {
+		t.Errorf("the static pod's endpoint was not removed by the runtime's DEL (%q): %s", how, line)
+	}
+	_ = waitFor(context.Background(), time.Minute, func() error {
+		if _, err := getMirror(); err == nil {
+			return fmt.Errorf("mirror pod still there")
+		}
+		return nil
+	})
+}
+
+// endpointRemoval tells from a node's anetd log how the endpoint of a
+// sandbox was removed: "collected" (the endpoint collector judged its pod
+// gone), "DEL" (deleted through the API, which only anet-cni's DEL calls
+// in a lab), or "" (not removed); with the log line that says so.
+func endpointRemoval(n *NodeRec, containerID string) (how, line string) {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "logs", "anetd.log"))
+	id := "containerID=" + containerID
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); !slices.Contains(f, id) {
+			continue
+		}
+		switch {
+		case strings.Contains(l, `msg="collecting endpoint whose pod is gone"`):
+			return "collected", l
+		case strings.Contains(l, `msg="endpoint deleted"`):
+			how, line = "DEL", l
+		}
+	}
+	return how, line
+}
+
+// TestLeftoversCannotPassBlind: a state that records no lab (read with a
+// renamed layout, say) is not a clean machine.
+func TestLeftoversCannotPassBlind(t *testing.T) {
+	if left := Leftovers(&State{}); len(left) == 0 {
+		t.Error("Leftovers of an empty state found nothing to complain about")
+	}
+}
+
 // TestDownLeavesNoTrace removes the shared lab (the tests after it, if
 // any, get a new one) and checks that nothing of it is left: namespaces,
 // mounts, processes, cgroups, sysctls, directories.
 func TestDownLeavesNoTrace(t *testing.T) {
 	l := SharedLab(t)
 	s := l.State()
+	// The check below means something only if the state records each kind.
+	if len(s.Netns) == 0 || len(s.Mounts) == 0 || len(s.Procs) == 0 || len(s.Cgroups) == 0 || len(s.Nodes) == 0 {
+		t.Fatalf("the state records too little to check: %d netns, %d mounts, %d processes, %d cgroups, %d nodes",
+			len(s.Netns), len(s.Mounts), len(s.Procs), len(s.Cgroups), len(s.Nodes))
+	}
 	t0 := time.Now()
 	if err := shutdownShared(); err != nil {
 		t.Fatal(err)
@@ -833,6 +1254,7 @@ func TestDownLeavesNoTrace(t *testing.T) {
 	if left := Leftovers(&s); len(left) > 0 {
 		t.Errorf("left after down: %v", left)
 	}
+	checkMachinePaths(t, "lab down")
 	if err := DownDir(s.Dir, nil); err != nil {
 		t.Errorf("second down: %v", err)
 	}

@@ -3,21 +3,30 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 )
 
-// addNetns makes a network namespace (recorded first) with lo up.
+// addNetns makes a network namespace with lo up. It is recorded before it
+// is made (a crash right after must not leak it) but only once it is known
+// not to exist, and the record is dropped again when `ip netns add` fails:
+// a namespace of the same name belongs to someone else (another lab of the
+// same name), and the failure path of Up removes what is recorded.
 func (l *Lab) addNetns(name string) error {
-	if err := l.st.update(func(s *State) { s.Netns = append(s.Netns, name) }); err != nil {
-		return err
-	}
 	if _, err := os.Stat(l.netnsPath(name)); err == nil {
 		return fmt.Errorf("network namespace %s exists already (another lab named %q? pick another --name)", name, l.Name)
 	}
+	if err := l.st.update(func(s *State) { s.Netns = append(s.Netns, name) }); err != nil {
+		return err
+	}
 	if _, err := run("ip", "netns", "add", name); err != nil {
+		if uerr := l.st.update(func(s *State) { s.Netns = slices.DeleteFunc(s.Netns, func(n string) bool { return n == name }) }); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 		return err
 	}
 	_, err := run("ip", "-n", name, "link", "set", "lo", "up")

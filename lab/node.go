@@ -5,10 +5,12 @@ package lab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,22 +24,22 @@ func (l *Lab) prepareNodes(n int) error {
 		name := NodeName(i)
 		dir := filepath.Join(l.Dir, "nodes", name)
 		nr := NodeRec{
-			Name:       name,
-			Netns:      l.Name + "-" + name,
-			Address:    NodeIP(i),
-			Dir:        dir,
-			MountNS:    filepath.Join(l.Dir, "ns", name+".mnt"),
-			CgroupName: l.Name + "-" + name,
-			Socket:     filepath.Join(dir, "run", "anetd.sock"),
-			BPFRoot:    filepath.Join(dir, "bpf"),
-			StateDir:   filepath.Join(dir, "anetd"),
-			Containerd: filepath.Join(dir, "run", "containerd.sock"),
-			CNIBinDir:  filepath.Join(dir, "cni", "bin"),
-			CNIConfDir: filepath.Join(dir, "cni", "net.d"),
+			Name:         name,
+			Netns:        l.Name + "-" + name,
+			Address:      NodeIP(i),
+			Dir:          dir,
+			MountNS:      filepath.Join(l.Dir, "ns", name+".mnt"),
+			CgroupName:   l.Name + "-" + name,
+			Socket:       filepath.Join(dir, "run", "anetd.sock"),
+			BPFRoot:      filepath.Join(dir, "bpf"),
+			StateDir:     filepath.Join(dir, "anetd"),
+			Containerd:   filepath.Join(dir, "run", "containerd.sock"),
+			CNIBinDir:    filepath.Join(dir, "cni", "bin"),
+			CNIConfDir:   filepath.Join(dir, "cni", "net.d"),
+			StaticPodDir: filepath.Join(dir, "manifests"),
 		}
 		for _, d := range []string{"logs", "run", "bpf", "anetd", "cni/bin", "cni/net.d", "containerd/root",
-			"containerd/state", "containerd/opt", "runc", "kubelet", "kubelet-pki", "pod-logs",
-			"var-log-containers", "run-containerd"} {
+			"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs", "manifests"} {
 			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 				return err
 			}
@@ -121,27 +123,12 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	if _, err := run("unshare", "--mount="+n.MountNS, "--propagation", "slave", "true"); err != nil {
 		return err
 	}
-	binds := [][2]string{
-		{filepath.Join(n.Dir, "kubelet"), "/var/lib/kubelet"},
-		{filepath.Join(n.Dir, "var-log-containers"), "/var/log/containers"},
-		{filepath.Join(n.Dir, "run-containerd"), "/run/containerd"},
-		// libcni's result cache (containerd's CNI calls), kept per node
-		// instead of in the machine's /var/lib/cni.
-		{filepath.Join(n.Dir, "var-lib-cni"), "/var/lib/cni"},
+	var dirs [][2]string
+	for _, t := range slices.Sorted(maps.Keys(NodeBindTargets)) {
+		dirs = append(dirs, [2]string{filepath.Join(n.Dir, NodeBindTargets[t]), t})
 	}
-	for _, bd := range binds {
-		if err := os.MkdirAll(bd[0], 0o755); err != nil {
-			return err
-		}
-		if err := l.mkdirHost(bd[1]); err != nil {
-			return err
-		}
-	}
-	binds = append(binds, [2]string{resolv, "/etc/resolv.conf"})
-	for _, bd := range binds {
-		if _, err := run("nsenter", "--mount="+n.MountNS, "--", "mount", "--bind", bd[0], bd[1]); err != nil {
-			return err
-		}
+	if err := l.makeNodeMounts(n, dirs, [][2]string{{resolv, "/etc/resolv.conf"}}); err != nil {
+		return err
 	}
 
 	// containerd
@@ -218,6 +205,9 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
 		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr}
+	if l.opts.EndpointGCGrace > 0 {
+		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
+	}
 	p, err := spawn(n.Name+"/anetd", l.netnsPath(n.Netns), n.MountNS, filepath.Join(n.Dir, "logs", "anetd.log"), args...)
 	if err != nil {
 		return err
@@ -371,6 +361,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 //   - Node status every 5 s (default 10 s) and at least every minute: after
 //     the API server was down, nodes that the controller manager marked
 //     NotReady are Ready again sooner.
+//   - staticPodPath is the node's manifests/ (a real node's
+//     /etc/kubernetes/manifests): a manifest there runs as a static pod,
+//     checked every 5 s besides inotify.
 func kubeletConfig(n *NodeRec, resolv, dnsIP string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -409,5 +402,7 @@ clusterDomain: cluster.local
 clusterDNS: [%s]
 nodeStatusUpdateFrequency: 5s
 nodeStatusReportFrequency: 1m
-`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv, dnsIP)
+staticPodPath: %s
+fileCheckFrequency: 5s
+`, n.Address, n.Containerd, n.CgroupName, filepath.Join(n.Dir, "pod-logs"), resolv, dnsIP, n.StaticPodDir)
 }

@@ -35,7 +35,7 @@ type State struct {
 	Procs    []Proc    `json:"procs"`    // started processes
 	Cgroups  []string  `json:"cgroups"`  // cgroup directories made (their subtrees go too)
 	Sysctls  []Sysctl  `json:"sysctls"`  // values raised, with the old value
-	HostDirs []string  `json:"hostDirs"` // directories made outside Dir (removed when empty)
+	HostDirs []string  `json:"hostDirs"` // directories made outside Dir by older labs (removed when empty); none now
 	Nodes    []NodeRec `json:"nodes"`
 
 	ControlPlaneDir  string `json:"controlPlaneDir,omitempty"`
@@ -87,7 +87,10 @@ type NodeRec struct {
 	Containerd string `json:"containerd"` // containerd's socket
 	CNIBinDir  string `json:"cniBinDir"`
 	CNIConfDir string `json:"cniConfDir"`
-	HealthAddr string `json:"healthAddr,omitempty"`
+	// StaticPodDir is kubelet's staticPodPath: a pod manifest put there
+	// runs as a static pod of the node (with a mirror pod in the API).
+	StaticPodDir string `json:"staticPodDir,omitempty"`
+	HealthAddr   string `json:"healthAddr,omitempty"`
 }
 
 // stateStore serializes updates to the state file.

@@ -3,6 +3,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,13 +17,33 @@ import (
 // directories. It is empty after a complete down.
 func Leftovers(s *State) []string {
 	var out []string
+	// A check that cannot look is a leftover too: a state that records
+	// nothing (say, read with a renamed layout) or a directory that cannot
+	// be read must not pass for a clean machine.
+	cannot := func(what string, err error) { out = append(out, fmt.Sprintf("cannot check %s: %v", what, err)) }
+	// exists: present, or an error other than "does not exist".
+	exists := func(what, p string) bool {
+		_, err := os.Lstat(p)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			cannot(what+" "+p, err)
+			return false
+		}
+		return err == nil
+	}
+	if s.Name == "" || s.Dir == "" {
+		cannot("the lab", errors.New("the state records no lab name or directory"))
+	}
 	for _, n := range s.Netns {
-		if _, err := os.Stat("/run/netns/" + n); err == nil {
+		if exists("netns", "/run/netns/"+n) {
 			out = append(out, "netns "+n)
 		}
 	}
+	mounts, err := mountPoints()
+	if err != nil {
+		cannot("mounts", err)
+	}
 	for _, m := range s.Mounts {
-		if isMountPoint(m) {
+		if mounts[m] {
 			out = append(out, "mount "+m)
 		}
 	}
@@ -34,36 +55,61 @@ func Leftovers(s *State) []string {
 			out = append(out, fmt.Sprintf("process %s (pid %d)", p.Name, p.PID))
 		}
 	}
-	for _, pid := range pidsNaming(s.Dir + "/") {
+	pids, err := pidsNaming(s.Dir + "/")
+	if err != nil {
+		cannot("processes", err)
+	}
+	for _, pid := range pids {
 		out = append(out, fmt.Sprintf("process %d naming %s", pid, s.Dir))
 	}
 	for _, c := range s.Cgroups {
 		if s.CgroupV2Mount != "" && strings.HasPrefix(c, s.CgroupV2Mount+"/") {
 			c = filepath.Join("/sys/fs/cgroup/unified", strings.TrimPrefix(c, s.CgroupV2Mount+"/"))
 		}
-		if _, err := os.Stat(c); err == nil {
+		if exists("cgroup", c) {
 			out = append(out, "cgroup "+c)
 		}
 	}
 	for _, sc := range s.Sysctls {
-		if v, err := readSysctl(sc.Key); err == nil && v == sc.New && sc.New != sc.Old {
+		v, err := readSysctl(sc.Key)
+		if err != nil {
+			cannot("sysctl "+sc.Key, err)
+		} else if v == sc.New && sc.New != sc.Old {
 			out = append(out, fmt.Sprintf("sysctl %s = %s (was %s)", sc.Key, v, sc.Old))
 		}
 	}
 	for _, d := range s.HostDirs {
-		if _, err := os.Stat(d); err == nil && !mountedElsewhere(d) {
+		if exists("directory", d) && !mountedElsewhere(d) {
 			out = append(out, "directory "+d)
 		}
 	}
-	if _, err := os.Stat(s.Dir); err == nil {
+	if s.Dir != "" && exists("directory", s.Dir) {
 		out = append(out, "directory "+s.Dir)
 	}
 	return out
 }
 
+// mountPoints is the set of mount points of this mount namespace.
+func mountPoints() (map[string]bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 {
+			out[unescapeMount(f[4])] = true
+		}
+	}
+	return out, nil
+}
+
 // pidsNaming lists the processes whose command line contains s.
-func pidsNaming(s string) []int {
-	es, _ := os.ReadDir("/proc")
+func pidsNaming(s string) ([]int, error) {
+	es, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
 	var out []int
 	for _, e := range es {
 		pid, err := strconv.Atoi(e.Name())
@@ -77,7 +123,7 @@ func pidsNaming(s string) []int {
 			}
 		}
 	}
-	return out
+	return out, nil
 }
 
 // mountedElsewhere tells whether path is a mount point in any mount

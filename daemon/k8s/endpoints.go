@@ -26,9 +26,32 @@ type Endpoints interface {
 // just created a sandbox for.
 const DefaultGCGrace = 30 * time.Second
 
+// runtimeUID is the UID by which the container runtime, and so the CNI
+// plugin (K8S_POD_UID), knows an API pod. For most pods it is the pod's own
+// UID. A static pod (from kubelet's staticPodPath or a URL) is not an API
+// object: kubelet gives it a UID of its own, the hash of its
+// configuration (pkg/kubelet/config/common.go: pod.UID = the hash, also
+// annotated as kubernetes.io/config.hash), and the API sees it only as its
+// mirror pod, which has another UID and carries the static pod's hash in
+// the kubernetes.io/config.mirror annotation (pkg/kubelet/pod/mirror_client.go,
+// CreateMirrorPod: annotation = getPodHash(pod) = config.hash). So a mirror
+// pod stands for the runtime UID in that annotation.
+func runtimeUID(p *corev1.Pod) string {
+	if h, ok := p.Annotations[corev1.MirrorPodAnnotationKey]; ok && h != "" {
+		return h
+	}
+	return string(p.UID)
+}
+
+// samePod says whether pod is the pod the runtime named uid: by its UID, or
+// for a mirror pod by the UID of the static pod it stands for.
+func samePod(pod *corev1.Pod, uid string) bool {
+	return string(pod.UID) == uid || runtimeUID(pod) == uid
+}
+
 // podIndex is what the informer knows of this node's pods.
 type podIndex struct {
-	uids  map[string]bool
+	uids  map[string]bool // API UIDs and, for mirror pods, their static pods' UIDs
 	names map[string]bool // namespace/name
 }
 
@@ -36,6 +59,7 @@ func newPodIndex(pods []*corev1.Pod) podIndex {
 	ix := podIndex{uids: map[string]bool{}, names: map[string]bool{}}
 	for _, p := range pods {
 		ix.uids[string(p.UID)] = true
+		ix.uids[runtimeUID(p)] = true
 		ix.names[p.Namespace+"/"+p.Name] = true
 	}
 	return ix
@@ -59,7 +83,12 @@ func suspect(ep api.Endpoint, ix podIndex, now time.Time, grace time.Duration) b
 
 // gone judges a suspect by a live GET of its pod: the pod is gone when the
 // API says NotFound, or it is another pod by now (another UID, or not on
-// this node). Any other error means "don't know": keep.
+// this node; a mirror pod is the static pod whose UID its annotation
+// holds). Any other error means "don't know": keep.
+//
+// A static pod without a mirror pod (kubelet could not make one, e.g. its
+// namespace does not exist) is NotFound, and so collected: the API has no
+// way to tell it from a pod that is gone.
 func gone(ep api.Endpoint, pod *corev1.Pod, err error, node string) bool {
 	if apierrors.IsNotFound(err) {
 		return true
@@ -67,7 +96,7 @@ func gone(ep api.Endpoint, pod *corev1.Pod, err error, node string) bool {
 	if err != nil || pod == nil {
 		return false
 	}
-	if ep.Pod.UID != "" && string(pod.UID) != ep.Pod.UID {
+	if ep.Pod.UID != "" && !samePod(pod, ep.Pod.UID) {
 		return true
 	}
 	return pod.Spec.NodeName != "" && pod.Spec.NodeName != node
@@ -140,13 +169,14 @@ func (c *Client) collect(ctx context.Context, eps Endpoints, ep api.Endpoint) {
 }
 
 // syncLabels records the labels of an endpoint's pod, matched by
-// namespace/name and, when the runtime gave it, UID.
+// namespace/name and, when the runtime gave it, UID (a static pod's
+// labels are its mirror pod's).
 func (c *Client) syncLabels(eps Endpoints, lister corelisters.PodLister, ep api.Endpoint) {
 	if ep.Pod.Name == "" || ep.Pod.Namespace == "" {
 		return
 	}
 	pod, err := lister.Pods(ep.Pod.Namespace).Get(ep.Pod.Name)
-	if err != nil || (ep.Pod.UID != "" && string(pod.UID) != ep.Pod.UID) {
+	if err != nil || (ep.Pod.UID != "" && !samePod(pod, ep.Pod.UID)) {
 		return
 	}
 	if changed, err := eps.SetLabels(ep.Attachment, pod.Labels); err != nil {

@@ -130,3 +130,54 @@ func TestSuspectAndGone(t *testing.T) {
 		t.Error("a pod of that name on this node judged gone")
 	}
 }
+
+// TestStaticPods: the runtime names a static pod by the UID kubelet gave
+// it (its config hash), which the API knows only as the
+// kubernetes.io/config.mirror annotation of its mirror pod (issue 7,
+// item 2).
+func TestStaticPods(t *testing.T) {
+	now := time.Now()
+	old := now.Add(-time.Minute)
+	const hash = "6d1b3bc0a3ff3f5f8c6e0d2a4a1c9e77" // kubelet's config hash: the static pod's UID
+	mirror := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "web-n1", UID: "0c5e9d3a-7b7e-4a43-9e0e-5f9d5b6c1a2b",
+			Labels: map[string]string{"app": "static"},
+			Annotations: map[string]string{
+				corev1.MirrorPodAnnotationKey: hash,
+				"kubernetes.io/config.hash":   hash,
+				"kubernetes.io/config.source": "file",
+			}},
+		Spec: corev1.PodSpec{NodeName: "n1"},
+	}
+	ep := api.Endpoint{EndpointRequest: api.EndpointRequest{Pod: api.PodRef{Namespace: "kube-system", Name: "web-n1", UID: hash}}, Created: old}
+	ix := newPodIndex([]*corev1.Pod{mirror})
+	if suspect(ep, ix, now, 30*time.Second) {
+		t.Error("a static pod whose mirror pod is in the informer is suspect")
+	}
+	if gone(ep, mirror, nil, "n1") {
+		t.Error("a static pod whose mirror pod the API returns judged gone")
+	}
+	// The mirror pod's own UID names it too (not what runtimes send, but
+	// the same pod).
+	byAPI := ep
+	byAPI.Pod.UID = string(mirror.UID)
+	if suspect(byAPI, ix, now, 30*time.Second) || gone(byAPI, mirror, nil, "n1") {
+		t.Error("the mirror pod's own UID not matched")
+	}
+	// A changed static pod has a new hash: the old sandbox's endpoint is
+	// another pod's by now.
+	stale := ep
+	stale.Pod.UID = "0000000000000000000000000000beef"
+	if !suspect(stale, ix, now, 30*time.Second) || !gone(stale, mirror, nil, "n1") {
+		t.Error("an endpoint of an earlier version of the static pod kept")
+	}
+	// A pod that merely has the annotation empty is not a mirror.
+	plain := mirror.DeepCopy()
+	plain.Annotations[corev1.MirrorPodAnnotationKey] = ""
+	if !gone(ep, plain, nil, "n1") {
+		t.Error("an empty mirror annotation matched a UID")
+	}
+	if runtimeUID(plain) != string(plain.UID) {
+		t.Error("runtimeUID of a pod with an empty mirror annotation")
+	}
+}

@@ -16,7 +16,8 @@ import (
 // state and sockets in a temporary directory, CRI plugin disabled, own
 // mount namespace) with the same command the lab uses. It runs only where
 // Debian's containerd package is installed (containerd and ctr on PATH)
-// and we are root; otherwise it is skipped.
+// and we are root, and is skipped otherwise; a containerd that is there
+// but does not start or answer fails it.
 func TestCtrImport(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a containerd")
@@ -71,7 +72,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	// unpacking goes away with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot start containerd: %v", err)
+		t.Fatalf("cannot start containerd: %v", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -104,7 +105,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	}
 	if !up {
 		stop()
-		t.Skipf("throwaway containerd did not come up; its log:\n%s", logs.String())
+		t.Fatalf("throwaway containerd did not come up; its log:\n%s", logs.String())
 	}
 
 	if out, err := ctrRun("images", "import", image); err != nil {

@@ -436,6 +436,21 @@ func TestAnetdWithKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A static pod's mirror: the runtime names the static pod by kubelet's
+	// UID for it (its config hash), which only the mirror's
+	// kubernetes.io/config.mirror annotation holds (issue 7, item 2).
+	const staticHash = "5b0f3c8e9d6a4b7c8e1f2a3b4c5d6e7f"
+	mirror := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "static-" + n.name, Namespace: "default",
+			Annotations: map[string]string{corev1.MirrorPodAnnotationKey: staticHash, "kubernetes.io/config.hash": staticHash}},
+		Spec: corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{
+			{Name: "c", Image: "anet-testserver:latest", ImagePullPolicy: corev1.PullNever},
+		}},
+	}
+	if _, err := n.cs.CoreV1().Pods("default").Create(ctx, mirror, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	static := n.fakeEndpoint(ctx, "4", api.PodRef{Namespace: "default", Name: mirror.Name, UID: staticHash})
 	keep := n.fakeEndpoint(ctx, "1", api.PodRef{Namespace: "default", Name: "keep", UID: string(pod.UID)})
 	goneEP := n.fakeEndpoint(ctx, "2", api.PodRef{Namespace: "default", Name: "gone", UID: "9d1c1c2e-0000-4000-8000-000000000000"})
 	noPod := n.fakeEndpoint(ctx, "3", api.PodRef{}) // cnitool-style: no pod named, never collected here
@@ -450,6 +465,9 @@ func TestAnetdWithKubernetes(t *testing.T) {
 	})
 	if !n.hasEndpoint(ctx, keep) || !n.hasEndpoint(ctx, noPod) {
 		t.Fatal("an endpoint whose pod exists (or that names none) was collected")
+	}
+	if !n.hasEndpoint(ctx, static) {
+		t.Fatal("the endpoint of a static pod (matched through its mirror pod) was collected")
 	}
 	logStep("endpoint of a missing pod collected")
 

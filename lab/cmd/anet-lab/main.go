@@ -3,7 +3,7 @@
 // containerd, kubelet and anetd, and an outside client, all inside network
 // namespaces of their own (see package lab).
 //
-//	anet-lab up [--nodes 2] [--dir /var/lib/anet-lab] [--name anet-lab] [--cni anet|bridge] [--keep-on-failure]
+//	anet-lab up [--nodes 2] [--dir /var/lib/anet-lab] [--name anet-lab] [--cni anet|bridge] [--endpoint-gc-grace D] [--keep-on-failure]
 //	anet-lab status [--dir DIR]
 //	anet-lab down [--dir DIR]
 //	anet-lab kubectl [--dir DIR] -- ARGS...
@@ -35,7 +35,7 @@ import (
 )
 
 const usage = `usage:
-  anet-lab up [--nodes 2] [--dir DIR] [--name anet-lab] [--cni anet|bridge] [--keep-on-failure]
+  anet-lab up [--nodes 2] [--dir DIR] [--name anet-lab] [--cni anet|bridge] [--endpoint-gc-grace D] [--keep-on-failure]
   anet-lab status [--dir DIR]
   anet-lab down [--dir DIR]
   anet-lab kubectl [--dir DIR] -- ARGS...
@@ -72,11 +72,13 @@ func run(args []string) int {
 	var name *string
 	var keep *bool
 	var cni *string
+	var gcGrace *time.Duration
 	sigName := fs.String("signal", "TERM", "restart: the signal that stops the component (TERM or KILL)")
 	if cmd == "up" {
 		nodes = fs.Int("nodes", lab.DefaultNodes, "number of simulated nodes")
 		name = fs.String("name", lab.DefaultName, "prefix of the lab's namespaces and cgroups")
 		keep = fs.Bool("keep-on-failure", false, "leave a lab that failed to come up in place, for inspection")
+		gcGrace = fs.Duration("endpoint-gc-grace", 0, "anetd's --endpoint-gc-grace (0: anetd's default)")
 		cni = fs.String("cni", lab.CNIAnet, "the pods' network: anet, or bridge (the reference bridge + host-local plugins, no anetd; for comparisons)")
 	}
 	// Arguments after "--" belong to the command run in the lab.
@@ -110,7 +112,7 @@ func run(args []string) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 		defer stop()
 		t0 := time.Now()
-		l, err := lab.Up(ctx, lab.Options{Nodes: *nodes, Dir: *dir, Name: *name, Progress: os.Stderr, KeepOnFailure: *keep, CNI: *cni})
+		l, err := lab.Up(ctx, lab.Options{Nodes: *nodes, Dir: *dir, Name: *name, Progress: os.Stderr, KeepOnFailure: *keep, CNI: *cni, EndpointGCGrace: *gcGrace})
 		if err != nil {
 			return fail(err)
 		}
