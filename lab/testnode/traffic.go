@@ -3,7 +3,6 @@
 package testnode
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"time"
@@ -71,31 +70,4 @@ func (p *Pod) SendRaw(frames ...[]byte) error {
 		}
 		return nil
 	})
-}
-
-// UDPFrame builds an Ethernet/IPv4/UDP frame with any source address and a
-// valid IPv4 header checksum (the UDP checksum is left zero, which IPv4
-// allows).
-func UDPFrame(dstMAC, srcMAC net.HardwareAddr, src, dst net.IP, sport, dport uint16, payload []byte) []byte {
-	ip := make([]byte, 28+len(payload))
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	ip[8] = 64
-	ip[9] = unix.IPPROTO_UDP
-	copy(ip[12:16], src.To4())
-	copy(ip[16:20], dst.To4())
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	binary.BigEndian.PutUint16(ip[20:], sport)
-	binary.BigEndian.PutUint16(ip[22:], dport)
-	binary.BigEndian.PutUint16(ip[24:], uint16(8+len(payload)))
-	copy(ip[28:], payload)
-	frame := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
-	return append(frame, ip...)
 }

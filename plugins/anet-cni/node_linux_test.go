@@ -35,6 +35,7 @@ import (
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/internal/testpkt"
 	"github.com/anet-dev/anet/lab/testnode"
 )
 
@@ -327,12 +328,13 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	defer pc.Close()
 	gwMAC, _ := net.ParseMAC(ra.Interfaces[0].Mac)
 	podMAC, _ := net.ParseMAC(ra.Interfaces[1].Mac)
-	spoofed := net.ParseIP("10.244.1.200")
-	frame := func(src net.IP, msg string) []byte {
-		return testnode.UDPFrame(gwMAC, podMAC, src, b.IP(), 40000, 7002, []byte(msg))
+	spoofed := netip.MustParseAddr("10.244.1.200")
+	aIP, bIP := netip.AddrFrom4([4]byte(a.IP().To4())), netip.AddrFrom4([4]byte(b.IP().To4()))
+	frame := func(src netip.Addr, msg string) []byte {
+		return testpkt.UDP{DstMAC: gwMAC, SrcMAC: podMAC, Src: src, Dst: bIP, SrcPort: 40000, DstPort: 7002, Payload: []byte(msg)}.Frame()
 	}
-	truncated := frame(a.IP(), "x")[:14+12]
-	if err := a.SendRaw(frame(spoofed, "spoofed"), frame(spoofed, "spoofed"), truncated, frame(a.IP(), "genuine")); err != nil {
+	truncated := frame(aIP, "x")[:testpkt.OffSrcIP] // an IPv4 header cut short
+	if err := a.SendRaw(frame(spoofed, "spoofed"), frame(spoofed, "spoofed"), truncated, frame(aIP, "genuine")); err != nil {
 		t.Fatal(err)
 	}
 	// The genuine datagram, sent last through the same socket, arrives: the

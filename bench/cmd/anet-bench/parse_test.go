@@ -6,6 +6,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/anet-dev/anet/internal/testpkt"
 )
 
 // What sockperf 3.7 prints for `ping-pong --tcp --full-rtt` (trimmed).
@@ -64,14 +66,7 @@ func TestUDPFrame(t *testing.T) {
 	if len(f) != 106 {
 		t.Fatalf("frame is %d bytes, the report says 106", len(f))
 	}
-	var sum uint32
-	for i := 14; i < 34; i += 2 {
-		sum += uint32(f[i])<<8 | uint32(f[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	if sum != 0xffff || f[22] != 255 {
-		t.Errorf("bad IPv4 header: checksum fold %#x, ttl %d", sum, f[22])
+	if testpkt.Checksum(f[testpkt.OffIPv4:testpkt.OffUDP]) != 0 || f[testpkt.OffTTL] != 255 {
+		t.Errorf("bad IPv4 header: %x", f[testpkt.OffIPv4:testpkt.OffUDP])
 	}
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/anet-dev/anet/bench/internal/stats"
 	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/internal/testpkt"
 )
 
 // The per-packet cost of anet_from_container, measured in the kernel with
@@ -50,30 +50,10 @@ var (
 	spoofIP = netip.MustParseAddr("10.244.1.99")
 )
 
-// udp4 is an Ethernet/IPv4/UDP frame from the pod's MAC to its host side,
-// with a valid IPv4 header checksum and a zero UDP checksum.
+// udp4 is an Ethernet/IPv4/UDP frame of payload zero bytes from the pod's
+// MAC to its host side, built by the shared builder.
 func udp4(src, dst netip.Addr, ttl uint8, payload int) []byte {
-	ip := make([]byte, 28+payload)
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	ip[8] = ttl
-	ip[9] = 17
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	binary.BigEndian.PutUint16(ip[20:], 40000)
-	binary.BigEndian.PutUint16(ip[22:], 8080)
-	binary.BigEndian.PutUint16(ip[24:], uint16(8+payload))
-	frame := append(append(append([]byte{}, hostMAC...), podMAC...), 0x08, 0x00)
-	return append(frame, ip...)
+	return testpkt.UDP{DstMAC: hostMAC, SrcMAC: podMAC, Src: src, Dst: dst, SrcPort: 40000, DstPort: 8080, TTL: ttl, Payload: make([]byte, payload)}.Frame()
 }
 
 type progCase struct {
