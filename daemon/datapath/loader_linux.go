@@ -33,6 +33,9 @@ func progForDir(d Dir) string {
 // Datapath is anetd's handle on the loaded programs and pinned maps.
 type Datapath struct {
 	Layout Layout
+	// EndpointAttach is how Wire attaches the programs to a new endpoint:
+	// ModeTC (the default) or ModeTCX. See Wire.
+	EndpointAttach string
 	objs   bpf.LxcObjects
 	log    *slog.Logger
 }

@@ -46,8 +46,9 @@ type Manager struct {
 	exists DeviceExists
 	log    *slog.Logger
 
-	mu  sync.Mutex
-	eps map[api.Attachment]*api.Endpoint
+	mu   sync.Mutex
+	eps  map[api.Attachment]*api.Endpoint
+	busy map[api.Attachment]chan struct{} // attachments with a verb in progress
 }
 
 // New returns a manager keeping its records in dir. Call Restore before use.
@@ -267,6 +268,15 @@ func (m *Manager) Restore(pendingDir string) error {
 	}
 	for a, ep := range m.eps {
 		ip, allocated := m.ipam.Lookup(a)
+		if !allocated {
+			// A whole ADD by anetd keeps the address in the endpoint's
+			// record alone (see Add): claim it back.
+			if err := m.ipam.Hold(a, ep.IP); err == nil {
+				ip, allocated = ep.IP, true
+			} else {
+				m.log.Warn("endpoint record's address cannot be held", "containerID", a.ContainerID, "ip", ep.IP, "err", err)
+			}
+		}
 		switch {
 		case !allocated || ip != ep.IP:
 			m.log.Info("endpoint lost its address; removing", "containerID", a.ContainerID, "ip", ep.IP)

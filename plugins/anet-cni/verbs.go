@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
@@ -62,6 +60,11 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	return conf, a, nil
 }
 
+// cmdAdd hands the whole ADD to anetd in one request, the pod's network
+// namespace going along as a file descriptor: anetd is warm, holds the
+// loaded programs and orders an ADD against a DEL of the same attachment,
+// and one round trip with one durable write is most of what an ADD costs.
+// anetd undoes a failed ADD itself, so there is nothing to undo here.
 func cmdAdd(args *skel.CmdArgs) error {
 	conf, att, err := loadVerb(args)
 	if err != nil {
@@ -82,138 +85,26 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	client := api.NewClient(conf.Socket)
-	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Pod: pod})
+	res, err := api.NewClient(conf.Socket).Add(ctx, api.AddRequest{Attachment: att, Pod: pod, Netns: args.Netns, MTU: conf.MTU}, netns)
 	if err != nil {
-		return daemonError("allocating an address", err)
+		return daemonError("adding the endpoint", err)
 	}
-
-	// From here on, undo everything on failure: a failed ADD leaves nothing.
-	layout := datapath.Layout{Root: conf.BPFRoot}
-	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
-	success := false
-	vethMade, attached := false, false
-	defer func() {
-		if success {
-			return
-		}
-		if vethMade {
-			_ = ip.DelLinkByName(hostIfName)
-		}
-		if attached {
-			_ = datapath.DetachEndpoint(layout, hostIfName)
-		}
-		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
-		defer dcancel()
-		_ = client.DeleteEndpoint(dctx, att) // also releases the address
-	}()
-
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		return err
-	}
-	defer hostNS.Close()
-
-	var hostIf, podIf net.Interface
-	err = netns.Do(func(ns.NetNS) error {
-		var err error
-		hostIf, podIf, err = ip.SetupVethWithName(att.IfName, hostIfName, conf.MTU, "", hostNS)
-		if err != nil {
-			return fmt.Errorf("creating veth pair: %w", err)
-		}
-		vethMade = true
-		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
-	})
-	if err != nil {
-		return types.NewError(types.ErrInternal, "setting up the pod interface", err.Error())
-	}
-	if err := configureHost(hostIfName, alloc, podIf.HardwareAddr); err != nil {
-		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
-	}
-	mode, err := datapath.AttachEndpoint(layout, hostIfName)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
-	}
-	attached = true
-	err = client.PutEndpoint(ctx, api.EndpointRequest{
-		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
-		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
-		HostMAC: hostIf.HardwareAddr.String(), PodMAC: podIf.HardwareAddr.String(), AttachMode: mode,
-	})
-	if err != nil {
-		return daemonError("registering the endpoint", err)
-	}
-
 	podIdx := 1
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			{Name: hostIfName, Mac: hostIf.HardwareAddr.String()},
-			{Name: att.IfName, Mac: podIf.HardwareAddr.String(), Sandbox: args.Netns},
+			{Name: res.HostIfName, Mac: res.HostMAC},
+			{Name: att.IfName, Mac: res.PodMAC, Sandbox: args.Netns},
 		},
 		IPs: []*current.IPConfig{{
 			Interface: &podIdx,
-			Address:   net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)},
-			Gateway:   alloc.Gateway.AsSlice(),
+			Address:   net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   res.Gateway.AsSlice(),
 		}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: alloc.Gateway.AsSlice()}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: res.Gateway.AsSlice()}},
 		DNS:    conf.DNS,
 	}
-	success = true
 	return types.PrintResult(result, conf.CNIVersion)
-}
-
-// configurePod runs in the pod's netns: the address as a /32, the gateway
-// as an on-link host route and the default route through it, and a
-// permanent neighbour entry for the gateway (the host-side MAC), so the pod
-// needs no ARP to leave. The datapath answers ARP too, should the entry go.
-func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr) error {
-	link, err := netlink.LinkByName(ifName)
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", ifName, err)
-	}
-	gw := alloc.Gateway.AsSlice()
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if err := netlink.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("adding %s: %w", alloc.IP, err)
-	}
-	idx := link.Attrs().Index
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
-		return fmt.Errorf("adding route to gateway: %w", err)
-	}
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
-		return fmt.Errorf("adding default route: %w", err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
-		return fmt.Errorf("adding gateway neighbour: %w", err)
-	}
-	// IPv4 only for now: keep the pod from sending IPv6 (router and
-	// neighbour solicitations) that the datapath would drop and count.
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
-	return nil
-}
-
-// configureHost runs in the node's netns: a host route to the pod over its
-// veth and a permanent neighbour entry, so the node reaches the pod without
-// ARP and without a bridge.
-func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.HardwareAddr) error {
-	link, err := netlink.LinkByName(hostIfName)
-	if err != nil {
-		return err
-	}
-	idx := link.Attrs().Index
-	podIP := alloc.IP.AsSlice()
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+hostIfName+"/disable_ipv6", []byte("1"), 0o644)
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
-		return fmt.Errorf("adding route to the pod: %w", err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: podMAC}); err != nil {
-		return fmt.Errorf("adding pod neighbour: %w", err)
-	}
-	return nil
 }
 
 // cmdDel removes the veth pair (with its routes and tc filters), the link
