@@ -36,8 +36,8 @@ type Datapath struct {
 	// EndpointAttach is how Wire attaches the programs to a new endpoint:
 	// ModeTC (the default) or ModeTCX. See Wire.
 	EndpointAttach string
-	objs   bpf.LxcObjects
-	log    *slog.Logger
+	objs           bpf.LxcObjects
+	log            *slog.Logger
 }
 
 // CheckBPFFS returns a clear error unless dir is a directory on a bpf
