@@ -3,4 +3,10 @@
 // rebuilds them with the pinned clang).
 package bpf
 
-//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -type endpoint_info -type metrics_key -type metrics_value Lxc lxc.c
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -tags !anet_mapvariant -target bpfel -type endpoint_info -type metrics_key -type metrics_value Lxc lxc.c
+
+// A test-only build of the same programs with changed map layouts (a field
+// added to endpoint_info and metrics_value), compiled into anetd only with
+// `-tags anet_mapvariant`: the upgrade test runs it against a node of the
+// normal build to prove that pinned maps are migrated, both ways.
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DANET_TEST_MAP_VARIANT" -tags anet_mapvariant -output-stem lxcvariant -target bpfel -type endpoint_info -type metrics_key -type metrics_value Lxc lxc.c

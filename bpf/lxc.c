@@ -141,8 +141,10 @@ int anet_from_container(struct __sk_buff *skb)
 
 	struct endpoint_info *src = bpf_map_lookup_elem(&anet_ep_by_if, &ifindex);
 	if (!src) {
-		ret = -DROP_UNKNOWN_ENDPOINT;
-		goto out;
+		/* Under the node-wide key: counters of an unknown device would
+		 * outlive it (see struct metrics_key). */
+		account(ANET_IFINDEX_NODE, DIR_EGRESS, DROP_UNKNOWN_ENDPOINT, len);
+		return TC_ACT_SHOT;
 	}
 	if ((void *)(eth + 1) > data_end) {
 		ret = -DROP_MALFORMED_L2;
@@ -170,8 +172,17 @@ out:
 __section("tc")
 int anet_to_container(struct __sk_buff *skb)
 {
+	__u32 ifindex = skb->ifindex;
+
+	/* Only a registered endpoint is delivered to and counted: a device
+	 * whose endpoint was deleted (collected while the runtime keeps the
+	 * veth) gets nothing and re-creates no counter of its own. */
+	if (!bpf_map_lookup_elem(&anet_ep_by_if, &ifindex)) {
+		account(ANET_IFINDEX_NODE, DIR_INGRESS, DROP_UNKNOWN_ENDPOINT, skb->len);
+		return TC_ACT_SHOT;
+	}
 	/* Ingress policy will sit here; for now the host stack's packets to a
 	 * pod are counted and delivered. */
-	account(skb->ifindex, DIR_INGRESS, REASON_FORWARDED, skb->len);
+	account(ifindex, DIR_INGRESS, REASON_FORWARDED, skb->len);
 	return TC_ACT_OK;
 }

@@ -24,6 +24,7 @@ declare -A need=(
 	[taskset]=util-linux
 	[flock]=util-linux
 	[python3]=python3-minimal
+	[strace]=strace
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -46,9 +46,22 @@ struct endpoint_info {
 	__u8 host_mac[6];
 	__u32 flags;       /* reserved */
 	__u32 identity;    /* security identity; 0 until policy lands */
+#ifdef ANET_TEST_MAP_VARIANT
+	/* Test-only layout change (bpf/gen.go builds it into a separate object
+	 * behind the anet_mapvariant build tag): proves that anetd migrates
+	 * pinned maps whose value grew, and back. Never in a production build. */
+	__u32 variant_pad;
+#endif
 };
 
-/* Per-endpoint traffic counters, per CPU. */
+/* Per-endpoint traffic counters, per CPU. Only registered endpoints get
+ * counters of their own (keyed by their host-side ifindex); packets on a
+ * device that carries our program but is no endpoint (one being deleted, a
+ * leftover) are counted under ifindex 0, ANET_IFINDEX_NODE, so that the map
+ * never grows per unknown device and nothing re-creates the counters of a
+ * deleted endpoint. */
+#define ANET_IFINDEX_NODE 0
+
 struct metrics_key {
 	__u32 ifindex;
 	__u8 dir;
@@ -59,6 +72,9 @@ struct metrics_key {
 struct metrics_value {
 	__u64 packets;
 	__u64 bytes;
+#ifdef ANET_TEST_MAP_VARIANT
+	__u64 variant_extra; /* test-only, see endpoint_info */
+#endif
 };
 
 struct {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +42,7 @@ func tcParent(d Dir) uint32 {
 }
 
 func netlinkIndex(ifname string) (int, error) {
-	lk, err := netlink.LinkByName(ifname)
+	lk, err := netlinksafe.LinkByName(ifname)
 	if err != nil {
 		return 0, err
 	}
@@ -202,7 +203,7 @@ func attachedProgID(l Layout, ifname string, idx int, d Dir) (ebpf.ProgramID, er
 		}
 		return info.Program, nil
 	}
-	filters, err := netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}, tcParent(d))
+	filters, err := netlinksafe.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}, tcParent(d))
 	if err != nil {
 		return 0, fmt.Errorf("listing tc filters of %s: %w", ifname, err)
 	}

@@ -62,7 +62,15 @@ func (dp *Datapath) UpsertEndpoint(ep Endpoint) error {
 }
 
 // DeleteEndpoint removes an endpoint and its counters. Entries already
-// gone are fine.
+// gone are fine; ifindex 0 (or an invalid ip) skips that key.
+//
+// The order matters: the endpoint entries go first, then DeleteEndpoint
+// waits until no program that may have found them is still running, then
+// the counters go. The programs count only registered endpoints (bpf/lxc.c),
+// so once the entries are gone and the programs that saw them are done,
+// nothing can create a counter of this ifindex again, even with packets
+// still arriving on the device (an endpoint collected while its veth is
+// still there).
 func (dp *Datapath) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
 	var errs []error
 	if ip.Is4() {
@@ -70,7 +78,13 @@ func (dp *Datapath) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
 			errs = append(errs, err)
 		}
 	}
+	if ifindex == IfindexNode {
+		return errors.Join(errs...)
+	}
 	if err := dp.objs.AnetEpByIf.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	if err := dp.waitForPrograms(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, dp.deleteCounters(func(k bpf.LxcMetricsKey) bool { return k.Ifindex == ifindex }))
@@ -109,9 +123,32 @@ type CounterKey struct {
 	Reason Reason
 }
 
-// Counters returns every counter in the datapath, summed over CPUs,
-// grouped by endpoint device ifindex. One pass over the map.
+// IfindexNode is the counter key of packets that belong to no endpoint
+// (ANET_IFINDEX_NODE in bpf/lib/common.h): drops on a device that carries
+// anet's programs but is not, or no longer, a registered endpoint. One key
+// for all such devices, so the counter map never grows per unknown device.
+const IfindexNode = 0
+
+// Counters returns the counters of the endpoints, summed over CPUs,
+// grouped by endpoint device ifindex. One pass over the map. The node-wide
+// counters (IfindexNode) are in NodeCounters.
 func (dp *Datapath) Counters() (map[uint32]map[CounterKey]Counter, error) {
+	all, err := dp.allCounters()
+	delete(all, IfindexNode)
+	return all, err
+}
+
+// NodeCounters returns the counters of packets that belonged to no
+// endpoint, summed over CPUs.
+func (dp *Datapath) NodeCounters() (map[CounterKey]Counter, error) {
+	all, err := dp.allCounters()
+	if all[IfindexNode] == nil {
+		return map[CounterKey]Counter{}, err
+	}
+	return all[IfindexNode], err
+}
+
+func (dp *Datapath) allCounters() (map[uint32]map[CounterKey]Counter, error) {
 	out := map[uint32]map[CounterKey]Counter{}
 	var k bpf.LxcMetricsKey
 	var per []bpf.LxcMetricsValue
@@ -154,6 +191,10 @@ func (dp *Datapath) deleteCounters(match func(bpf.LxcMetricsKey) bool) error {
 }
 
 // DeleteCountersOf removes the counters of a device that is not an endpoint.
+// The node-wide counters (IfindexNode) are not a device's and stay.
 func (dp *Datapath) DeleteCountersOf(ifindex uint32) error {
+	if ifindex == IfindexNode {
+		return nil
+	}
 	return dp.deleteCounters(func(k bpf.LxcMetricsKey) bool { return k.Ifindex == ifindex })
 }

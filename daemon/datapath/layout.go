@@ -15,6 +15,9 @@ func (l Layout) MapsDir() string  { return filepath.Join(l.Root, "maps") }
 func (l Layout) ProgsDir() string { return filepath.Join(l.Root, "progs") }
 func (l Layout) LinksDir() string { return filepath.Join(l.Root, "links") }
 
+// MapPin is the pin of one of anetd's maps.
+func (l Layout) MapPin(name string) string { return filepath.Join(l.MapsDir(), name) }
+
 // ProgPin is the pin of one of anetd's programs.
 func (l Layout) ProgPin(name string) string { return filepath.Join(l.ProgsDir(), name) }
 

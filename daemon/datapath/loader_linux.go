@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -38,6 +40,16 @@ type Datapath struct {
 	EndpointAttach string
 	objs           bpf.LxcObjects
 	log            *slog.Logger
+
+	// Between Load and Activate: the maps to pin at Activate (new ones,
+	// and those that replace a pinned map of another layout) and the
+	// replaced maps, held until the swap is done.
+	toPin    []string
+	replaced map[string]*ebpf.Map
+	active   bool
+
+	barrierMu sync.Mutex
+	barrier   *progBarrier
 }
 
 // CheckBPFFS returns a clear error unless dir is a directory on a bpf
@@ -53,10 +65,42 @@ func CheckBPFFS(dir string) error {
 	return nil
 }
 
-// Load loads the programs, reusing the maps pinned under the layout's root
-// (so endpoints and counters survive a restart), pins the new programs in
-// place of the old ones and moves every pinned endpoint link to them with
-// link.Update: an atomic swap, no packet sees a device without a program.
+// How the content of a pinned map reaches its replacement when its layout
+// (type, key or value size, max entries, flags) changed between builds.
+type refill int
+
+const (
+	// refillCopy copies every entry that can be carried without guessing:
+	// same map type and key size, and a value that only grew (the new
+	// tail is zero, which a field appended to a struct must take to mean
+	// "unset") or shrank by a tail that is zero in that entry. Anything
+	// else starts empty, and the loader says so. Counters are copied.
+	refillCopy refill = iota
+	// refillRecords leaves the new map empty: anetd rewrites it from its
+	// own records (the endpoint manager's Restore upserts every endpoint)
+	// between Load and Activate. Records hold everything the map does, so
+	// nothing is guessed from the old layout.
+	refillRecords
+)
+
+var refills = map[string]refill{
+	bpf.LxcMapAnetEpByIp:  refillRecords,
+	bpf.LxcMapAnetEpByIf:  refillRecords,
+	bpf.LxcMapAnetMetrics: refillCopy,
+}
+
+// Load loads the programs against the maps pinned under root, so that
+// endpoints and counters survive a restart, and against new maps where
+// there is no pin yet or where a pinned map's layout differs from this
+// build's (an upgrade that changed a map): such a map is migrated, never
+// refused. Load changes nothing a packet sees: the old programs keep
+// running with the old maps. The caller then fills the maps that are
+// rebuilt from records (UpsertEndpoint for every endpoint) and calls
+// Activate, which swaps everything in at once.
+//
+// The two phases exist so that no packet ever meets a new program with an
+// empty map: a migrated endpoint map is complete before any program that
+// reads it is attached anywhere.
 func Load(root string, log *slog.Logger) (*Datapath, error) {
 	if err := CheckBPFFS(root); err != nil {
 		return nil, err
@@ -71,33 +115,118 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading eBPF spec: %w", err)
 	}
-	dp := &Datapath{Layout: l, log: log}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: l.MapsDir()}}
-	if err := spec.LoadAndAssign(&dp.objs, opts); err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("pinned maps in %s do not match this build (remove them to start afresh): %w", l.MapsDir(), err)
+	dp := &Datapath{Layout: l, log: log, replaced: map[string]*ebpf.Map{}}
+	reuse := map[string]*ebpf.Map{}
+	defer func() {
+		for _, m := range reuse {
+			m.Close() // the collection holds clones
 		}
+	}()
+	fail := func(err error) (*Datapath, error) {
+		for _, m := range dp.replaced {
+			m.Close()
+		}
+		return nil, err
+	}
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		// The loader pins, at Activate: a pin is what other processes
+		// (anet-cni, a later anetd) take for the live map.
+		ms.Pinning = ebpf.PinNone
+		pinned, err := ebpf.LoadPinnedMap(l.MapPin(name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			dp.toPin = append(dp.toPin, name)
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("opening pinned map %s: %w", l.MapPin(name), err))
+		}
+		if diff := ms.Compatible(pinned); diff != nil {
+			log.Info("pinned map has another layout than this build; migrating it", "map", name, "change", diff)
+			dp.replaced[name] = pinned
+			dp.toPin = append(dp.toPin, name)
+			continue
+		}
+		reuse[name] = pinned
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: reuse}
+	if err := spec.LoadAndAssign(&dp.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading eBPF programs: %+v", ve)
+			return fail(fmt.Errorf("loading eBPF programs: %+v", ve))
 		}
-		return nil, fmt.Errorf("loading eBPF programs: %w", err)
+		return fail(fmt.Errorf("loading eBPF programs: %w", err))
+	}
+	maps := dp.maps()
+	for _, name := range dp.toPin {
+		if maps[name] == nil {
+			dp.Close()
+			return nil, fmt.Errorf("map %s of the spec has no handle in the datapath (add it to Datapath.maps)", name)
+		}
+	}
+	for name, old := range dp.replaced {
+		switch refills[name] {
+		case refillRecords:
+			log.Info("migrated map starts empty and is rebuilt from anetd's records", "map", name)
+		case refillCopy:
+			n, skipped, err := copyEntries(old, maps[name])
+			if err != nil {
+				dp.Close()
+				return nil, fmt.Errorf("migrating map %s: %w", name, err)
+			}
+			log.Info("copied entries into the migrated map", "map", name, "copied", n, "notCopied", skipped)
+		}
+	}
+	return dp, nil
+}
+
+// Activate makes what Load loaded live, in an order that leaves a state the
+// next start completes whatever point a crash interrupts: first the new
+// maps take the place of the old pins (an atomic rename each), then the
+// programs' pins, then every endpoint's TCX link is moved to the new
+// programs with link.Update and every tc filter is replaced: each is an
+// atomic swap of program and, with it, of the maps it uses. Devices that
+// vanished meanwhile are skipped and their pins removed. Activate is done
+// once; later calls do nothing.
+func (dp *Datapath) Activate() error {
+	if dp.active {
+		return nil
+	}
+	maps := dp.maps()
+	for _, name := range dp.toPin {
+		if err := pinReplace(maps[name], dp.Layout.MapPin(name)); err != nil {
+			return err
+		}
 	}
 	for name, p := range dp.programs() {
-		if err := pinReplace(p, l.ProgPin(name)); err != nil {
-			dp.Close()
-			return nil, err
+		if err := pinReplace(p, dp.Layout.ProgPin(name)); err != nil {
+			return err
 		}
 	}
 	if err := dp.updateLinks(); err != nil {
-		dp.Close()
-		return nil, err
+		return err
 	}
 	if err := dp.updateTCFilters(); err != nil {
-		dp.Close()
-		return nil, err
+		return err
 	}
-	return dp, nil
+	for name, m := range dp.replaced {
+		dp.log.Info("map migrated", "map", name)
+		m.Close()
+	}
+	dp.replaced, dp.toPin, dp.active = nil, nil, true
+	return nil
+}
+
+// Migrating lists the pinned maps that Activate will replace with maps of
+// this build's layout.
+func (dp *Datapath) Migrating() []string {
+	var out []string
+	for name := range dp.replaced {
+		out = append(out, name)
+	}
+	return out
 }
 
 func (dp *Datapath) programs() map[string]*ebpf.Program {
@@ -107,34 +236,59 @@ func (dp *Datapath) programs() map[string]*ebpf.Program {
 	}
 }
 
-// pinReplace pins p at path, atomically replacing whatever was pinned there.
-func pinReplace(p *ebpf.Program, path string) error {
+func (dp *Datapath) maps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		bpf.LxcMapAnetEpByIp:  dp.objs.AnetEpByIp,
+		bpf.LxcMapAnetEpByIf:  dp.objs.AnetEpByIf,
+		bpf.LxcMapAnetMetrics: dp.objs.AnetMetrics,
+	}
+}
+
+// pinner is a program or a map.
+type pinner interface {
+	Pin(string) error
+	Unpin() error
+}
+
+// pinReplace pins o at path, atomically replacing whatever was pinned there.
+func pinReplace(o pinner, path string) error {
 	tmp := path + "_new" // bpffs refuses names with a dot
 	_ = os.Remove(tmp)
-	if err := p.Pin(tmp); err != nil {
+	if err := o.Pin(tmp); err != nil {
 		return fmt.Errorf("pinning %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		_ = p.Unpin()
+		_ = o.Unpin()
 		return fmt.Errorf("replacing pin %s: %w", path, err)
 	}
 	return nil
 }
 
-// updateLinks moves every pinned endpoint link to the current programs.
-// A link whose device is gone is unpinned: nothing else would.
+// gone reports whether err says that a device (or the device of a link)
+// no longer exists.
+func gone(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENOLINK) || errors.Is(err, unix.ENODEV) ||
+		errors.Is(err, unix.ENXIO) || errors.Is(err, os.ErrNotExist)
+}
+
+// updateLinks moves every pinned endpoint link to the current programs. A
+// link whose device is gone (deleted while anetd was away, or right now)
+// is unpinned, since nothing else would; a link that cannot be moved for
+// another reason keeps its old program and is logged, and the others go
+// on: one endpoint must not stop the node's start.
 func (dp *Datapath) updateLinks() error {
 	entries, err := os.ReadDir(dp.Layout.LinksDir())
 	if err != nil {
 		return err
 	}
 	progs := dp.programs()
+	var failed int
 	for _, e := range entries {
 		ifname, d, ok := parseLinkPin(e.Name())
 		if !ok {
 			continue
 		}
-		prog := progs[progForDir(d)]
 		path := filepath.Join(dp.Layout.LinksDir(), e.Name())
 		lk, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -142,25 +296,59 @@ func (dp *Datapath) updateLinks() error {
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := netlinkIndex(ifname); err != nil {
-			dp.log.Info("unpinning link of a removed device", "pin", path)
+		if why := linkDeviceGone(lk, ifname); why != "" {
+			dp.log.Info("unpinning link of a removed device", "pin", path, "why", why)
 			_ = lk.Unpin()
 			lk.Close()
 			continue
 		}
-		err = lk.Update(prog)
-		lk.Close()
-		if err != nil {
-			return fmt.Errorf("updating link %s: %w", path, err)
+		err = lk.Update(progs[progForDir(d)])
+		if err != nil && gone(err) {
+			dp.log.Info("unpinning link of a device removed meanwhile", "pin", path, "err", err)
+			_ = lk.Unpin()
+		} else if err != nil {
+			failed++
+			dp.log.Error("link keeps its old program", "pin", path, "err", err)
 		}
+		lk.Close()
+	}
+	if failed > 0 {
+		dp.log.Error("some endpoint links could not be moved to the new programs; CHECK reports them", "failed", failed)
 	}
 	return nil
 }
 
+// linkDeviceGone says why a pinned TCX link no longer serves the device
+// its pin names, or "" when it does. A link whose device was deleted is
+// defunct (ifindex 0) even if a new device took the name since.
+func linkDeviceGone(lk link.Link, ifname string) string {
+	info, err := lk.Info()
+	if err != nil {
+		return "link info: " + err.Error()
+	}
+	tcx := info.TCX()
+	if tcx == nil {
+		return "not a tcx link"
+	}
+	if tcx.Ifindex == 0 {
+		return "link detached: its device was deleted"
+	}
+	dev, err := netlinksafe.LinkByName(ifname)
+	if err != nil {
+		return "device: " + err.Error()
+	}
+	if dev.Attrs().Index != int(tcx.Ifindex) {
+		return fmt.Sprintf("device %s is now ifindex %d, the link's is %d", ifname, dev.Attrs().Index, tcx.Ifindex)
+	}
+	return ""
+}
+
 // updateTCFilters moves endpoints attached with tc clsact (no TCX) to the
-// current programs: a filter replace swaps the program atomically.
+// current programs: a filter replace swaps the program atomically. Devices
+// that vanish during the walk are skipped; the dumps are retried when the
+// kernel interrupts them (netlinksafe).
 func (dp *Datapath) updateTCFilters() error {
-	links, err := netlink.LinkList()
+	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
@@ -169,14 +357,17 @@ func (dp *Datapath) updateTCFilters() error {
 		if lk.Type() != "veth" {
 			continue
 		}
-		filters, err := netlink.FilterList(lk, tcParent(DirEgress))
+		filters, err := netlinksafe.FilterList(lk, tcParent(DirEgress))
 		if err != nil {
-			continue // no clsact qdisc
+			continue // no clsact qdisc, or the device went away
 		}
 		for _, f := range filters {
 			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == ProgFromContainer {
-				if err := attachTC(lk.Attrs().Index, progs); err != nil {
-					return fmt.Errorf("updating tc programs of %s: %w", lk.Attrs().Name, err)
+				err := attachTC(lk.Attrs().Index, progs)
+				if err != nil && gone(err) {
+					dp.log.Info("device removed while its tc programs were updated", "dev", lk.Attrs().Name, "err", err)
+				} else if err != nil {
+					dp.log.Error("tc programs of a device could not be updated; it keeps the old ones", "dev", lk.Attrs().Name, "err", err)
 				}
 				break
 			}
@@ -186,7 +377,16 @@ func (dp *Datapath) updateTCFilters() error {
 }
 
 // Close releases the loader's handles; pinned objects stay in the kernel.
-func (dp *Datapath) Close() error { return dp.objs.Close() }
+// Before Activate nothing was pinned, so what Load made goes with it.
+func (dp *Datapath) Close() error {
+	for _, m := range dp.replaced {
+		m.Close()
+	}
+	if dp.barrier != nil {
+		dp.barrier.close()
+	}
+	return dp.objs.Close()
+}
 
 // LoadUnpinned loads the programs with fresh maps of their own, pinned
 // nowhere and attached to nothing: for BPF_PROG_TEST_RUN tests and

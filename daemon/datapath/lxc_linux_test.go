@@ -8,9 +8,15 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/anet-dev/anet/bpf"
+	"github.com/anet-dev/anet/internal/testpkt"
 )
+
+type metricsKey = bpf.LxcMetricsKey
 
 // These tests run the real programs in the kernel with BPF_PROG_TEST_RUN:
 // bytes in, verdict, bytes and counters out.
@@ -74,51 +80,18 @@ func run(t *testing.T, p *ebpf.Program, pkt []byte) (uint32, []byte) {
 	return ret, opts.DataOut
 }
 
-func eth(dst, src net.HardwareAddr, proto uint16) []byte {
-	b := append(append([]byte{}, dst...), src...)
-	return binary.BigEndian.AppendUint16(b, proto)
-}
+// Frames from the test pod to its host side, built by the shared builder.
+var (
+	eth  = testpkt.Eth
+	csum = testpkt.Checksum
+)
 
-func csum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
-}
-
-// udp4 builds an Ethernet/IPv4/UDP packet with a valid header checksum.
+// udp4 is an Ethernet/IPv4/UDP frame from the pod's MAC to its host side.
 func udp4(src, dst netip.Addr, ttl uint8, payload []byte) []byte {
-	ip := make([]byte, 20+8+len(payload))
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
-	ip[8] = ttl
-	ip[9] = 17
-	s, d := src.As4(), dst.As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], csum(ip[:20]))
-	binary.BigEndian.PutUint16(ip[20:], 40000)
-	binary.BigEndian.PutUint16(ip[22:], 8081)
-	binary.BigEndian.PutUint16(ip[24:], uint16(8+len(payload)))
-	copy(ip[28:], payload)
-	return append(eth(hostMAC, podMAC, 0x0800), ip...)
+	return testpkt.UDP{DstMAC: hostMAC, SrcMAC: podMAC, Src: src, Dst: dst, SrcPort: 40000, DstPort: 8081, TTL: ttl, Payload: payload}.Frame()
 }
 
-func arpReq(sender, target netip.Addr) []byte {
-	b := eth(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, podMAC, 0x0806)
-	b = binary.BigEndian.AppendUint16(b, 1)      // Ethernet
-	b = binary.BigEndian.AppendUint16(b, 0x0800) // IPv4
-	b = append(b, 6, 4)
-	b = binary.BigEndian.AppendUint16(b, 1) // request
-	s, d := sender.As4(), target.As4()
-	b = append(append(b, podMAC...), s[:]...)
-	b = append(append(b, make([]byte, 6)...), d[:]...)
-	return b
-}
+func arpReq(sender, target netip.Addr) []byte { return testpkt.WhoHas(podMAC, sender, target) }
 
 func counter(t *testing.T, dp *Datapath, ifindex uint32, d Dir, r Reason) uint64 {
 	t.Helper()
@@ -219,8 +192,112 @@ func TestFromUnknownEndpoint(t *testing.T) {
 	if ret != tcActShot {
 		t.Fatalf("verdict %d, want TC_ACT_SHOT", ret)
 	}
-	if n := counter(t, dp, loIfindex, DirEgress, DropUnknownEndpoint); n != 1 {
-		t.Errorf("unknown-endpoint drops = %d, want 1", n)
+	if n := nodeCounter(t, dp, DirEgress, DropUnknownEndpoint); n != 1 {
+		t.Errorf("node-wide unknown-endpoint drops = %d, want 1", n)
+	}
+	noCountersOf(t, dp, loIfindex)
+}
+
+func nodeCounter(t *testing.T, dp *Datapath, d Dir, r Reason) uint64 {
+	t.Helper()
+	c, err := dp.NodeCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c[CounterKey{d, r}].Packets
+}
+
+// noCountersOf fails unless the counter map holds no key of ifindex, read
+// from the map itself (not through Counters, which could filter).
+func noCountersOf(t *testing.T, dp *Datapath, ifindex uint32) {
+	t.Helper()
+	var k metricsKey
+	var per [][]byte
+	it := dp.objs.AnetMetrics.Iterate()
+	for it.Next(&k, &per) {
+		if k.Ifindex == ifindex {
+			t.Errorf("counter %+v of ifindex %d is in the map", k, ifindex)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The host stack's packets to a device that is no endpoint are dropped and
+// counted under the node-wide key, never under the device.
+func TestToContainerUnknownEndpoint(t *testing.T) {
+	dp := loadTest(t)
+	if err := dp.DeleteEndpoint(podIP, loIfindex); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		ret, _ := run(t, dp.objs.AnetToContainer, udp4(nodeIP, podIP, 64, nil))
+		if ret != tcActShot {
+			t.Fatalf("verdict %d, want TC_ACT_SHOT", ret)
+		}
+	}
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n != 3 {
+		t.Errorf("node-wide unknown-endpoint drops = %d, want 3", n)
+	}
+	noCountersOf(t, dp, loIfindex)
+	// Restore's prune deletes the counters of every device that is no
+	// endpoint: the node-wide ones are not a device's.
+	if err := dp.DeleteCountersOf(IfindexNode); err != nil {
+		t.Fatal(err)
+	}
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n != 3 {
+		t.Errorf("node-wide counters deleted as a device's: %d left", n)
+	}
+	if all, _ := dp.Counters(); len(all[IfindexNode]) != 0 {
+		t.Errorf("Counters (per endpoint) shows the node-wide key: %v", all[IfindexNode])
+	}
+}
+
+// Packets keep arriving on an endpoint's device while it is deleted (an
+// endpoint collected while its veth stays): once DeleteEndpoint returns,
+// no counter of that device exists, and none comes back.
+func TestDeleteEndpointRacingPackets(t *testing.T) {
+	dp := loadTest(t)
+	pkt := udp4(nodeIP, podIP, 64, nil)
+	if ret, _ := run(t, dp.objs.AnetToContainer, pkt); ret != tcActOK {
+		t.Fatalf("verdict %d for a registered endpoint", ret)
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			ctx := make([]uint32, 11)
+			ctx[10] = loIfindex
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				if _, err := dp.objs.AnetToContainer.Run(&ebpf.RunOptions{Data: pkt, Context: ctx, Repeat: 50}); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := dp.DeleteEndpoint(podIP, loIfindex); err != nil {
+		t.Fatal(err)
+	}
+	noCountersOf(t, dp, loIfindex)
+	time.Sleep(50 * time.Millisecond) // the racers go on
+	close(stop)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	noCountersOf(t, dp, loIfindex)
+	if n := nodeCounter(t, dp, DirIngress, DropUnknownEndpoint); n == 0 {
+		t.Error("the racing packets after the delete were not counted as unknown-endpoint drops")
 	}
 }
 

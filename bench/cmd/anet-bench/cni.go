@@ -3,20 +3,26 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -52,6 +58,8 @@ type network struct {
 	list   *libcni.NetworkConfigList
 	cni    *libcni.CNIConfig
 	subnet netip.Prefix
+	logs   *syncBuffer // anetd's log (anet only)
+	cache  string      // libcni's cache dir, of this run
 
 	mu   sync.Mutex
 	pods []*pod
@@ -60,68 +68,140 @@ type network struct {
 func (w *network) rt(p *pod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{
 		ContainerID: p.containerID, NetNS: p.ns.Path(), IfName: p.ifName,
-		// As containerd passes them: the reference plugins refuse
-		// arguments they do not know unless told to ignore them.
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "bench"}, {"K8S_POD_NAME", p.name}, {"K8S_POD_UID", "uid-" + p.name}},
+		// As containerd (go-cni) passes them: the reference plugins
+		// refuse arguments they do not know unless told to ignore them.
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "bench"}, {"K8S_POD_NAME", p.name},
+			{"K8S_POD_INFRA_CONTAINER_ID", p.containerID}, {"K8S_POD_UID", "uid-" + p.name}},
 	}
+}
+
+// execCall is what timedExec learned about one plugin process: when it was
+// started and reaped, and what it wrote on stderr. It rides in the
+// context of a libcni call.
+type execCall struct {
+	start, end time.Time
+	stderr     []byte
+}
+
+type execCallKey struct{}
+
+// timedExec is libcni's invoke.RawExec (exec of the plugin binary with the
+// CNI_* environment and the config on stdin) plus a stopwatch around the
+// process alone: start to exit, without libcni's config building and
+// result cache, so the report can show what libcni adds.
+type timedExec struct{}
+
+var _ invoke.Exec = (*timedExec)(nil)
+
+func (*timedExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+func (*timedExec) Decode(b []byte) (version.PluginInfo, error) {
+	var d version.PluginDecoder
+	return d.Decode(b)
+}
+
+func (e *timedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	c := exec.CommandContext(ctx, pluginPath)
+	c.Env, c.Stdin, c.Stdout, c.Stderr = environ, bytes.NewReader(stdin), &stdout, &stderr
+	start := time.Now()
+	err := c.Run()
+	end := time.Now()
+	if rec, ok := ctx.Value(execCallKey{}).(*execCall); ok && rec.start.IsZero() {
+		rec.start, rec.end, rec.stderr = start, end, stderr.Bytes()
+	}
+	if err != nil {
+		// As RawExec: the plugin's error object is on stdout.
+		perr := &types.Error{}
+		if json.Unmarshal(stdout.Bytes(), perr) == nil && perr.Code != 0 {
+			return nil, perr
+		}
+		return nil, fmt.Errorf("%s: %w (stderr: %s)", filepath.Base(pluginPath), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// opTiming is one CNI call: libcni's whole call and the plugin process in it.
+type opTiming struct {
+	call, proc time.Duration
+	rec        *execCall
 }
 
 // add runs ADD for p and returns how long libcni took (the plugin
 // processes, start to exit, and libcni's result cache).
 func (w *network) add(p *pod) (time.Duration, error) {
+	t, err := w.addTimed(p)
+	return t.call, err
+}
+
+// addTimed is add with the plugin process timed apart from libcni.
+func (w *network) addTimed(p *pod) (opTiming, error) {
 	var (
 		res types.Result
 		err error
 		d   time.Duration
 	)
+	rec := &execCall{}
+	ctx := context.WithValue(context.Background(), execCallKey{}, rec)
 	p.live = true
 	doErr := w.nodeNS.Do(func(ns.NetNS) error {
 		start := time.Now()
-		res, err = w.cni.AddNetworkList(context.Background(), w.list, w.rt(p))
+		res, err = w.cni.AddNetworkList(ctx, w.list, w.rt(p))
 		d = time.Since(start)
 		return nil
 	})
+	t := opTiming{call: d, proc: rec.end.Sub(rec.start), rec: rec}
 	if doErr != nil {
-		return 0, doErr
+		return t, doErr
 	}
 	if err != nil {
-		return d, fmt.Errorf("%s ADD %s: %w", w.name, p.name, err)
+		return t, fmt.Errorf("%s ADD %s: %w", w.name, p.name, err)
 	}
 	r, err := current.NewResultFromResult(res)
 	if err != nil {
-		return d, fmt.Errorf("%s ADD %s: result: %w", w.name, p.name, err)
+		return t, fmt.Errorf("%s ADD %s: result: %w", w.name, p.name, err)
 	}
 	if len(r.IPs) == 0 {
-		return d, fmt.Errorf("%s ADD %s: no address in the result", w.name, p.name)
+		return t, fmt.Errorf("%s ADD %s: no address in the result", w.name, p.name)
 	}
 	ip, ok := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
 	if !ok || !w.subnet.Contains(ip) {
-		return d, fmt.Errorf("%s ADD %s: address %s outside %s", w.name, p.name, r.IPs[0].Address.IP, w.subnet)
+		return t, fmt.Errorf("%s ADD %s: address %s outside %s", w.name, p.name, r.IPs[0].Address.IP, w.subnet)
 	}
 	p.ip = ip
-	return d, nil
+	return t, nil
 }
 
 // del runs DEL for p.
 func (w *network) del(p *pod) (time.Duration, error) {
+	t, err := w.delTimed(p)
+	return t.call, err
+}
+
+func (w *network) delTimed(p *pod) (opTiming, error) {
 	var (
 		err error
 		d   time.Duration
 	)
+	rec := &execCall{}
+	ctx := context.WithValue(context.Background(), execCallKey{}, rec)
 	doErr := w.nodeNS.Do(func(ns.NetNS) error {
 		start := time.Now()
-		err = w.cni.DelNetworkList(context.Background(), w.list, w.rt(p))
+		err = w.cni.DelNetworkList(ctx, w.list, w.rt(p))
 		d = time.Since(start)
 		return nil
 	})
+	t := opTiming{call: d, proc: rec.end.Sub(rec.start), rec: rec}
 	if doErr != nil {
-		return 0, doErr
+		return t, doErr
 	}
 	if err != nil {
-		return d, fmt.Errorf("%s DEL %s: %w", w.name, p.name, err)
+		return t, fmt.Errorf("%s DEL %s: %w", w.name, p.name, err)
 	}
 	p.live = false
-	return d, nil
+	return t, nil
 }
 
 // newPod makes a pod netns with lo up; a cleanup removes it.
@@ -167,18 +247,86 @@ func (w *network) delLive() {
 }
 
 // anetNetwork starts a testnode (node netns, bpffs, anetd) and drives its
-// rendered conflist.
+// rendered conflist. testnode starts anetd with --log-level debug (for
+// tests); the bench replaces it by an anetd of its own with the same flags
+// at the default level (info), as a DaemonSet runs it.
 func (b *bench) anetNetwork() (*network, *testnode.Node) {
 	n := testnode.New(b.t, testnode.Options{PodCIDR: "10.244.1.0/24"})
+	logs := b.restartAnetdAtInfo(n)
 	w := &network{
 		name:   "anet-cni",
 		nodeNS: n.NS,
 		list:   n.Conflist(),
-		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(n.Dir, "cni-cache"), nil),
+		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(n.Dir, "cni-cache"), &timedExec{}),
+		cache:  filepath.Join(n.Dir, "cni-cache"),
 		subnet: netip.MustParsePrefix(n.PodCIDR),
+		logs:   logs,
 	}
 	b.t.Cleanup(w.delLive)
 	return w, n
+}
+
+// syncBuffer collects a process's output for the bench to read.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// restartAnetdAtInfo stops testnode's anetd and starts one with the same
+// flags and no --log-level (its default, info), in the node's netns. It is
+// stopped (SIGTERM, then SIGKILL after 10 s, by its PID) by a cleanup that
+// runs before testnode's own.
+func (b *bench) restartAnetdAtInfo(n *testnode.Node) *syncBuffer {
+	n.StopAnetd()
+	logs := &syncBuffer{}
+	// nsenter execs anetd in place: the PID is anetd's.
+	cmd := n.NSEnter(filepath.Join(b.bin, "anetd"),
+		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		b.t.Fatalf("starting anetd: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	b.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	b.anetdPID = cmd.Process.Pid
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := n.Client().Status(ctx)
+		cancel()
+		if err == nil && st.Ready {
+			return logs
+		}
+		select {
+		case <-done:
+			b.t.Fatalf("anetd exited:\n%s", logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	b.t.Fatalf("anetd not ready after 20s:\n%s", logs.String())
+	return nil
 }
 
 // bridgeNetwork makes a bare node netns (lo up, nothing else) and the
@@ -200,6 +348,9 @@ func (b *bench) bridgeNetwork() *network {
 		}
 		return err
 	})
+	// host-local's data dir sits in a temporary directory beside anet's
+	// state dir (both under os.TempDir(), one filesystem: the report
+	// names its type for each).
 	dir := b.t.TempDir()
 	conf := strings.ReplaceAll(bridgeConflist, "@DATADIR@", filepath.Join(dir, "host-local"))
 	list, err := libcni.ConfListFromBytes([]byte(conf))
@@ -210,7 +361,8 @@ func (b *bench) bridgeNetwork() *network {
 		name:   "bridge+host-local",
 		nodeNS: nodeNS,
 		list:   list,
-		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(dir, "cni-cache"), nil),
+		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(dir, "cni-cache"), &timedExec{}),
+		cache:  filepath.Join(dir, "cni-cache"),
 		subnet: netip.MustParsePrefix("10.99.0.0/16"),
 	}
 	b.bridgeDir = dir
@@ -220,14 +372,25 @@ func (b *bench) bridgeNetwork() *network {
 
 // cniStats is what one network measured.
 type cniStats struct {
-	serialAdd, serialDel []time.Duration
-	parAdd, parDel       []time.Duration
-	addRate, delRate     []float64 // pods/s, one per round
+	serialAdd, serialDel         []time.Duration
+	serialAddProc, serialDelProc []time.Duration // the plugin process alone
+	addCalls                     []addCall       // the serial ADDs, for the anetd log breakdown
+	parAdd, parDel               []time.Duration
+	addRate, delRate             []float64 // pods/s, one per round
+}
+
+// addCall is one serial ADD: its container ID and when its plugin
+// process started and was reaped.
+type addCall struct {
+	containerID string
+	start, end  time.Time
 }
 
 type cniResult struct {
 	pods, parallel, rounds int
 	anet, bridge           cniStats
+	fsAnet, fsBridge       string // filesystem of anet's state dir and host-local's data dir
+	breakdown              *breakdown
 	checks                 []string
 	problems               []string
 }
@@ -337,13 +500,16 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 			for _, k := range order {
 				n := nets[k]
 				if verb == "ADD" {
-					d, err := n.w.add(n.pods[i])
-					must(d, err)
-					n.st.serialAdd = append(n.st.serialAdd, d)
+					t, err := n.w.addTimed(n.pods[i])
+					must(t.call, err)
+					n.st.serialAdd = append(n.st.serialAdd, t.call)
+					n.st.serialAddProc = append(n.st.serialAddProc, t.proc)
+					n.st.addCalls = append(n.st.addCalls, addCall{n.pods[i].containerID, t.rec.start, t.rec.end})
 				} else {
-					d, err := n.w.del(n.pods[i])
-					must(d, err)
-					n.st.serialDel = append(n.st.serialDel, d)
+					t, err := n.w.delTimed(n.pods[i])
+					must(t.call, err)
+					n.st.serialDel = append(n.st.serialDel, t.call)
+					n.st.serialDelProc = append(n.st.serialDelProc, t.proc)
 				}
 			}
 		}
@@ -376,7 +542,12 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 		}
 	}
 	res.checks = append(res.checks, b.leftoverChecks(node, "after the parallel DELs")...)
-	res.checks = append(res.checks, anetdLogCheck(node.Log()))
+
+	b.logf("cni: breakdown of one ADD (binary starts, anetd's log, strace, ANET_CNI_TRACE)")
+	res.breakdown = b.breakdownADD(ctx, anet, bridge, ap, bp, res.anet.addCalls)
+	res.checks = append(res.checks, b.leftoverChecks(node, "after the breakdown runs")...)
+	res.checks = append(res.checks, anetdLogCheck(anet.logs.String()))
+	res.fsAnet, res.fsBridge = fsType(node.StateDir), fsType(b.bridgeDir)
 	return res
 }
 
@@ -440,8 +611,10 @@ func (r *cniResult) rows() [][]string {
 	rs := []row{
 		{"ADD p50, one at a time", ms(r.anet.serialAdd, 50), ms(r.bridge.serialAdd, 50), "ms"},
 		{"ADD p99, one at a time", ms(r.anet.serialAdd, 99), ms(r.bridge.serialAdd, 99), "ms"},
+		{"ADD p50, one at a time, plugin process only", ms(r.anet.serialAddProc, 50), ms(r.bridge.serialAddProc, 50), "ms"},
 		{"DEL p50, one at a time", ms(r.anet.serialDel, 50), ms(r.bridge.serialDel, 50), "ms"},
 		{"DEL p99, one at a time", ms(r.anet.serialDel, 99), ms(r.bridge.serialDel, 99), "ms"},
+		{"DEL p50, one at a time, plugin process only", ms(r.anet.serialDelProc, 50), ms(r.bridge.serialDelProc, 50), "ms"},
 		{fmt.Sprintf("ADD p50, %d in parallel", r.parallel), ms(r.anet.parAdd, 50), ms(r.bridge.parAdd, 50), "ms"},
 		{fmt.Sprintf("ADD p99, %d in parallel", r.parallel), ms(r.anet.parAdd, 99), ms(r.bridge.parAdd, 99), "ms"},
 		{fmt.Sprintf("DEL p50, %d in parallel", r.parallel), ms(r.anet.parDel, 50), ms(r.bridge.parDel, 50), "ms"},

@@ -5,7 +5,9 @@
 //
 //  1. CNI ADD and DEL latency (p50, p99) and sustained pods/s, anet-cni with
 //     its anetd vs the reference bridge + host-local plugins, both through
-//     libcni on a simulated node (lab/testnode).
+//     libcni on a simulated node (lab/testnode) as a runtime invokes them,
+//     and where one ADD goes (binary starts, anetd log stamps, strace,
+//     ANET_CNI_TRACE).
 //  2. Same-node pod-to-pod TCP request/response rate (sockperf) and bulk
 //     throughput (iperf3): anet pods vs a bare veth pair vs bridge pods.
 //  3. The per-packet cost of anet_from_container in BPF_PROG_TEST_RUN
@@ -65,6 +67,7 @@ type bench struct {
 	bridge    *network
 	bridgeDir string
 	anetNode  *testnode.Node
+	anetdPID  int // the bench's own anetd (see restartAnetdAtInfo)
 
 	procMu sync.Mutex
 	procs  map[int]*proc
@@ -203,6 +206,7 @@ func run() int {
 	section("prog", func() { rep.prog = b.benchProg() })
 	section("lab", func() { rep.lab = b.benchLab(ctx) })
 
+	rep.m.loadEnd = loadAvg()
 	md := rep.markdown()
 	if err := writeAtomic(cfg.out, md); err != nil {
 		fmt.Fprintf(os.Stderr, "anet-bench: writing %s: %v\n", cfg.out, err)
@@ -260,6 +264,7 @@ func describeMachine() machine {
 			}
 		}
 	}
+	m.loadStart = loadAvg()
 	m.commit = "unknown"
 	if out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output(); err == nil {
 		m.commit = strings.TrimSpace(string(out))
@@ -268,6 +273,19 @@ func describeMachine() machine {
 		}
 	}
 	return m
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func cstr(b []int8) string {

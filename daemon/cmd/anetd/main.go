@@ -174,6 +174,12 @@ func run(cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--pod-cidr: %w", err)
 	}
+	if err := datapath.MountBPFFS(cfg.bpfRoot, log); err != nil {
+		return err
+	}
+	// Load, fill, Activate: maps whose layout changed since the last run
+	// are rebuilt (the endpoint maps by Restore, below) before any new
+	// program is attached.
 	dp, err := datapath.Load(cfg.bpfRoot, log)
 	if err != nil {
 		return err
@@ -215,6 +221,9 @@ func run(cfg *config, log *slog.Logger) error {
 	hstate.SetReason("restoring endpoints")
 	if err := eps.Restore(pending); err != nil {
 		return fmt.Errorf("restoring endpoints: %w", err)
+	}
+	if err := dp.Activate(); err != nil {
+		return fmt.Errorf("activating the datapath: %w", err)
 	}
 	if err := addGatewayAddress(alloc.Gateway()); err != nil {
 		return err

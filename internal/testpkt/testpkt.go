@@ -1,0 +1,116 @@
+// Package testpkt builds the packets that anet's tests and benchmarks feed
+// to the datapath: Ethernet frames with IPv4/UDP or ARP, valid unless the
+// caller breaks them on purpose. Plain code, no dependencies: the frames
+// are few and simple, and a test that checks rewritten bytes wants to see
+// every byte it sent.
+package testpkt
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+)
+
+// EtherType values.
+const (
+	EtherTypeIPv4 = 0x0800
+	EtherTypeARP  = 0x0806
+	EtherTypeIPv6 = 0x86dd
+)
+
+// Offsets into a frame of Eth + IPv4 (no options) + UDP.
+const (
+	EthLen     = 14
+	IPv4Len    = 20
+	UDPLen     = 8
+	OffIPv4    = EthLen
+	OffTTL     = EthLen + 8
+	OffTotLen  = EthLen + 2
+	OffSrcIP   = EthLen + 12
+	OffUDP     = EthLen + IPv4Len
+	OffPayload = EthLen + IPv4Len + UDPLen
+)
+
+// Eth is an Ethernet header.
+func Eth(dst, src net.HardwareAddr, etherType uint16) []byte {
+	b := make([]byte, 0, EthLen)
+	b = append(append(b, dst...), src...)
+	return binary.BigEndian.AppendUint16(b, etherType)
+}
+
+// Checksum is the Internet checksum of b (RFC 1071); over a header that
+// carries its checksum it is 0 when the header is valid.
+func Checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// UDP describes an Ethernet/IPv4/UDP frame. A zero TTL means 64; the UDP
+// checksum is left zero, which IPv4 allows.
+type UDP struct {
+	DstMAC, SrcMAC   net.HardwareAddr
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+	TTL              uint8
+	Payload          []byte
+}
+
+// Frame builds the frame, with a valid IPv4 header checksum.
+func (u UDP) Frame() []byte {
+	ttl := u.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip := make([]byte, IPv4Len+UDPLen+len(u.Payload))
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip[8] = ttl
+	ip[9] = 17 // UDP
+	s, d := u.Src.As4(), u.Dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip[:IPv4Len]))
+	binary.BigEndian.PutUint16(ip[20:], u.SrcPort)
+	binary.BigEndian.PutUint16(ip[22:], u.DstPort)
+	binary.BigEndian.PutUint16(ip[24:], uint16(UDPLen+len(u.Payload)))
+	copy(ip[IPv4Len+UDPLen:], u.Payload)
+	return append(Eth(u.DstMAC, u.SrcMAC, EtherTypeIPv4), ip...)
+}
+
+// ARP operations.
+const (
+	ARPRequest = 1
+	ARPReply   = 2
+)
+
+// ARP is an Ethernet/IPv4 ARP frame.
+func ARP(dst net.HardwareAddr, op uint16, senderMAC net.HardwareAddr, sender netip.Addr, targetMAC net.HardwareAddr, target netip.Addr) []byte {
+	b := Eth(dst, senderMAC, EtherTypeARP)
+	b = binary.BigEndian.AppendUint16(b, 1) // Ethernet
+	b = binary.BigEndian.AppendUint16(b, EtherTypeIPv4)
+	b = append(b, 6, 4)
+	b = binary.BigEndian.AppendUint16(b, op)
+	s, t := sender.As4(), target.As4()
+	b = append(append(b, senderMAC...), s[:]...)
+	if targetMAC == nil {
+		targetMAC = make(net.HardwareAddr, 6)
+	}
+	return append(append(b, targetMAC...), t[:]...)
+}
+
+// Broadcast is the Ethernet broadcast address.
+var Broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// WhoHas is a broadcast ARP request from senderMAC/sender for target.
+func WhoHas(senderMAC net.HardwareAddr, sender, target netip.Addr) []byte {
+	return ARP(Broadcast, ARPRequest, senderMAC, sender, nil, target)
+}
