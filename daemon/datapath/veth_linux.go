@@ -158,7 +158,7 @@ func (dp *Datapath) attach(ifname string, idx int) (string, error) {
 	for _, d := range dirs {
 		progs[d] = dp.Program(progForDir(d))
 	}
-	if dp.EndpointAttach == ModeTCX && os.Getenv(ForceTCEnv) != "1" {
+	if dp.EndpointAttach == ModeTCX {
 		err := attachTCX(dp.Layout, ifname, idx, progs)
 		if err == nil {
 			return ModeTCX, nil

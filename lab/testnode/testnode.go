@@ -98,6 +98,8 @@ type Node struct {
 	PodCIDR  string
 	Bin      string
 
+	anetdArgs []string
+
 	mu    sync.Mutex
 	anetd *exec.Cmd
 	done  chan struct{}
@@ -125,7 +127,8 @@ func (b *syncBuffer) String() string {
 
 // Options shape a node.
 type Options struct {
-	PodCIDR string // default 10.244.1.0/24
+	PodCIDR   string   // default 10.244.1.0/24
+	AnetdArgs []string // more flags for anetd
 }
 
 func randID() string {
@@ -141,7 +144,7 @@ func New(t testing.TB, o Options) *Node {
 	if o.PodCIDR == "" {
 		o.PodCIDR = "10.244.1.0/24"
 	}
-	n := &Node{t: t, Name: "anet-t-" + randID(), PodCIDR: o.PodCIDR, Bin: Bin(t)}
+	n := &Node{t: t, Name: "anet-t-" + randID(), PodCIDR: o.PodCIDR, Bin: Bin(t), anetdArgs: o.AnetdArgs}
 	dir, err := os.MkdirTemp("", n.Name+"-")
 	if err != nil {
 		t.Fatal(err)
@@ -199,9 +202,9 @@ func (n *Node) StartAnetd() {
 		n.t.Fatal("anetd already running")
 	}
 	n.log = &syncBuffer{}
-	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"),
-		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug")
+	args := []string{"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug"}
+	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"), append(args, n.anetdArgs...)...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()

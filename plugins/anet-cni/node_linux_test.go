@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -374,18 +374,20 @@ func (s *stream) flowing(t *testing.T, what string, d time.Duration) {
 	}
 }
 
-func linkProgID(t *testing.T, n *testnode.Node, hostIf string) uint32 {
+// attachedProg is the program on an endpoint's host-side veth for the
+// pod's egress, by TCX link or tc filter.
+func attachedProg(t *testing.T, n *testnode.Node, hostIf string) uint32 {
 	t.Helper()
-	l, err := link.LoadPinnedLink(datapath.Layout{Root: n.BPFRoot}.LinkPin(hostIf, datapath.DirEgress), nil)
+	var id ebpf.ProgramID
+	err := n.NS.Do(func(ns.NetNS) error {
+		var err error
+		id, err = datapath.AttachedProgram(datapath.Layout{Root: n.BPFRoot}, hostIf, datapath.DirEgress)
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return uint32(info.Program)
+	return uint32(id)
 }
 
 func TestAnetdKilledTrafficFlows(t *testing.T) {
@@ -395,7 +397,7 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	n.MustAdd(b)
 	s := startStream(t, a, b)
 	s.flowing(t, "before the kill", time.Second)
-	progBefore := linkProgID(t, n, ra.Interfaces[0].Name)
+	progBefore := attachedProg(t, n, ra.Interfaces[0].Name)
 
 	n.KillAnetd()
 	s.flowing(t, "with anetd dead", time.Second)
@@ -409,7 +411,7 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	// pinned links while the stream runs (what an upgrade does).
 	n.StartAnetd()
 	s.flowing(t, "after the restart", time.Second)
-	if after := linkProgID(t, n, ra.Interfaces[0].Name); after == progBefore {
+	if after := attachedProg(t, n, ra.Interfaces[0].Name); after == progBefore {
 		t.Errorf("link still runs program %d after restart; want the new program", after)
 	}
 	if err := n.Check(a); err != nil {
@@ -626,39 +628,52 @@ func TestStatusAndGC(t *testing.T) {
 	assertClean(t, n)
 }
 
-// The tc clsact fallback, for kernels without TCX, forced on ours.
-func TestTCFallback(t *testing.T) {
-	t.Setenv(datapath.ForceTCEnv, "1")
-	n := testnode.New(t, testnode.Options{})
-	a, b := n.NewPod("a"), n.NewPod("b")
-	n.MustAdd(a)
-	n.MustAdd(b)
-	if err := a.Ping(b.IP().String(), 2); err != nil {
-		t.Fatal(err)
+// Both ways of attaching an endpoint's programs: tc clsact filters (the
+// default: fast to attach, and what kernels before 6.6 have) and TCX links
+// (--endpoint-attach tcx), each through a restart that swaps the programs.
+func TestAttachModes(t *testing.T) {
+	for _, mode := range []string{datapath.ModeTC, datapath.ModeTCX} {
+		t.Run(mode, func(t *testing.T) {
+			n := testnode.New(t, testnode.Options{AnetdArgs: []string{"--endpoint-attach", mode}})
+			a, b := n.NewPod("a"), n.NewPod("b")
+			ra := n.MustAdd(a)
+			n.MustAdd(b)
+			if err := a.Ping(b.IP().String(), 2); err != nil {
+				t.Fatal(err)
+			}
+			eps := listEndpoints(t, n)
+			if eps[a.ContainerID].AttachMode != mode {
+				t.Fatalf("attach mode %q, want %q", eps[a.ContainerID].AttachMode, mode)
+			}
+			pin := datapath.Layout{Root: n.BPFRoot}.LinkPin(ra.Interfaces[0].Name, datapath.DirEgress)
+			if _, err := os.Stat(pin); (err == nil) != (mode == datapath.ModeTCX) {
+				t.Errorf("link pin %s: %v (mode %s)", pin, err, mode)
+			}
+			if err := n.Check(a); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+			// A restart replaces the programs in place: CHECK compares the
+			// attached program with the one anetd pinned.
+			before := attachedProg(t, n, ra.Interfaces[0].Name)
+			n.StopAnetd()
+			n.StartAnetd()
+			if after := attachedProg(t, n, ra.Interfaces[0].Name); after == before {
+				t.Errorf("still program %d after the restart", after)
+			}
+			if err := n.Check(a); err != nil {
+				t.Fatalf("CHECK after restart: %v", err)
+			}
+			if err := a.Ping(b.IP().String(), 1); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []*testnode.Pod{a, b} {
+				if err := n.Del(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			assertClean(t, n)
+		})
 	}
-	eps := listEndpoints(t, n)
-	if eps[a.ContainerID].AttachMode != datapath.ModeTC {
-		t.Fatalf("attach mode %q", eps[a.ContainerID].AttachMode)
-	}
-	if err := n.Check(a); err != nil {
-		t.Fatalf("CHECK: %v", err)
-	}
-	// A restart replaces the programs in the tc filters too: CHECK compares
-	// the attached program with the one anetd pinned.
-	n.StopAnetd()
-	n.StartAnetd()
-	if err := n.Check(a); err != nil {
-		t.Fatalf("CHECK after restart: %v", err)
-	}
-	if err := a.Ping(b.IP().String(), 1); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []*testnode.Pod{a, b} {
-		if err := n.Del(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	assertClean(t, n)
 }
 
 // 200 pods added and deleted, eight at a time.
