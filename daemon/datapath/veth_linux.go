@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -184,4 +185,20 @@ func (dp *Datapath) Unwire(hostIfName string) error {
 	}
 	errs = append(errs, DetachEndpoint(dp.Layout, hostIfName))
 	return errors.Join(errs...)
+}
+
+// HostDevices lists the veths in the current network namespace that carry
+// an endpoint host-side name (HostIfName's shape), whoever made them.
+func (dp *Datapath) HostDevices() ([]string, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	var out []string
+	for _, lk := range links {
+		if lk.Type() == "veth" && IsHostIfName(lk.Attrs().Name) {
+			out = append(out, lk.Attrs().Name)
+		}
+	}
+	return out, nil
 }

@@ -17,6 +17,28 @@ import (
 type Wirer interface {
 	Wire(podNS *os.File, c datapath.WireConfig) (datapath.Wired, error)
 	Unwire(hostIfName string) error
+	HostDevices() ([]string, error)
+}
+
+// CrashEnv names a step of Add at which anetd exits at once, as if killed
+// there: for the tests that prove a crash at any step leaves nothing
+// behind once anetd is back. Never set it on a node.
+const CrashEnv = "ANET_TEST_CRASH_AT"
+
+// Steps of Add, for CrashEnv.
+const (
+	StepReserved = "reserved" // an address reserved in memory
+	StepWired    = "wired"    // the veth pair made, programs attached, ends up
+	StepMapped   = "mapped"   // the map entries written
+	StepRecorded = "recorded" // the record durable; the reply not yet sent
+)
+
+var crashAt = os.Getenv(CrashEnv)
+
+func crashpoint(step string) {
+	if crashAt == step {
+		os.Exit(137)
+	}
 }
 
 // Add does a whole CNI ADD: an address, the veth pair in podNS with the
@@ -43,6 +65,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err != nil {
 		return nil, err
 	}
+	crashpoint(StepReserved)
 	hostIf := datapath.HostIfName(r.ContainerID, r.IfName)
 	ok = false
 	wired := false
@@ -66,6 +89,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 		return nil, err
 	}
 	wired = true
+	crashpoint(StepWired)
 	req := api.EndpointRequest{
 		Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
 		HostIfName: hostIf, HostIfindex: uint32(got.HostIfindex),
@@ -78,6 +102,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err := m.dp.UpsertEndpoint(dpe); err != nil {
 		return nil, fmt.Errorf("programming datapath: %w", err)
 	}
+	crashpoint(StepMapped)
 	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Truncate(time.Second)}
 	b, err := json.Marshal(ep)
 	if err != nil {
@@ -86,6 +111,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err := renameio.WriteFile(m.recordPath(r.Attachment), b, 0o600); err != nil {
 		return nil, fmt.Errorf("recording endpoint: %w", err)
 	}
+	crashpoint(StepRecorded)
 	m.mu.Lock()
 	m.eps[r.Attachment] = ep
 	m.mu.Unlock()
@@ -120,4 +146,33 @@ func (m *Manager) lockAttachment(a api.Attachment) func() {
 		m.mu.Unlock()
 		<-ch
 	}
+}
+
+// removeOrphanDevicesLocked removes the host-side devices that no record
+// names: what an ADD left when anetd (or an older plugin) died in its
+// middle. Their pod sides go with them.
+func (m *Manager) removeOrphanDevicesLocked() error {
+	w, ok := m.dp.(Wirer)
+	if !ok {
+		return nil
+	}
+	names, err := w.HostDevices()
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, ep := range m.eps {
+		want[ep.HostIfName] = true
+	}
+	var errs []error
+	for _, n := range names {
+		if want[n] {
+			continue
+		}
+		m.log.Info("removing a device that no endpoint record names (an ADD that never finished)", "hostIf", n)
+		if err := w.Unwire(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -296,6 +296,9 @@ func (m *Manager) Restore(pendingDir string) error {
 			return err
 		}
 	}
+	if err := m.removeOrphanDevicesLocked(); err != nil {
+		return err
+	}
 	if err := m.pruneLocked(); err != nil {
 		return err
 	}
