@@ -84,7 +84,6 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	}
 	w.HostIfindex = host.Attrs().Index
 	w.HostMAC = host.Attrs().HardwareAddr
-	// IPv4 only for now: no IPv6 on either end (the programs drop it).
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	if w.Mode, err = dp.attach(c.HostIfName, w.HostIfindex); err != nil {
 		return w, err
@@ -96,17 +95,7 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 		return w, fmt.Errorf("opening the pod's network namespace: %w", err)
 	}
 	defer podNet.Close()
-	err = podNet.Do(func(ns.NetNS) error {
-		lk, err := netlink.LinkByName(c.PodIfName)
-		if err != nil {
-			return fmt.Errorf("finding %s in the pod: %w", c.PodIfName, err)
-		}
-		w.PodMAC = lk.Attrs().HardwareAddr
-		w.PodIfindex = lk.Attrs().Index
-		_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
-		return nil
-	})
-	if err != nil {
+	if err := podNet.Do(func(ns.NetNS) error { return configurePod(c, &w) }); err != nil {
 		return w, err
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
@@ -119,19 +108,24 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.HostIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: w.PodMAC}); err != nil {
 		return w, fmt.Errorf("adding pod neighbour: %w", err)
 	}
-	err = podNet.Do(func(ns.NetNS) error { return configurePod(c, w) })
-	return w, err
+	return w, nil
 }
 
-// configurePod runs in the pod's netns: the address as a /32, the gateway
+// configurePod runs in the pod's netns, after the host side's programs are
+// attached: IPv6 off, the link up, the address as a /32, the gateway
 // as an on-link host route and the default route through it, and a
 // permanent neighbour entry for the gateway (the host-side MAC), so the pod
 // needs no ARP to leave. The programs answer ARP too, should the entry go.
-func configurePod(c WireConfig, w Wired) error {
-	lk, err := netlink.LinkByIndex(w.PodIfindex)
+func configurePod(c WireConfig, w *Wired) error {
+	lk, err := netlink.LinkByName(c.PodIfName)
 	if err != nil {
-		return err
+		return fmt.Errorf("finding %s in the pod: %w", c.PodIfName, err)
 	}
+	w.PodMAC = lk.Attrs().HardwareAddr
+	w.PodIfindex = lk.Attrs().Index
+	// IPv4 only for now: no IPv6 on either end (the programs drop it),
+	// switched off before the link is up.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
 	if err := netlink.LinkSetUp(lk); err != nil {
 		return fmt.Errorf("setting %s up: %w", c.PodIfName, err)
 	}
