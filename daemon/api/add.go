@@ -28,6 +28,15 @@ type AddResult struct {
 	HostMAC    string       `json:"hostMAC"`
 	PodMAC     string       `json:"podMAC"`
 	AttachMode string       `json:"attachMode"`
+	// Trace is how long each step took in anetd, in order (for
+	// ANET_CNI_TRACE and the benchmark's breakdown).
+	Trace []TraceStep `json:"trace,omitempty"`
+}
+
+// TraceStep is one step of anetd's work on a request.
+type TraceStep struct {
+	Step   string `json:"step"`
+	Micros int64  `json:"us"`
 }
 
 // Validate checks an ADD request.

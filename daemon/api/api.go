@@ -36,11 +36,18 @@ type Status struct {
 	Started   time.Time    `json:"started"`
 }
 
-// Attachment names one network attachment of a container, as CNI does.
+// Attachment names one network attachment of a container, as CNI does:
+// the network (the config's name), the container ID and the interface.
+// Records made before networks were recorded have no network (see Legacy).
 type Attachment struct {
+	Network     string `json:"network,omitempty"`
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 }
+
+// Legacy is the attachment as records made before networks were recorded
+// name it: without its network.
+func (a Attachment) Legacy() Attachment { a.Network = ""; return a }
 
 // PodRef is what the runtime told the plugin about the pod (CNI_ARGS).
 type PodRef struct {
@@ -91,10 +98,15 @@ type Endpoint struct {
 	Counters []Counter         `json:"counters"`
 }
 
-// GCRequest keeps the listed attachments and removes every other
-// endpoint and allocation (POST /v1/gc, from CNI GC).
+// GCRequest keeps the listed attachments of one network and removes every
+// other endpoint and allocation of that network (POST /v1/gc, from CNI GC).
+// Records of other networks are not touched, nor are those without a
+// network (made before networks were recorded: whose they are is not
+// known). Without a network (an older plugin), the request covers every
+// record, as it did then.
 type GCRequest struct {
-	Valid []Attachment `json:"valid"`
+	Network string       `json:"network,omitempty"`
+	Valid   []Attachment `json:"valid"`
 }
 
 // GCResult lists what GC removed.
@@ -125,11 +137,23 @@ func invalid(format string, a ...any) error {
 
 // Validate checks an attachment as the CNI spec defines its parts.
 func (a Attachment) Validate() error {
+	if err := ValidNetwork(a.Network); err != nil {
+		return err
+	}
 	if a.ContainerID == "" || len(a.ContainerID) > 256 || !containerIDRe.MatchString(a.ContainerID) {
 		return invalid("containerID %q is not a valid container ID", a.ContainerID)
 	}
 	if err := ValidIfName(a.IfName); err != nil {
 		return invalid("ifName: %v", err)
+	}
+	return nil
+}
+
+// ValidNetwork checks a network name by the CNI spec's rule (the rule of
+// container IDs); empty is allowed and means no network.
+func ValidNetwork(n string) error {
+	if n != "" && (len(n) > 256 || !containerIDRe.MatchString(n)) {
+		return invalid("network %q is not a valid network name", n)
 	}
 	return nil
 }
@@ -175,6 +199,9 @@ func (r *EndpointRequest) Validate() error {
 
 // Validate checks a GC request.
 func (r *GCRequest) Validate() error {
+	if err := ValidNetwork(r.Network); err != nil {
+		return err
+	}
 	for _, a := range r.Valid {
 		if err := a.Validate(); err != nil {
 			return err

@@ -106,8 +106,14 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
+// epPath names an endpoint; its network, when it has one, is the query
+// parameter "network" (so that the paths of older plugins stay valid).
 func epPath(a Attachment) string {
-	return "/v1/endpoints/" + url.PathEscape(a.ContainerID) + "/" + url.PathEscape(a.IfName)
+	p := "/v1/endpoints/" + url.PathEscape(a.ContainerID) + "/" + url.PathEscape(a.IfName)
+	if a.Network != "" {
+		p += "?network=" + url.QueryEscape(a.Network)
+	}
+	return p
 }
 
 // Status returns anetd's status.

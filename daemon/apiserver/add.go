@@ -36,7 +36,7 @@ func (s *Server) addEndpoint(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: %v", api.ErrInvalid, err))
 		return
 	}
-	res, err := s.eps.Add(req, files[0])
+	res, err := s.eps.Add(r.Context(), req, files[0])
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -116,7 +116,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func attachment(r *http.Request) (api.Attachment, error) {
-	a := api.Attachment{ContainerID: r.PathValue("containerID"), IfName: r.PathValue("ifName")}
+	a := api.Attachment{Network: r.URL.Query().Get("network"), ContainerID: r.PathValue("containerID"), IfName: r.PathValue("ifName")}
 	return a, a.Validate()
 }
 
@@ -202,7 +202,7 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	res, err := s.eps.GC(req.Valid)
+	res, err := s.eps.GC(req.Network, req.Valid)
 	if err != nil {
 		s.fail(w, r, err)
 		return

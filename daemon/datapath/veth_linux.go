@@ -26,6 +26,23 @@ type WireConfig struct {
 	MTU        int    // 0: the kernel's default
 	IP         netip.Addr
 	Gateway    netip.Addr
+	// Mark, when set, is called at the end of each step (Step*): the
+	// caller's trace and test hooks.
+	Mark func(step string)
+}
+
+// Steps of Wire, in order.
+const (
+	StepVeth     = "veth"     // the pair made, both ends down, IPv6 off on the host side
+	StepAttached = "attached" // the programs on the host side, both ends still down
+	StepPod      = "pod"      // the pod side up with its address, routes and neighbour
+	StepHost     = "host"     // the host side up with its route and neighbour to the pod
+)
+
+func (c WireConfig) mark(step string) {
+	if c.Mark != nil {
+		c.Mark(step)
+	}
 }
 
 // Wired is what wiring made.
@@ -85,10 +102,12 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	w.HostIfindex = host.Attrs().Index
 	w.HostMAC = host.Attrs().HardwareAddr
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
+	c.mark(StepVeth)
 	if w.Mode, err = dp.attach(c.HostIfName, w.HostIfindex); err != nil {
 		return w, err
 	}
 	attached = true
+	c.mark(StepAttached)
 
 	podNet, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", podNS.Fd()))
 	if err != nil {
@@ -98,6 +117,7 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	if err := podNet.Do(func(ns.NetNS) error { return configurePod(c, &w) }); err != nil {
 		return w, err
 	}
+	c.mark(StepPod)
 	if err := netlink.LinkSetUp(host); err != nil {
 		return w, fmt.Errorf("setting %s up: %w", c.HostIfName, err)
 	}
@@ -108,6 +128,7 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.HostIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: w.PodMAC}); err != nil {
 		return w, fmt.Errorf("adding pod neighbour: %w", err)
 	}
+	c.mark(StepHost)
 	return w, nil
 }
 
@@ -168,22 +189,9 @@ func (dp *Datapath) attach(ifname string, idx int) (string, error) {
 	return ModeTC, nil
 }
 
-// Unwire removes an endpoint's host device (its pod side goes with it)
-// and link pins. What is already gone is fine.
-func (dp *Datapath) Unwire(hostIfName string) error {
-	var errs []error
-	if lk, err := netlink.LinkByName(hostIfName); err == nil {
-		if err := netlink.LinkDel(lk); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("deleting %s: %w", hostIfName, err))
-		}
-	}
-	errs = append(errs, DetachEndpoint(dp.Layout, hostIfName))
-	return errors.Join(errs...)
-}
-
 // HostDevices lists the veths in the current network namespace that carry
 // an endpoint host-side name (HostIfName's shape), whoever made them.
-func (dp *Datapath) HostDevices() ([]string, error) {
+func HostDevices() ([]string, error) {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,35 +12,21 @@ import (
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/internal/testhook"
 )
 
 // Wirer makes and removes endpoint devices (datapath.Datapath).
 type Wirer interface {
 	Wire(podNS *os.File, c datapath.WireConfig) (datapath.Wired, error)
-	Unwire(hostIfName string) error
-	HostDevices() ([]string, error)
 }
 
-// CrashEnv names a step of Add at which anetd exits at once, as if killed
-// there: for the tests that prove a crash at any step leaves nothing
-// behind once anetd is back. Never set it on a node.
-const CrashEnv = "ANET_TEST_CRASH_AT"
-
-// Steps of Add, for CrashEnv.
+// Steps of an ADD, for the trace and for testhook (the tests that stop
+// anetd at each of them). Wire's own steps are datapath.Step*.
 const (
 	StepReserved = "reserved" // an address reserved in memory
-	StepWired    = "wired"    // the veth pair made, programs attached, ends up
 	StepMapped   = "mapped"   // the map entries written
 	StepRecorded = "recorded" // the record durable; the reply not yet sent
 )
-
-var crashAt = os.Getenv(CrashEnv)
-
-func crashpoint(step string) {
-	if crashAt == step {
-		os.Exit(137)
-	}
-}
 
 // Add does a whole CNI ADD: an address, the veth pair in podNS with the
 // programs attached before either end is up, the map entries, and one
@@ -47,13 +34,21 @@ func crashpoint(step string) {
 // taken across a restart, and nothing is returned before it is on disk.
 // A failure undoes every step; a crash in between leaves only a device
 // without a record, which the next start removes.
-func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) {
+func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*api.AddResult, error) {
 	w, ok := m.dp.(Wirer)
 	if !ok {
 		return nil, errors.New("this datapath cannot wire endpoints")
 	}
 	unlock := m.lockAttachment(r.Attachment)
 	defer unlock()
+	var trace []api.TraceStep
+	last := time.Now()
+	mark := func(step string) {
+		now := time.Now()
+		trace = append(trace, api.TraceStep{Step: step, Micros: now.Sub(last).Microseconds()})
+		last = now
+		testhook.Point(step)
+	}
 
 	m.mu.Lock()
 	_, exists := m.eps[r.Attachment]
@@ -65,7 +60,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	crashpoint(StepReserved)
+	mark(StepReserved)
 	hostIf := datapath.HostIfName(r.ContainerID, r.IfName)
 	ok = false
 	wired := false
@@ -75,13 +70,13 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 		}
 		if wired {
 			_ = m.dp.DeleteEndpoint(ip, 0)
-			if err := w.Unwire(hostIf); err != nil {
+			if err := m.devs.Remove(hostIf); err != nil {
 				m.log.Warn("undoing a failed ADD", "hostIf", hostIf, "err", err)
 			}
 		}
 		_, _, _ = m.ipam.Release(r.Attachment)
 	}()
-	got, err := w.Wire(podNS, datapath.WireConfig{HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway()})
+	got, err := w.Wire(podNS, datapath.WireConfig{HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark})
 	if err != nil {
 		if errors.Is(err, datapath.ErrPodIfExists) {
 			return nil, fmt.Errorf("%w: %v", api.ErrExists, err)
@@ -89,7 +84,6 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 		return nil, err
 	}
 	wired = true
-	crashpoint(StepWired)
 	req := api.EndpointRequest{
 		Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
 		HostIfName: hostIf, HostIfindex: uint32(got.HostIfindex),
@@ -102,7 +96,12 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err := m.dp.UpsertEndpoint(dpe); err != nil {
 		return nil, fmt.Errorf("programming datapath: %w", err)
 	}
-	crashpoint(StepMapped)
+	mark(StepMapped)
+	// The runtime gave up (the plugin is gone): undo rather than record
+	// an endpoint that nobody will be told of.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("the plugin went away: %w", err)
+	}
 	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Truncate(time.Second)}
 	b, err := json.Marshal(ep)
 	if err != nil {
@@ -111,7 +110,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	if err := renameio.WriteFile(m.recordPath(r.Attachment), b, 0o600); err != nil {
 		return nil, fmt.Errorf("recording endpoint: %w", err)
 	}
-	crashpoint(StepRecorded)
+	mark(StepRecorded)
 	m.mu.Lock()
 	m.eps[r.Attachment] = ep
 	m.mu.Unlock()
@@ -119,7 +118,7 @@ func (m *Manager) Add(r api.AddRequest, podNS *os.File) (*api.AddResult, error) 
 	m.log.Info("endpoint added", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf, "mode", got.Mode, "pod", r.Pod.Namespace+"/"+r.Pod.Name)
 	return &api.AddResult{
 		IP: ip, Gateway: m.ipam.Gateway(), PodCIDR: m.ipam.CIDR(), HostIfName: hostIf,
-		HostMAC: req.HostMAC, PodMAC: req.PodMAC, AttachMode: got.Mode,
+		HostMAC: req.HostMAC, PodMAC: req.PodMAC, AttachMode: got.Mode, Trace: trace,
 	}, nil
 }
 
@@ -149,14 +148,10 @@ func (m *Manager) lockAttachment(a api.Attachment) func() {
 }
 
 // removeOrphanDevicesLocked removes the host-side devices that no record
-// names: what an ADD left when anetd (or an older plugin) died in its
-// middle. Their pod sides go with them.
+// names: what an ADD left when anetd died in its middle. Their pod sides
+// go with them.
 func (m *Manager) removeOrphanDevicesLocked() error {
-	w, ok := m.dp.(Wirer)
-	if !ok {
-		return nil
-	}
-	names, err := w.HostDevices()
+	names, err := m.devs.List()
 	if err != nil {
 		return err
 	}
@@ -170,7 +165,7 @@ func (m *Manager) removeOrphanDevicesLocked() error {
 			continue
 		}
 		m.log.Info("removing a device that no endpoint record names (an ADD that never finished)", "hostIf", n)
-		if err := w.Unwire(n); err != nil {
+		if err := m.devs.Remove(n); err != nil {
 			errs = append(errs, err)
 		}
 	}

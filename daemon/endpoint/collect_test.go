@@ -10,6 +10,13 @@ import (
 	"github.com/anet-dev/anet/daemon/ipam"
 )
 
+// allDevices says every device exists.
+type allDevices struct{}
+
+func (allDevices) Exists(string, uint32) bool { return true }
+func (allDevices) Remove(string) error        { return nil }
+func (allDevices) List() ([]string, error)    { return nil, nil }
+
 func TestCollect(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	alloc, err := ipam.New(t.TempDir(), netip.MustParsePrefix("10.244.1.0/24"), log)
@@ -17,7 +24,7 @@ func TestCollect(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp := newFakeDP()
-	m, err := New(t.TempDir(), alloc, dp, func(string, uint32) bool { return true }, log)
+	m, err := New(t.TempDir(), alloc, dp, allDevices{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,17 +34,33 @@ type Datapath interface {
 	DeleteCountersOf(ifindex uint32) error
 }
 
-// DeviceExists reports whether the host-side device of an endpoint is still
-// there under that name and index.
-type DeviceExists func(name string, ifindex uint32) bool
+// Devices is what the manager needs of the node's links.
+type Devices interface {
+	// Exists reports whether the host-side device of an endpoint is still
+	// there under that name and index.
+	Exists(name string, ifindex uint32) bool
+	// Remove deletes a host-side device (with its pod-side peer) and its
+	// link pins; what is already gone is fine.
+	Remove(name string) error
+	// List names the host-side devices there are (datapath.HostIfName's
+	// shape), whoever made them.
+	List() ([]string, error)
+}
+
+// OrphanGrace is how old an allocation without an endpoint must be before
+// the sweep releases it. anet-cni's ADD (Add) never leaves one: its address
+// is held in memory until its record is written. Such allocations come
+// from the two-step API (Allocate, then Register) of a caller that died in
+// between; the grace leaves a running one time to finish.
+const OrphanGrace = 10 * time.Minute
 
 // Manager owns the endpoint records and their datapath entries.
 type Manager struct {
-	dir    string
-	ipam   *ipam.Allocator
-	dp     Datapath
-	exists DeviceExists
-	log    *slog.Logger
+	dir  string
+	ipam *ipam.Allocator
+	dp   Datapath
+	devs Devices
+	log  *slog.Logger
 
 	mu   sync.Mutex
 	eps  map[api.Attachment]*api.Endpoint
@@ -52,11 +68,11 @@ type Manager struct {
 }
 
 // New returns a manager keeping its records in dir. Call Restore before use.
-func New(dir string, alloc *ipam.Allocator, dp Datapath, exists DeviceExists, log *slog.Logger) (*Manager, error) {
+func New(dir string, alloc *ipam.Allocator, dp Datapath, devs Devices, log *slog.Logger) (*Manager, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Manager{dir: dir, ipam: alloc, dp: dp, exists: exists, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
+	return &Manager{dir: dir, ipam: alloc, dp: dp, devs: devs, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
 }
 
 func (m *Manager) recordPath(a api.Attachment) string {
@@ -75,8 +91,17 @@ func toDatapath(e *api.EndpointRequest) (datapath.Endpoint, error) {
 	return datapath.Endpoint{IP: e.IP, Ifindex: e.HostIfindex, PodMAC: pod, HostMAC: host}, nil
 }
 
-// Allocate gives an attachment an address.
+// Allocate gives an attachment an address. It holds the manager's lock so
+// that no allocation appears while Restore, GC or the sweep of dead ADDs
+// decide which allocations belong to nobody.
 func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.Network != "" {
+		if ip, ok := m.ipam.Lookup(r.Attachment.Legacy()); ok {
+			return nil, fmt.Errorf("%w: %s/%s holds %s", api.ErrExists, r.ContainerID, r.IfName, ip)
+		}
+	}
 	ip, err := m.ipam.Allocate(r.Attachment)
 	if err != nil {
 		return nil, err
@@ -88,15 +113,18 @@ func (m *Manager) Allocate(r api.AllocateRequest) (*api.Allocation, error) {
 // Register records a wired endpoint and programs the datapath. The address
 // must be the one allocated to the attachment.
 func (m *Manager) Register(r api.EndpointRequest) error {
-	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
-		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
-	}
 	dpe, err := toDatapath(&r)
 	if err != nil {
 		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
+	// The allocation is checked under the lock that Delete holds while it
+	// releases: checked before it, a DEL in between would leave an
+	// endpoint whose address is free.
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if ip, ok := m.ipam.Lookup(r.Attachment); !ok || ip != r.IP {
+		return fmt.Errorf("%w: %s is not allocated to %s/%s", api.ErrInvalid, r.IP, r.ContainerID, r.IfName)
+	}
 	if old, ok := m.eps[r.Attachment]; ok {
 		if old.EndpointRequest == r {
 			return nil // the same registration again
@@ -125,8 +153,49 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 // something Restore finishes. Deleting what does not exist succeeds.
 func (m *Manager) Delete(a api.Attachment) error {
 	m.mu.Lock()
+	a = m.resolveLocked(a)
+	m.mu.Unlock()
+	// After any ADD of the attachment in progress, and with its device
+	// removed outside the manager's lock: a veth takes the kernel tens of
+	// milliseconds to delete, which other attachments need not wait for.
+	unlock := m.lockAttachment(a)
+	defer unlock()
+	m.mu.Lock()
+	ep := m.eps[a]
+	m.mu.Unlock()
+	host := datapath.HostIfName(a.ContainerID, a.IfName)
+	if ep != nil {
+		host = ep.HostIfName
+	}
+	if err := m.devs.Remove(host); err != nil {
+		return fmt.Errorf("removing the endpoint's device: %w", err)
+	}
+	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.deleteLocked(a)
+}
+
+// resolveLocked returns the key under which a is known: a itself, or, for
+// an attachment made before networks were recorded, a without its network
+// (a DEL or CHECK after an upgrade names the network; the record does not).
+func (m *Manager) resolveLocked(a api.Attachment) api.Attachment {
+	if a.Network == "" {
+		return a
+	}
+	if _, ok := m.eps[a]; ok {
+		return a
+	}
+	if _, ok := m.ipam.Lookup(a); ok {
+		return a
+	}
+	l := a.Legacy()
+	if _, ok := m.eps[l]; ok {
+		return l
+	}
+	if _, ok := m.ipam.Lookup(l); ok {
+		return l
+	}
+	return a
 }
 
 func (m *Manager) deleteLocked(a api.Attachment) error {
@@ -152,6 +221,9 @@ func (m *Manager) deleteLocked(a api.Attachment) error {
 
 // Get returns an endpoint with its counters.
 func (m *Manager) Get(a api.Attachment) (*api.Endpoint, error) {
+	m.mu.Lock()
+	a = m.resolveLocked(a)
+	m.mu.Unlock()
 	eps, err := m.List()
 	if err != nil {
 		return nil, err
@@ -203,22 +275,33 @@ func (m *Manager) Count() int {
 	return len(m.eps)
 }
 
-// GC removes every endpoint and allocation whose attachment is not in valid.
-func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
+// GC removes every endpoint and allocation of network whose attachment is
+// not in valid. Those of other networks stay, and so do those without a
+// network (made before networks were recorded: they may be another
+// network's; DEL and the Kubernetes collector remove them). An empty
+// network (an older plugin) means every record, as GC did before.
+func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, error) {
 	keep := map[api.Attachment]bool{}
 	for _, a := range valid {
+		a.Network = network
 		keep[a] = true
+	}
+	collectable := func(a api.Attachment) bool {
+		if network == "" {
+			return !keep[a.Legacy()]
+		}
+		return a.Network == network && !keep[a]
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gone := map[api.Attachment]bool{}
 	for a := range m.eps {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
 	for a := range m.ipam.List() {
-		if !keep[a] {
+		if collectable(a) {
 			gone[a] = true
 		}
 	}
@@ -235,10 +318,18 @@ func (m *Manager) GC(valid []api.Attachment) (*api.GCResult, error) {
 	return res, errors.Join(errs...)
 }
 
+// Pending names where anet-cni leaves work for anetd: the releases it
+// could not tell anetd about (api.PendingReleaseDir).
+type Pending struct {
+	Releases string
+}
+
 // Restore loads the records, drops those whose device or address is gone,
 // writes the rest into the datapath and prunes every map entry and counter
-// that belongs to no record. Then it applies pending releases.
-func (m *Manager) Restore(pendingDir string) error {
+// that belongs to no record, and the devices that no record names (an ADD
+// cut short by a crash). Then it applies pending releases and sweeps
+// orphaned allocations (see ApplyPending).
+func (m *Manager) Restore(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	entries, err := os.ReadDir(m.dir)
@@ -280,7 +371,7 @@ func (m *Manager) Restore(pendingDir string) error {
 		switch {
 		case !allocated || ip != ep.IP:
 			m.log.Info("endpoint lost its address; removing", "containerID", a.ContainerID, "ip", ep.IP)
-		case !m.exists(ep.HostIfName, ep.HostIfindex):
+		case !m.devs.Exists(ep.HostIfName, ep.HostIfindex):
 			m.log.Info("endpoint device is gone; removing", "containerID", a.ContainerID, "hostIf", ep.HostIfName)
 		default:
 			dpe, err := toDatapath(&ep.EndpointRequest)
@@ -302,7 +393,7 @@ func (m *Manager) Restore(pendingDir string) error {
 	if err := m.pruneLocked(); err != nil {
 		return err
 	}
-	return m.applyPendingLocked(pendingDir)
+	return m.applyPendingLocked(p)
 }
 
 func (m *Manager) pruneLocked() error {
@@ -346,22 +437,56 @@ func (m *Manager) pruneLocked() error {
 	return nil
 }
 
-// ApplyPending applies the releases anet-cni recorded while anetd was away.
-func (m *Manager) ApplyPending(dir string) error {
+// ApplyPending applies the releases anet-cni recorded while anetd was away,
+// then releases every allocation older than OrphanGrace that has no
+// endpoint (with its device, should there be one).
+func (m *Manager) ApplyPending(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.applyPendingLocked(dir)
+	return m.applyPendingLocked(p)
 }
 
-func (m *Manager) applyPendingLocked(dir string) error {
+func (m *Manager) applyPendingLocked(p Pending) error {
+	if err := m.releasePendingLocked(p.Releases); err != nil {
+		return err
+	}
+	return m.sweepLocked()
+}
+
+func (m *Manager) sweepLocked() error {
+	var errs []error
+	for a, ip := range m.ipam.List() {
+		if _, ok := m.eps[a]; ok {
+			continue
+		}
+		if _, busy := m.busy[a]; busy {
+			continue // an ADD of it is running
+		}
+		at, ok := m.ipam.AllocatedAt(a)
+		if !ok || time.Since(at) < OrphanGrace {
+			continue
+		}
+		m.log.Info("releasing an allocation that has no endpoint", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "allocated", at)
+		if err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := m.deleteLocked(a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) releasePendingLocked(dir string) error {
 	recs, err := api.ReadPendingReleases(dir)
 	if err != nil {
 		return err
 	}
 	for path, a := range recs {
 		if a.Validate() == nil {
-			m.log.Info("applying release recorded while anetd was away", "containerID", a.ContainerID, "ifName", a.IfName)
-			if err := m.deleteLocked(a); err != nil {
+			m.log.Info("applying release recorded while anetd was away", "network", a.Network, "containerID", a.ContainerID, "ifName", a.IfName)
+			if err := m.deleteLocked(m.resolveLocked(a)); err != nil {
 				return err
 			}
 		}

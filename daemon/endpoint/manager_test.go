@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
@@ -75,6 +76,19 @@ func (f *fakeDP) DeleteCountersOf(ifindex uint32) error {
 	return nil
 }
 
+// mapDevices stands for the node's links: host-side name to ifindex.
+type mapDevices map[string]uint32
+
+func (d mapDevices) Exists(name string, idx uint32) bool { i, ok := d[name]; return ok && i == idx }
+func (d mapDevices) Remove(name string) error            { delete(d, name); return nil }
+func (d mapDevices) List() ([]string, error) {
+	var out []string
+	for n := range d {
+		out = append(out, n)
+	}
+	return out, nil
+}
+
 type fixture struct {
 	dir     string
 	dp      *fakeDP
@@ -88,8 +102,7 @@ func newFixture(t *testing.T, dir string, dp *fakeDP, devices map[string]uint32)
 	if err != nil {
 		t.Fatal(err)
 	}
-	exists := func(name string, idx uint32) bool { return devices[name] == idx }
-	m, err := New(filepath.Join(dir, "endpoints"), alloc, dp, exists, slog.Default())
+	m, err := New(filepath.Join(dir, "endpoints"), alloc, dp, mapDevices(devices), slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +181,7 @@ func TestRestoreReconciles(t *testing.T) {
 
 	// A new manager on the same state, as after a restart.
 	g := newFixture(t, dir, dp, devices)
-	if err := g.m.Restore(pdir); err != nil {
+	if err := g.m.Restore(Pending{Releases: pdir}); err != nil {
 		t.Fatal(err)
 	}
 	eps, err := g.m.List()
@@ -201,7 +214,7 @@ func TestGC(t *testing.T) {
 	if _, err := f.m.Allocate(api.AllocateRequest{Attachment: api.Attachment{ContainerID: "c", IfName: "eth0"}}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.m.GC([]api.Attachment{a.Attachment})
+	res, err := f.m.GC("", []api.Attachment{a.Attachment})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,11 +239,142 @@ func TestSetLabelsPersists(t *testing.T) {
 		t.Error("unknown attachment:", changed, err)
 	}
 	g := newFixture(t, dir, dp, devices)
-	if err := g.m.Restore(filepath.Join(dir, "pending")); err != nil {
+	if err := g.m.Restore(Pending{Releases: filepath.Join(dir, "pending")}); err != nil {
 		t.Fatal(err)
 	}
 	ep, err := g.m.Get(r.Attachment)
 	if err != nil || ep.Labels["app"] != "web" {
 		t.Fatalf("after restart: %+v %v", ep, err)
+	}
+}
+
+// ADD's registration and a DEL of the same attachment, raced: whatever the
+// order, both end with neither an endpoint nor an allocation, and never one
+// without the other.
+func TestRegisterRacesDelete(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	att := api.Attachment{ContainerID: "race", IfName: "eth0"}
+	host := datapath.HostIfName(att.ContainerID, att.IfName)
+	registered := 0
+	for i := range 1000 {
+		a, err := f.m.Allocate(api.AllocateRequest{Attachment: att})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := api.EndpointRequest{Attachment: att, IP: a.IP, HostIfName: host, HostIfindex: 10,
+			HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		var regErr, delErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; regErr = f.m.Register(r) }()
+		go func() { defer wg.Done(); <-start; delErr = f.m.Delete(att) }()
+		close(start)
+		wg.Wait()
+		if delErr != nil {
+			t.Fatalf("round %d: DEL: %v", i, delErr)
+		}
+		if regErr == nil {
+			registered++
+		} else if !errors.Is(regErr, api.ErrInvalid) {
+			t.Fatalf("round %d: register: %v", i, regErr)
+		}
+		_, allocated := f.m.ipam.Lookup(att)
+		_, recErr := os.Stat(f.m.recordPath(att))
+		if n := f.m.Count(); n != 0 || allocated || len(f.dp.byIP) != 0 || !errors.Is(recErr, os.ErrNotExist) {
+			t.Fatalf("round %d (register err %v): %d endpoints, allocated %v, map %v, record %v: an endpoint outlived its allocation",
+				i, regErr, n, allocated, f.dp.byIP, recErr)
+		}
+	}
+	t.Logf("1000 rounds, register first in %d", registered)
+}
+
+// The sweep cleans up after ADDs that are over without their endpoint, and
+// leaves ADDs in progress and registered endpoints alone.
+// An allocation of the two-step API (Allocate, then Register) whose caller
+// died in between is released with its device once it is older than
+// OrphanGrace; a recent one and an endpoint's stay.
+func TestSweepOrphanAllocations(t *testing.T) {
+	dir := t.TempDir()
+	devices := map[string]uint32{}
+	f := newFixture(t, dir, newFakeDP(), devices)
+	p := Pending{Releases: filepath.Join(dir, "pending")}
+	r := f.add(t, "registered", 60)
+	allocate := func(id string) (api.Attachment, string) {
+		t.Helper()
+		a := api.Attachment{ContainerID: id, IfName: "eth0"}
+		if _, err := f.m.Allocate(api.AllocateRequest{Attachment: a}); err != nil {
+			t.Fatal(err)
+		}
+		host := datapath.HostIfName(id, "eth0")
+		devices[host] = 50
+		return a, host
+	}
+	recent, _ := allocate("recent")
+	old, oldHost := allocate("old")
+	oldIP, _ := f.m.ipam.Lookup(old)
+	past := time.Now().Add(-OrphanGrace - time.Minute)
+	if err := os.Chtimes(filepath.Join(dir, "ipam", oldIP.String()), past, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.ApplyPending(p); err != nil {
+		t.Fatal(err)
+	}
+	has := func(a api.Attachment) bool { _, ok := f.m.ipam.Lookup(a); return ok }
+	if !has(recent) {
+		t.Error("a recent allocation was released")
+	}
+	if has(old) || devices[oldHost] != 0 {
+		t.Error("the old orphan's address or device is left")
+	}
+	if _, err := f.m.Get(r.Attachment); err != nil || !has(r.Attachment) {
+		t.Errorf("the registered endpoint was swept: %v", err)
+	}
+}
+
+// GC of one network removes that network's stale attachments only; records
+// without a network (made before networks were recorded) stay, and DEL
+// with a network finds them.
+func TestGCByNetwork(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	add := func(network, id string, ifindex uint32) api.Attachment {
+		t.Helper()
+		att := api.Attachment{Network: network, ContainerID: id, IfName: "eth0"}
+		a, err := f.m.Allocate(api.AllocateRequest{Attachment: att})
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := datapath.HostIfName(id, "eth0")
+		r := api.EndpointRequest{Attachment: att, IP: a.IP, HostIfName: host, HostIfindex: ifindex,
+			HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+		if err := f.m.Register(r); err != nil {
+			t.Fatal(err)
+		}
+		return att
+	}
+	a1, a2 := add("one", "a1", 10), add("one", "a2", 11)
+	b1 := add("two", "b1", 12)
+	old := add("", "old", 13)
+	if _, err := f.m.Allocate(api.AllocateRequest{Attachment: api.Attachment{Network: "one", ContainerID: "old", IfName: "eth0"}}); !errors.Is(err, api.ErrExists) {
+		t.Fatalf("ADD with a network of an attachment held without one: %v", err)
+	}
+	res, err := f.m.GC("one", []api.Attachment{{ContainerID: a1.ContainerID, IfName: a1.IfName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Removed) != 1 || res.Removed[0] != a2 {
+		t.Fatalf("GC of network one removed %v, want only %v", res.Removed, a2)
+	}
+	for _, a := range []api.Attachment{a1, b1, old} {
+		if _, err := f.m.Get(a); err != nil {
+			t.Errorf("%+v after GC of network one: %v", a, err)
+		}
+	}
+	// A DEL after the upgrade names the network; the old record has none.
+	if err := f.m.Delete(api.Attachment{Network: "two", ContainerID: "old", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.m.ipam.Lookup(old); ok || f.m.Count() != 2 {
+		t.Fatalf("DEL with a network did not remove the record without one: %d endpoints", f.m.Count())
 	}
 }

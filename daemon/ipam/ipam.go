@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/renameio/v2"
 
@@ -200,4 +201,19 @@ func (a *Allocator) persist(ip netip.Addr, o Owner) error {
 		return fmt.Errorf("recording allocation of %s: %w", ip, err)
 	}
 	return nil
+}
+
+// AllocatedAt returns when o's address was allocated (its record's time).
+func (a *Allocator) AllocatedAt(o Owner) (time.Time, bool) {
+	a.mu.Lock()
+	ip, ok := a.byOwner[o]
+	a.mu.Unlock()
+	if !ok {
+		return time.Time{}, false
+	}
+	fi, err := os.Stat(filepath.Join(a.dir, ip.String()))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return fi.ModTime(), true
 }

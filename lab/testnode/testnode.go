@@ -12,6 +12,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -32,6 +34,7 @@ import (
 
 	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/internal/testhook"
 )
 
 // NeedRoot skips a test that needs root. CI runs as root, so these tests run
@@ -99,6 +102,7 @@ type Node struct {
 	Bin      string
 
 	anetdArgs []string
+	anetdEnv  []string // more environment for the next StartAnetd
 
 	mu    sync.Mutex
 	anetd *exec.Cmd
@@ -177,7 +181,7 @@ func New(t testing.TB, o Options) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +200,33 @@ func (n *Node) NSEnter(name string, args ...string) *exec.Cmd {
 // StartAnetd starts anetd and waits until it is ready.
 func (n *Node) StartAnetd() {
 	n.t.Helper()
+	n.startAnetd(false)
+}
+
+// StartAnetdHeld starts anetd held by its test hook before it restores its
+// endpoints, and waits until its socket answers, not ready. ReleaseAnetd
+// lets it go on.
+func (n *Node) StartAnetdHeld() {
+	n.t.Helper()
+	n.startAnetd(true)
+}
+
+// ReleaseAnetd lets an anetd started with StartAnetdHeld go on and waits
+// until it is ready.
+func (n *Node) ReleaseAnetd() {
+	n.t.Helper()
+	n.mu.Lock()
+	cmd, done := n.anetd, n.done
+	n.mu.Unlock()
+	if cmd == nil {
+		n.t.Fatal("anetd is not running")
+	}
+	_ = cmd.Process.Signal(syscall.SIGUSR1)
+	n.waitAnetd(done, true)
+}
+
+func (n *Node) startAnetd(held bool) {
+	n.t.Helper()
 	n.mu.Lock()
 	if n.anetd != nil {
 		n.mu.Unlock()
@@ -205,7 +236,11 @@ func (n *Node) StartAnetd() {
 	args := []string{"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug"}
 	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"), append(args, n.anetdArgs...)...)
+	cmd.Env = append(os.Environ(), n.anetdEnv...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
+	if held {
+		cmd.Env = append(os.Environ(), "ANETD_TEST_HOLD_RESTORE=1")
+	}
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()
 		n.t.Fatal(err)
@@ -215,12 +250,18 @@ func (n *Node) StartAnetd() {
 	n.done = done
 	go func() { _ = cmd.Wait(); close(done) }()
 	n.mu.Unlock()
+	n.waitAnetd(done, !held)
+}
+
+// waitAnetd waits until anetd answers on its socket, and is ready if ready.
+func (n *Node) waitAnetd(done chan struct{}, ready bool) {
+	n.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := n.Client().Status(ctx)
 		cancel()
-		if err == nil && st.Ready {
+		if err == nil && st.Ready == ready {
 			return
 		}
 		select {
@@ -229,7 +270,7 @@ func (n *Node) StartAnetd() {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	n.t.Fatalf("anetd not ready after 20s:\n%s", n.Log())
+	n.t.Fatalf("anetd not answering (ready %v) after 20s:\n%s", ready, n.Log())
 }
 
 // KillAnetd sends SIGKILL to anetd and waits for it to die.
@@ -435,18 +476,25 @@ func (n *Node) Leftovers() []string {
 		}
 		return nil
 	})
-	list := func(dir, what string, skip func(string) bool) {
-		es, _ := os.ReadDir(dir)
+	// A directory that anetd makes at its start must be there and readable:
+	// a renamed layout must not pass as clean. The plugin's pending
+	// directories are made on first use.
+	list := func(dir, what string, mustExist bool, skip func(string) bool) {
+		es, err := os.ReadDir(dir)
+		if err != nil && (mustExist || !errors.Is(err, os.ErrNotExist)) {
+			out = append(out, fmt.Sprintf("%ss unreadable: %v", what, err))
+		}
 		for _, e := range es {
 			if !skip(e.Name()) {
 				out = append(out, what+" "+e.Name())
 			}
 		}
 	}
-	list(filepath.Join(n.BPFRoot, "links"), "link pin", func(string) bool { return false })
-	list(filepath.Join(n.StateDir, "ipam"), "allocation", func(s string) bool { return s == "last" })
-	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", func(string) bool { return false })
-	list(api.PendingReleaseDir(n.Socket), "pending release", func(string) bool { return false })
+	none := func(string) bool { return false }
+	list(filepath.Join(n.BPFRoot, "links"), "link pin", true, none)
+	list(filepath.Join(n.StateDir, "ipam"), "allocation", true, func(s string) bool { return s == "last" })
+	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", true, none)
+	list(api.PendingReleaseDir(n.Socket), "pending release", false, none)
 	entries, err := n.MapEntries()
 	if err != nil {
 		out = append(out, "maps unreadable: "+err.Error())
@@ -513,5 +561,137 @@ func (n *Node) CheckWith(list *libcni.NetworkConfigList, p *Pod) error {
 func (n *Node) DelWith(list *libcni.NetworkConfigList, p *Pod) error {
 	return n.cni(func(c *libcni.CNIConfig) error {
 		return c.DelNetworkList(context.Background(), list, p.RuntimeConf())
+	})
+}
+
+// PluginConf is the config a runtime gives the plugin on stdin for the
+// node's conflist: its anet-cni entry with the list's name and cniVersion.
+func (n *Node) PluginConf() []byte {
+	n.t.Helper()
+	list := n.Conflist()
+	var m map[string]any
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &m); err != nil {
+		n.t.Fatal(err)
+	}
+	m["name"], m["cniVersion"] = list.Name, list.CNIVersion
+	b, err := json.Marshal(m)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return b
+}
+
+// PluginCmd is the real anet-cni run for verb on p as a runtime runs it,
+// in the node's netns (nsenter execs it: the PID is the plugin's), with
+// extra environment.
+func (n *Node) PluginCmd(verb string, p *Pod, env ...string) *exec.Cmd {
+	cmd := n.NSEnter(filepath.Join(n.Bin, "anet-cni"))
+	cmd.Env = append(append(os.Environ(), "CNI_COMMAND="+verb, "CNI_CONTAINERID="+p.ContainerID,
+		"CNI_NETNS="+p.NS.Path(), "CNI_IFNAME="+p.IfName, "CNI_PATH="+n.Bin,
+		// A trailing ";", as some runtimes send.
+		"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name+";K8S_POD_UID=uid-"+p.Name+";"), env...)
+	cmd.Stdin = bytes.NewReader(n.PluginConf())
+	return cmd
+}
+
+// HeldAdd is an ADD of the real plugin that anetd holds at the end of one
+// of its steps (testhook.HoldEnv), to look at the node mid-ADD or to kill
+// the plugin there.
+type HeldAdd struct {
+	Step   string
+	n      *Node
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr *syncBuffer
+	done   chan struct{}
+	err    error
+}
+
+// HoldAdd restarts anetd so that it holds every ADD at step, starts ADD of
+// p and returns once anetd waits there. Continue (or Kill, then Continue)
+// lets it go on and brings anetd back to normal.
+func (n *Node) HoldAdd(p *Pod, step string) *HeldAdd {
+	n.t.Helper()
+	n.StopAnetd()
+	n.anetdEnv = []string{testhook.HoldEnv + "=" + step}
+	n.StartAnetd()
+	n.anetdEnv = nil
+	h := &HeldAdd{Step: step, n: n, stderr: &syncBuffer{}, done: make(chan struct{})}
+	h.cmd = n.PluginCmd("ADD", p)
+	h.cmd.Stdout = &h.stdout
+	h.cmd.Stderr = h.stderr
+	if err := h.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	go func() { h.err = h.cmd.Wait(); close(h.done) }()
+	n.t.Cleanup(h.Kill)
+	want := "anet-test-hold step=" + step + " "
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(n.Log(), want) {
+		select {
+		case <-h.done:
+			n.t.Fatalf("ADD ended before step %s: %v\nstdout: %s\nstderr: %s\nanetd:\n%s", step, h.err, h.stdout.String(), h.stderr.String(), n.Log())
+		case <-deadline:
+			n.t.Fatalf("ADD not at step %s after 20s; anetd:\n%s", step, n.Log())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return h
+}
+
+// Continue lets anetd go on with the held ADD, waits for the plugin and
+// returns its error (nil on success) and stdout. anetd is then restarted
+// without the hold.
+func (h *HeldAdd) Continue() (string, error) {
+	h.n.mu.Lock()
+	cmd := h.n.anetd
+	h.n.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGUSR1)
+	}
+	<-h.done
+	h.n.StopAnetd()
+	h.n.StartAnetd()
+	if h.err != nil {
+		return h.stdout.String(), fmt.Errorf("%w: %s%s", h.err, h.stdout.String(), h.stderr.String())
+	}
+	return h.stdout.String(), nil
+}
+
+// Kill sends SIGKILL to the plugin of the held ADD and waits for it to die
+// (anetd still holds the ADD).
+func (h *HeldAdd) Kill() {
+	select {
+	case <-h.done:
+		return
+	default:
+	}
+	_ = h.cmd.Process.Kill()
+	<-h.done
+}
+
+// ConflistNamed is the node's conflist under another network name (a
+// second network that also uses anet-cni, with the same anetd).
+func (n *Node) ConflistNamed(name string) *libcni.NetworkConfigList {
+	n.t.Helper()
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: name, Socket: n.Socket})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(conf)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+// GCWith runs GC of a given conflist keeping the given pods' attachments.
+func (n *Node) GCWith(list *libcni.NetworkConfigList, keep ...*Pod) error {
+	args := &libcni.GCArgs{}
+	for _, p := range keep {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: p.IfName})
+	}
+	return n.cni(func(c *libcni.CNIConfig) error {
+		return c.GCNetworkList(context.Background(), list, args)
 	})
 }

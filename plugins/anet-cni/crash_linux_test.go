@@ -9,7 +9,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/anet-dev/anet/daemon/datapath"
 	"github.com/anet-dev/anet/daemon/endpoint"
+	"github.com/anet-dev/anet/internal/testhook"
 	"github.com/anet-dev/anet/lab/testnode"
 )
 
@@ -24,10 +26,10 @@ func TestAddCrashAtEachStep(t *testing.T) {
 	n := testnode.New(t, testnode.Options{})
 	peer := n.NewPod("peer")
 	n.MustAdd(peer)
-	for _, step := range []string{endpoint.StepReserved, endpoint.StepWired, endpoint.StepMapped, endpoint.StepRecorded} {
+	for _, step := range []string{endpoint.StepReserved, datapath.StepVeth, datapath.StepAttached, datapath.StepPod, datapath.StepHost, endpoint.StepMapped, endpoint.StepRecorded} {
 		t.Run(step, func(t *testing.T) {
 			p := n.NewPod("crash")
-			t.Setenv(endpoint.CrashEnv, step)
+			t.Setenv(testhook.CrashEnv, step)
 			n.StopAnetd()
 			n.StartAnetd()
 			_, err := n.Add(p)
@@ -37,7 +39,7 @@ func TestAddCrashAtEachStep(t *testing.T) {
 			if code := cniCode(err); code != types.ErrTryAgainLater {
 				t.Errorf("ADD error %v (code %d), want code %d (try again later)", err, code, types.ErrTryAgainLater)
 			}
-			t.Setenv(endpoint.CrashEnv, "")
+			t.Setenv(testhook.CrashEnv, "")
 			n.StopAnetd() // reaps the dead one
 			n.StartAnetd()
 

@@ -7,6 +7,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,7 +25,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -30,6 +35,7 @@ import (
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/daemon/endpoint"
 	"github.com/anet-dev/anet/lab/testnode"
 )
 
@@ -204,15 +210,48 @@ func TestTwoPodsThroughLibcni(t *testing.T) {
 	assertClean(t, n)
 }
 
-// cnitool drives the plugin as an operator would by hand.
+// cnitool drives the plugin as an operator would by hand, and the pods it
+// wires are checked as the libcni test checks them: TCP, UDP, ICMP, the
+// counters, IP forwarding off, no bridge. cnitool has no flag or variable
+// for libcni's result cache (always /var/lib/cni), so it runs in a mount
+// namespace of its own where the test's directory is mounted on /var/lib:
+// the machine's /var/lib/cni is neither created nor written.
 func TestCnitool(t *testing.T) {
+	const machineCache = "/var/lib/cni"
+	_, err := os.Lstat(machineCache)
+	machineHadCache := err == nil
 	n := testnode.New(t, testnode.Options{})
 	a, b := n.NewPod("a"), n.NewPod("b")
+	varLib := filepath.Join(n.Dir, "cnitool-var-lib")
+	if err := os.MkdirAll(filepath.Join(varLib, "cni"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// cnitool's cache key: network, container ID (from the netns path), ifname.
+	cacheName := func(p *testnode.Pod) string {
+		sum := sha512.Sum512([]byte(p.NS.Path()))
+		return fmt.Sprintf("anet-cnitool-%x-eth0", sum[:10])
+	}
+	inMachineCache := func() {
+		t.Helper()
+		if !machineHadCache {
+			if _, err := os.Lstat(machineCache); err == nil {
+				t.Fatalf("%s did not exist before the test and does now", machineCache)
+			}
+			return
+		}
+		for _, p := range []*testnode.Pod{a, b} {
+			if _, err := os.Lstat(filepath.Join(machineCache, "results", cacheName(p))); err == nil {
+				t.Fatalf("cnitool wrote its cache for %s into the machine's %s", p.Name, machineCache)
+			}
+		}
+	}
 	run := func(verb string, p *testnode.Pod) string {
 		t.Helper()
-		cmd := n.NSEnter(filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
+		cmd := n.NSEnter("unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, varLib,
+			filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
 		cmd.Env = append(os.Environ(), "CNI_PATH="+n.Bin, "NETCONFPATH="+n.ConfDir, "CNI_IFNAME=eth0",
-			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name)
+			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name) // cnitool itself refuses a trailing ";"
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("cnitool %s %s: %v\n%s\nanetd:\n%s", verb, p.Name, err, out, n.Log())
@@ -229,17 +268,51 @@ func TestCnitool(t *testing.T) {
 			t.Fatalf("cnitool add output: %v\n%s", err, out)
 		}
 		addrs = append(addrs, strings.TrimSuffix(res.IPs[0].Address, "/32"))
+		if _, err := os.Stat(filepath.Join(varLib, "cni", "results", cacheName(p))); err != nil {
+			t.Fatalf("cnitool's result cache is not in the test's directory: %v", err)
+		}
 	}
-	if err := a.Ping(addrs[1], 2); err != nil {
+	inMachineCache()
+	noBridge(t, n)
+	if err := a.Ping(addrs[1], 3); err != nil {
 		t.Fatal(err)
 	}
 	echoTCP(t, a, 7000)
-	roundTrip(t, b, "tcp", net.JoinHostPort(addrs[0], "7000"), "cnitool")
+	echoUDP(t, a, 7001)
+	roundTrip(t, b, "tcp", net.JoinHostPort(addrs[0], "7000"), "cnitool over tcp")
+	roundTrip(t, b, "udp", net.JoinHostPort(addrs[0], "7001"), "cnitool over udp")
+	if out, _ := n.NSEnter("cat", "/proc/sys/net/ipv4/ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Fatalf("ip_forward is %q", out)
+	}
+	eps := listEndpoints(t, n)
+	var ea, eb api.Endpoint
+	for _, e := range eps {
+		switch e.IP.String() {
+		case addrs[0]:
+			ea = e
+		case addrs[1]:
+			eb = e
+		}
+	}
+	if ea.Pod.Name != "a" || eb.Pod.Name != "b" || ea.Network != "anet" {
+		t.Fatalf("endpoints do not match cnitool's pods: %+v", eps)
+	}
+	// 3 pings, 1 TCP handshake+data, 1 UDP datagram each way at least.
+	if got := count(ea, "egress", "forwarded"); got < 5 {
+		t.Errorf("pod a egress forwarded = %d, want >= 5", got)
+	}
+	if got := count(eb, "ingress", "forwarded"); got < 5 {
+		t.Errorf("pod b ingress forwarded = %d, want >= 5", got)
+	}
 	run("check", a)
 	run("check", b)
 	run("del", a)
 	run("del", b)
 	assertClean(t, n)
+	inMachineCache()
+	if left, _ := os.ReadDir(filepath.Join(varLib, "cni", "results")); len(left) != 0 {
+		t.Errorf("cnitool's cache after DEL: %v", left)
+	}
 }
 
 func TestSpoofedSourceDropped(t *testing.T) {
@@ -292,9 +365,15 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	}
 }
 
-// stream keeps a TCP stream running from a to b and counts the bytes b gets.
+// stream keeps a TCP stream running from a to b (1 KiB a millisecond),
+// counts the bytes b gets and measures the longest wait between two reads
+// that got data: a stall (a lost segment waits for a retransmission of at
+// least 200 ms) shows there, however short the test's windows.
 type stream struct {
 	received atomic.Int64
+	lastAt   atomic.Int64 // monotonic nanoseconds since start of the last read with data
+	maxGap   atomic.Int64
+	start    time.Time
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	err      atomic.Value
@@ -307,7 +386,7 @@ func startStream(t *testing.T, a, b *testnode.Pod) *stream {
 		t.Fatal(err)
 	}
 	ln := l.(net.Listener)
-	s := &stream{stop: make(chan struct{})}
+	s := &stream{stop: make(chan struct{}), start: time.Now()}
 	conn, err := a.Dial("tcp", net.JoinHostPort(b.IP().String(), "7100"), 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +421,13 @@ func startStream(t *testing.T, a, b *testnode.Pod) *stream {
 		buf := make([]byte, 64<<10)
 		for {
 			k, err := srv.Read(buf)
-			s.received.Add(int64(k))
+			if k > 0 {
+				s.received.Add(int64(k))
+				now := int64(time.Since(s.start))
+				if gap := now - s.lastAt.Swap(now); gap > s.maxGap.Load() {
+					s.maxGap.Store(gap)
+				}
+			}
 			if err != nil {
 				return
 			}
@@ -359,6 +444,21 @@ func (s *stream) Stop() {
 		close(s.stop)
 	}
 	s.wg.Wait()
+}
+
+// maxStall is the longest wait between two reads of the stream a test
+// accepts: well above the scheduling delays of a busy machine, below what a
+// lost segment costs twice.
+const maxStall = 500 * time.Millisecond
+
+// noStall asserts that the stream never waited longer than maxStall.
+func (s *stream) noStall(t *testing.T) {
+	t.Helper()
+	gap := time.Duration(s.maxGap.Load())
+	t.Logf("stream: %d bytes, longest wait between reads %v", s.received.Load(), gap.Round(time.Millisecond))
+	if gap > maxStall {
+		t.Errorf("stream stalled for %v at a time (bound %v)", gap.Round(time.Millisecond), maxStall)
+	}
 }
 
 // flowing asserts that the stream moves during d.
@@ -403,8 +503,8 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 	s.flowing(t, "with anetd dead", time.Second)
 	if err := n.Status(); err == nil {
 		t.Error("STATUS succeeded with anetd dead")
-	} else if !strings.Contains(err.Error(), "not reachable") {
-		t.Errorf("STATUS error: %v", err)
+	} else if code := cniCode(err); code != 50 || !strings.Contains(err.Error(), "not reachable") {
+		t.Errorf("STATUS with anetd dead: code %d, %v; want code 50 (plugin not available)", code, err)
 	}
 
 	// The restarted anetd loads its programs anew and swaps them into the
@@ -425,9 +525,44 @@ func TestAnetdKilledTrafficFlows(t *testing.T) {
 		t.Errorf("a's counters after restart: %d packets, want the stream's", got)
 	}
 	s.Stop()
+	s.noStall(t)
 	if err := n.Status(); err != nil {
 		t.Errorf("STATUS: %v", err)
 	}
+}
+
+// STATUS is code 50 while anetd is up but not ready (held by its test hook
+// before it restores its endpoints), ADD is code 11 (try again later), and
+// both work once it is ready.
+func TestStatusWhileAnetdNotReady(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	n.StopAnetd()
+	n.StartAnetdHeld()
+	st, err := n.Client().Status(context.Background())
+	if err != nil || st.Ready {
+		t.Fatalf("held anetd: status %+v, %v; want answering and not ready", st, err)
+	}
+	err = n.Status()
+	if code := cniCode(err); code != 50 || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("STATUS with anetd not ready: code %d, %v; want code 50 and \"not ready\"", code, err)
+	}
+	p := n.NewPod("early")
+	if _, err := n.Add(p); cniCode(err) != 11 {
+		t.Fatalf("ADD with anetd not ready: %v; want code 11", err)
+	}
+	out, err := n.Anetctl("status")
+	if err != nil || !strings.Contains(out, "restoring endpoints") {
+		t.Errorf("anetctl status with anetd not ready: %v\n%s", err, out)
+	}
+	n.ReleaseAnetd()
+	if err := n.Status(); err != nil {
+		t.Fatalf("STATUS once ready: %v", err)
+	}
+	n.MustAdd(p)
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, n)
 }
 
 // A restart swaps programs with link.Update while datagrams flow: none lost.
@@ -492,6 +627,10 @@ func TestProgramSwapLosesNothing(t *testing.T) {
 		n.StartAnetd()
 	}
 	time.Sleep(200 * time.Millisecond)
+	// At least 500 datagrams, however slow the machine sends them.
+	for deadline := time.Now().Add(10 * time.Second); sent.Load() < 500 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	close(stop)
 	<-done
 	time.Sleep(300 * time.Millisecond)
@@ -834,6 +973,219 @@ func TestBadEnvironment(t *testing.T) {
 		if err := json.Unmarshal(out, &e); err != nil || e.Code != 4 {
 			t.Errorf("%s: got %q, want code 4", name, out)
 		}
+	}
+	assertClean(t, n)
+}
+
+// linkState reads, in a netns, whether a link is up and whether IPv6 is off
+// on it.
+func linkState(t *testing.T, netns ns.NetNS, name string) (up, ipv6Off bool) {
+	t.Helper()
+	err := netns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		up = l.Attrs().Flags&net.FlagUp != 0 || l.Attrs().RawFlags&unix.IFF_UP != 0
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6")
+		ipv6Off = err == nil && strings.TrimSpace(string(b)) == "1"
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	return up, ipv6Off
+}
+
+// The pod's link comes up only once the programs are attached and IPv6 is
+// off on both ends: the pod never sends a packet the datapath does not see.
+// The plugin's test hook holds ADD after each step to look.
+func TestPodUpOnlyWhenProtected(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	for _, step := range []string{datapath.StepVeth, datapath.StepAttached} {
+		t.Run(step, func(t *testing.T) {
+			p := n.NewPod("up-" + step)
+			hostIf := datapath.HostIfName(p.ContainerID, p.IfName)
+			h := n.HoldAdd(p, step)
+			for _, end := range []struct {
+				netns ns.NetNS
+				name  string
+			}{{p.NS, p.IfName}, {n.NS, hostIf}} {
+				up, off := linkState(t, end.netns, end.name)
+				if up {
+					t.Errorf("after %s: %s is up before the ADD is done", step, end.name)
+				}
+				// The pod side's IPv6 goes off just before it comes up,
+				// in the same namespace switch.
+				if !off && end.name == hostIf {
+					t.Errorf("after %s: IPv6 is on on %s", step, end.name)
+				}
+			}
+			if step == datapath.StepAttached {
+				if err := n.NS.Do(func(ns.NetNS) error {
+					return datapath.CheckEndpoint(datapath.Layout{Root: n.BPFRoot}, hostIf)
+				}); err != nil {
+					t.Errorf("after attach: programs not attached: %v", err)
+				}
+			}
+			out, err := h.Continue()
+			if err != nil {
+				t.Fatalf("ADD after the hold: %v", err)
+			}
+			if up, off := linkState(t, p.NS, p.IfName); !up || !off {
+				t.Errorf("%s after ADD: up %v, IPv6 off %v", p.IfName, up, off)
+			}
+			if up, _ := linkState(t, n.NS, hostIf); !up {
+				t.Errorf("%s is down after ADD", hostIf)
+			}
+			var res struct {
+				IPs []struct{ Address string } `json:"ips"`
+			}
+			if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
+				t.Fatalf("ADD result: %v\n%s", err, out)
+			}
+			// No IPv6 address came up on the pod's link, and the pod reaches
+			// the node.
+			if v6, _ := p.Exec("ip", "-6", "addr", "show", "dev", p.IfName); strings.Contains(v6, "inet6") {
+				t.Errorf("the pod has IPv6 addresses:\n%s", v6)
+			}
+			if err := n.Del(p); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, n)
+		})
+	}
+}
+
+// The runtime gives up on an ADD (the plugin is killed) while anetd works
+// on it, at each of anetd's steps: anetd sees the request's connection go,
+// undoes what it did, and nothing is left, with no restart. (A crash of
+// anetd itself at each step: TestAddCrashAtEachStep.)
+func TestKilledAddLeavesNothing(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	for _, step := range []string{endpoint.StepReserved, datapath.StepVeth, datapath.StepAttached, datapath.StepPod, datapath.StepHost, endpoint.StepMapped} {
+		t.Run(step, func(t *testing.T) {
+			p := n.NewPod("kill-" + step)
+			h := n.HoldAdd(p, step)
+			h.Kill()
+			if _, err := h.Continue(); err == nil {
+				t.Fatal("the killed ADD succeeded")
+			}
+			assertClean(t, n)
+			// The attachment can be added again and works.
+			q := n.NewPod("again-" + step)
+			n.MustAdd(p)
+			n.MustAdd(q)
+			if err := p.Ping(q.IP().String(), 1); err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range []*testnode.Pod{p, q} {
+				if err := n.Del(x); err != nil {
+					t.Fatal(err)
+				}
+			}
+			assertClean(t, n)
+		})
+	}
+}
+
+// Two networks use anet-cni on one node: GC of one removes its own stale
+// attachments and never the other's.
+func TestGCKeepsOtherNetworks(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	one, two := n.ConflistNamed("anet"), n.ConflistNamed("anet-second")
+	a, stale, b := n.NewPod("a"), n.NewPod("stale"), n.NewPod("b")
+	for _, x := range []struct {
+		list *libcni.NetworkConfigList
+		p    *testnode.Pod
+	}{{one, a}, {one, stale}, {two, b}} {
+		res, err := n.AddWith(x.list, x.p)
+		if err != nil {
+			t.Fatalf("ADD %s to %s: %v", x.p.Name, x.list.Name, err)
+		}
+		if x.p.Result, err = current.NewResultFromResult(res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.GCWith(one, a); err != nil {
+		t.Fatalf("GC of %s: %v", one.Name, err)
+	}
+	eps := listEndpoints(t, n)
+	if _, ok := eps[stale.ContainerID]; ok {
+		t.Errorf("GC of %s kept its stale attachment", one.Name)
+	}
+	if len(eps) != 2 || eps[a.ContainerID].Network != one.Name || eps[b.ContainerID].Network != two.Name {
+		t.Fatalf("after GC of %s, endpoints %v; want a (%s) and b (%s)", one.Name, eps, one.Name, two.Name)
+	}
+	if err := n.CheckWith(two, b); err != nil {
+		t.Fatalf("CHECK of b after the other network's GC: %v", err)
+	}
+	if err := a.Ping(b.IP().String(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.GCWith(two); err != nil {
+		t.Fatalf("GC of %s: %v", two.Name, err)
+	}
+	if eps := listEndpoints(t, n); len(eps) != 1 || eps[a.ContainerID].Network != one.Name {
+		t.Fatalf("after GC of %s keeping nothing: %v", two.Name, eps)
+	}
+	if err := n.DelWith(one, a); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*testnode.Pod{stale, b} {
+		_ = n.DelWith(one, p) // already collected: DEL succeeds
+	}
+	assertClean(t, n)
+}
+
+// anetd's socket is mode 0600 in a 0700 directory, and other users cannot
+// connect to it; anetctl status reports the node.
+func TestSocketModeAndAnetctlStatus(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	fi, err := os.Lstat(n.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket %s has mode %v, want a socket of mode 0600", n.Socket, fi.Mode())
+	}
+	if di, err := os.Stat(filepath.Dir(n.Socket)); err != nil || di.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory mode %v (%v), want 0700", di.Mode(), err)
+	}
+	// The socket's own mode keeps others out: through a hard link in a
+	// directory anyone may enter, a user other than root is refused.
+	open, err := os.MkdirTemp("", "anet-t-sock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(open) })
+	if err := os.Chmod(open, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	linked := filepath.Join(open, "anetd.sock")
+	if err := os.Link(n.Socket, linked); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		filepath.Join(n.Bin, "anetctl"), "--socket", linked, "status").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("anetctl status as nobody: %v\n%s; want permission denied", err, out)
+	}
+
+	p := n.NewPod("p")
+	n.MustAdd(p)
+	st, err := n.Anetctl("status")
+	if err != nil {
+		t.Fatalf("anetctl status: %v\n%s", err, st)
+	}
+	for _, want := range []string{"Node:", n.Name, "Ready:", "yes", "Pod CIDR:", n.PodCIDR + " (gateway 10.244.1.1)",
+		"Addresses:", "1 of 253 allocated", "Endpoints:", "BPF root:", n.BPFRoot} {
+		if !strings.Contains(st, want) {
+			t.Errorf("anetctl status lacks %q:\n%s", want, st)
+		}
+	}
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
 	}
 	assertClean(t, n)
 }

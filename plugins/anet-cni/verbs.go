@@ -24,12 +24,15 @@ import (
 const callTimeout = 20 * time.Second
 
 // podRef reads the pod's identity from CNI_ARGS (K8S_POD_NAMESPACE, ...).
+// Empty segments (a trailing or doubled ";", which runtimes send) are
+// skipped; a non-empty segment without "=" is an error. Unknown keys are
+// ignored: CNI_ARGS is shared by every plugin of a chain.
 func podRef(cniArgs string) (api.PodRef, error) {
 	var p api.PodRef
-	if cniArgs == "" {
-		return p, nil
-	}
 	for _, kv := range strings.Split(cniArgs, ";") {
+		if kv == "" {
+			continue
+		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
 			return p, fmt.Errorf("CNI_ARGS: %q is not KEY=VALUE", kv)
@@ -54,6 +57,9 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	if err != nil {
 		return nil, a, err
 	}
+	// The network is part of the attachment: two networks using anet-cni
+	// keep their attachments apart (GC of one never removes the other's).
+	a.Network = conf.Name
 	if err := a.Validate(); err != nil {
 		return nil, a, envError("%v", err)
 	}
@@ -66,6 +72,8 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 // and one round trip with one durable write is most of what an ADD costs.
 // anetd undoes a failed ADD itself, so there is nothing to undo here.
 func cmdAdd(args *skel.CmdArgs) error {
+	tr := newTracer("ADD", args.ContainerID, args.IfName)
+	tr.step("start")
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
@@ -82,6 +90,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return envError("opening netns %q: %v", args.Netns, err)
 	}
 	defer netns.Close()
+	tr.step("config")
 
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -89,6 +98,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return daemonError("adding the endpoint", err)
 	}
+	tr.step("add")
+	tr.anetd(res.Trace)
 	podIdx := 1
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -104,36 +115,47 @@ func cmdAdd(args *skel.CmdArgs) error {
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: res.Gateway.AsSlice()}},
 		DNS:    conf.DNS,
 	}
-	return types.PrintResult(result, conf.CNIVersion)
+	err = types.PrintResult(result, conf.CNIVersion)
+	tr.step("result")
+	return err
 }
 
-// cmdDel removes the veth pair (with its routes and tc filters), the link
-// pins and the endpoint. It succeeds when any of them is already gone; with
-// anetd down it records the release for anetd to apply when it is back.
+// cmdDel asks anetd to remove the endpoint: its device (the pod side goes
+// with it), link pins, map entries, counters, address and record, after
+// any ADD of the same attachment in progress. With anetd away it removes
+// the device and pins itself and records the release, which anetd applies
+// when it is back. It succeeds when any of it is already gone.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
 	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
-	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
-		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
-	}
-	if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
-		return types.NewError(types.ErrInternal, "removing link pins", err.Error())
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
 	var unavail *api.UnavailableError
-	if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
+	away := errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady)
+	if err != nil && !away {
+		return daemonError("deleting the endpoint", err)
+	}
+	// anetd removed the device when it had a record of it; without one
+	// (or with anetd away) it may still be here.
+	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
+	}
+	// anetd removed the link pins with the device. Away, it unpins the
+	// links of vanished devices when it starts; with a bpfRoot in the
+	// config they go now.
+	if away && conf.BPFRoot != "" {
+		if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
+			return types.NewError(types.ErrInternal, "removing link pins", err.Error())
+		}
+	}
+	if away {
 		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
 			return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
 		}
-		return nil
-	}
-	if err != nil {
-		return daemonError("deleting the endpoint", err)
 	}
 	return nil
 }
@@ -155,9 +177,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	ep, err := api.NewClient(conf.Socket).GetEndpoint(ctx, att)
+	client := api.NewClient(conf.Socket)
+	ep, err := client.GetEndpoint(ctx, att)
 	if err != nil {
 		return daemonError("looking up the endpoint", err)
+	}
+	layout, err := anetdLayout(ctx, client, conf)
+	if err != nil {
+		return err
 	}
 	if len(prev.IPs) != 1 || !prev.IPs[0].Address.IP.Equal(ep.IP.AsSlice()) {
 		return fmt.Errorf("prevResult addresses %v do not match the endpoint's %s", prev.IPs, ep.IP)
@@ -190,7 +217,20 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if uint32(host.Attrs().Index) != ep.HostIfindex {
 		return fmt.Errorf("host interface %s has index %d, endpoint has %d", ep.HostIfName, host.Attrs().Index, ep.HostIfindex)
 	}
-	return datapath.CheckEndpoint(datapath.Layout{Root: conf.BPFRoot}, ep.HostIfName)
+	return datapath.CheckEndpoint(layout, ep.HostIfName)
+}
+
+// anetdLayout is where anetd keeps its pins: the config's bpfRoot when it
+// has one (older configs), else what anetd says.
+func anetdLayout(ctx context.Context, c *api.Client, conf *cniconf.NetConf) (datapath.Layout, error) {
+	if conf.BPFRoot != "" {
+		return datapath.Layout{Root: conf.BPFRoot}, nil
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		return datapath.Layout{}, daemonError("asking anetd for its bpf root", err)
+	}
+	return datapath.Layout{Root: st.BPFRoot}, nil
 }
 
 func cmdStatus(args *skel.CmdArgs) error {
@@ -217,17 +257,21 @@ func cmdGC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req := api.GCRequest{Valid: []api.Attachment{}}
+	req := api.GCRequest{Network: conf.Name, Valid: []api.Attachment{}}
 	for _, a := range conf.ValidAttachments {
-		req.Valid = append(req.Valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		req.Valid = append(req.Valid, api.Attachment{Network: conf.Name, ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	res, err := api.NewClient(conf.Socket).GC(ctx, req)
+	client := api.NewClient(conf.Socket)
+	res, err := client.GC(ctx, req)
 	if err != nil {
 		return daemonError("garbage collection", err)
 	}
-	layout := datapath.Layout{Root: conf.BPFRoot}
+	layout, err := anetdLayout(ctx, client, conf)
+	if err != nil {
+		return err
+	}
 	for _, a := range res.Removed {
 		name := datapath.HostIfName(a.ContainerID, a.IfName)
 		_ = ip.DelLinkByName(name)

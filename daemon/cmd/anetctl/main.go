@@ -91,7 +91,7 @@ func endpointList(ctx context.Context, c *api.Client, out io.Writer, format stri
 		return enc.Encode(eps)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "CONTAINER\tIF\tPOD\tIP\tHOST-IF\tMODE\tTX-PKTS\tTX-BYTES\tRX-PKTS\tRX-BYTES\tDROPS")
+	fmt.Fprintln(w, "NETWORK\tCONTAINER\tIF\tPOD\tIP\tHOST-IF\tMODE\tTX-PKTS\tTX-BYTES\tRX-PKTS\tRX-BYTES\tDROPS")
 	for _, ep := range eps {
 		var tx, rx api.Counter
 		var drops []string
@@ -113,7 +113,11 @@ func endpointList(ctx context.Context, c *api.Client, out io.Writer, format stri
 		if len(drops) > 0 {
 			dropText = strings.Join(drops, ",")
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", short(ep.ContainerID), ep.IfName, pod, ep.IP,
+		network := ep.Network
+		if network == "" {
+			network = "-" // recorded before networks were
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", network, short(ep.ContainerID), ep.IfName, pod, ep.IP,
 			ep.HostIfName, ep.AttachMode, tx.Packets, tx.Bytes, rx.Packets, rx.Bytes, dropText)
 	}
 	return w.Flush()

@@ -35,6 +35,11 @@ import (
 	"github.com/anet-dev/anet/daemon/routing"
 )
 
+// testHoldEnv, set to 1, holds anetd before it restores its endpoints, its
+// socket serving and not ready, until SIGUSR1: for tests of what the plugin
+// and anetctl do meanwhile. Never set it on a real node.
+const testHoldEnv = "ANETD_TEST_HOLD_RESTORE"
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -194,11 +199,11 @@ func run(cfg *config, log *slog.Logger) error {
 		dp.EndpointAttach = datapath.ModeTC
 	}
 	defer dp.Close()
-	eps, err := endpoint.New(filepath.Join(cfg.stateDir, "endpoints"), alloc, dp, deviceExists, log)
+	eps, err := endpoint.New(filepath.Join(cfg.stateDir, "endpoints"), alloc, dp, nodeDevices{datapath.Layout{Root: cfg.bpfRoot}}, log)
 	if err != nil {
 		return err
 	}
-	pending := api.PendingReleaseDir(cfg.socket)
+	pending := endpoint.Pending{Releases: api.PendingReleaseDir(cfg.socket)}
 
 	var ready atomic.Bool
 	started := time.Now().UTC()
@@ -228,6 +233,18 @@ func run(cfg *config, log *slog.Logger) error {
 	}()
 
 	hstate.SetReason("restoring endpoints")
+	if os.Getenv(testHoldEnv) == "1" {
+		// Tests only: serve "not ready" until SIGUSR1.
+		held := make(chan os.Signal, 1)
+		signal.Notify(held, syscall.SIGUSR1)
+		log.Warn("test hold: not ready until SIGUSR1", "env", testHoldEnv)
+		select {
+		case <-held:
+			signal.Stop(held)
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	if err := eps.Restore(pending); err != nil {
 		return fmt.Errorf("restoring endpoints: %w", err)
 	}
@@ -286,11 +303,33 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 }
 
-// deviceExists reports whether a host-side veth is still there, by index and
-// name (an index alone may have been reused).
-func deviceExists(name string, ifindex uint32) bool {
+// nodeDevices is the endpoint manager's view of the node's links.
+type nodeDevices struct{ layout datapath.Layout }
+
+// Exists reports whether a host-side veth is still there, by index and name
+// (an index alone may have been reused).
+func (nodeDevices) Exists(name string, ifindex uint32) bool {
 	lk, err := netlink.LinkByIndex(int(ifindex))
 	return err == nil && lk.Attrs().Name == name
+}
+
+// List names the endpoint host-side veths there are.
+func (nodeDevices) List() ([]string, error) { return datapath.HostDevices() }
+
+// Remove deletes a host-side veth (its peer goes with it) and its link pins.
+func (d nodeDevices) Remove(name string) error {
+	lk, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+	case err != nil:
+		return fmt.Errorf("finding %s: %w", name, err)
+	default:
+		if err := netlink.LinkDel(lk); err != nil {
+			return fmt.Errorf("deleting %s: %w", name, err)
+		}
+	}
+	return datapath.DetachEndpoint(d.layout, name)
 }
 
 // addGatewayAddress puts the pods' gateway address on lo, so that the node
