@@ -15,7 +15,9 @@
 //	name         string    -                        required; ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$ (CNI spec)
 //	type         string    -                        must be "anet-cni"
 //	socket       string    /run/anet/anetd.sock     absolute path of anetd's unix socket, at most 107 bytes
-//	bpfRoot      string    /sys/fs/bpf/anet         absolute bpffs directory holding anetd's pins and the plugin's TCX links
+//	bpfRoot      string    anetd's (asked)          absolute bpffs directory of anetd's pins; optional (older configs
+//	                                                have it): without it the plugin asks anetd, and does without
+//	                                                when anetd is away
 //	mtu          integer   1500                     0 (default) or 68..65535
 //	dns          object    none                     {nameservers, domain, search, options}, copied into the ADD result;
 //	                                                nameservers are IP addresses, the other strings have no whitespace
@@ -147,7 +149,7 @@ func configErrorf(key, format string, args ...any) *ConfigError {
 	return &ConfigError{Key: key, Reason: fmt.Sprintf(format, args...)}
 }
 
-// Parse decodes stdin bytes, applies defaults (Socket, BPFRoot, MTU), and
+// Parse decodes stdin bytes, applies defaults (Socket, MTU), and
 // validates. Every failure is a *ConfigError naming the key. Unknown keys
 // are ignored. The cniVersion range is left to skel; only an empty
 // cniVersion is rejected here.
@@ -195,9 +197,6 @@ func (c *NetConf) applyDefaults() {
 	if c.Socket == "" {
 		c.Socket = DefaultSocket
 	}
-	if c.BPFRoot == "" {
-		c.BPFRoot = DefaultBPFRoot
-	}
 	if c.MTU == 0 {
 		c.MTU = DefaultMTU
 	}
@@ -225,8 +224,10 @@ func (c *NetConf) validate() *ConfigError {
 	if strings.HasSuffix(c.Socket, "/") {
 		return configErrorf("socket", "must name a socket file, not a directory, got %s", quote(c.Socket))
 	}
-	if err := validatePath("bpfRoot", c.BPFRoot); err != nil {
-		return err
+	if c.BPFRoot != "" {
+		if err := validatePath("bpfRoot", c.BPFRoot); err != nil {
+			return err
+		}
 	}
 	if c.MTU < minMTU || c.MTU > maxMTU {
 		return configErrorf("mtu", "must be between %d and %d, got %d", minMTU, maxMTU, c.MTU)

@@ -39,11 +39,11 @@ func TestParseGood(t *testing.T) {
 	}{{
 		name: "minimal, defaults applied",
 		in:   `{"cniVersion":"1.1.0","name":"anet","type":"anet-cni"}`,
-		want: conf("1.1.0", "anet", NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: DefaultMTU}),
+		want: conf("1.1.0", "anet", NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
 	}, {
 		name: "zero values and null take the defaults",
 		in:   `{"cniVersion":"1.0.0","name":"anet","type":"anet-cni","socket":"","bpfRoot":null,"mtu":0,"dns":{}}`,
-		want: conf("1.0.0", "anet", NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: DefaultMTU}),
+		want: conf("1.0.0", "anet", NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
 	}, {
 		name: "full",
 		in: `{"cniVersion":"1.1.0","name":"anet-lab.node_1","type":"anet-cni",
@@ -62,11 +62,11 @@ func TestParseGood(t *testing.T) {
 	}, {
 		name: "mtu bounds",
 		in:   `{"cniVersion":"1.1.0","name":"0","type":"anet-cni","mtu":68}`,
-		want: conf("1.1.0", "0", NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: 68}),
+		want: conf("1.1.0", "0", NetConf{Socket: DefaultSocket, MTU: 68}),
 	}, {
 		name: "mtu max",
 		in:   `{"cniVersion":"1.1.0","name":"a-","type":"anet-cni","mtu":65535}`,
-		want: conf("1.1.0", "a-", NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: 65535}),
+		want: conf("1.1.0", "a-", NetConf{Socket: DefaultSocket, MTU: 65535}),
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,7 +89,7 @@ func TestParseUnknownKeysIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	want := conf("1.1.0", "anet", NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: 9000})
+	want := conf("1.1.0", "anet", NetConf{Socket: DefaultSocket, MTU: 9000})
 	want.Capabilities = map[string]bool{"portMappings": true}
 	want.IPAM.Type = "host-local"
 	if !reflect.DeepEqual(got, want) {
@@ -418,7 +418,7 @@ func TestRenderRoundTrip(t *testing.T) {
 		want *NetConf
 	}{{
 		name: "defaults",
-		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: DefaultSocket, BPFRoot: DefaultBPFRoot, MTU: DefaultMTU}),
+		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
 	}, {
 		name: "all set",
 		opts: RenderOptions{
@@ -434,7 +434,7 @@ func TestRenderRoundTrip(t *testing.T) {
 	}, {
 		name: "paths with HTML characters are not escaped",
 		opts: RenderOptions{Socket: "/run/a&b/<x>.sock"},
-		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: "/run/a&b/<x>.sock", BPFRoot: DefaultBPFRoot, MTU: DefaultMTU}),
+		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: "/run/a&b/<x>.sock", MTU: DefaultMTU}),
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

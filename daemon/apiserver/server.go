@@ -36,7 +36,8 @@ func New(eps *endpoint.Manager, status func() api.Status, log *slog.Logger) *Ser
 	mux.HandleFunc("PUT /v1/endpoints/{containerID}/{ifName}", s.ready(s.putEndpoint))
 	mux.HandleFunc("DELETE /v1/endpoints/{containerID}/{ifName}", s.ready(s.deleteEndpoint))
 	mux.HandleFunc("POST /v1/gc", s.ready(s.gc))
-	s.srv = &http.Server{Handler: mux}
+	mux.HandleFunc("POST /v1/endpoints", s.ready(s.addEndpoint))
+	s.srv = &http.Server{Handler: mux, ConnContext: api.WithConn}
 	return s
 }
 
@@ -51,7 +52,7 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket %s is in use by another anetd", path)
 	}
 	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
@@ -59,7 +60,7 @@ func Listen(path string) (net.Listener, error) {
 		ln.Close()
 		return nil, err
 	}
-	return ln, nil
+	return api.FDListener{UnixListener: ln}, nil
 }
 
 // Serve serves until Shutdown.

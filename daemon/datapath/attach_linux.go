@@ -240,3 +240,13 @@ func PruneLinkPins(l Layout) error {
 	}
 	return errors.Join(errs...)
 }
+
+// AttachedProgram returns the ID of the program that runs on ifname (in
+// the current network namespace) for direction d, by TCX link or tc filter.
+func AttachedProgram(l Layout, ifname string, d Dir) (ebpf.ProgramID, error) {
+	idx, err := netlinkIndex(ifname)
+	if err != nil {
+		return 0, fmt.Errorf("finding %s: %w", ifname, err)
+	}
+	return attachedProgID(l, ifname, idx, d)
+}

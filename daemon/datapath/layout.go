@@ -49,3 +49,16 @@ func HostIfName(containerID, ifname string) string {
 	sum := sha256.Sum256([]byte(containerID + "/" + ifname))
 	return "anet" + hex.EncodeToString(sum[:])[:11]
 }
+
+// IsHostIfName says whether name has the shape of HostIfName's names.
+func IsHostIfName(name string) bool {
+	if len(name) != 15 || !strings.HasPrefix(name, "anet") {
+		return false
+	}
+	for _, c := range name[4:] {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -35,8 +35,11 @@ func progForDir(d Dir) string {
 // Datapath is anetd's handle on the loaded programs and pinned maps.
 type Datapath struct {
 	Layout Layout
-	objs   bpf.LxcObjects
-	log    *slog.Logger
+	// EndpointAttach is how Wire attaches the programs to a new endpoint:
+	// ModeTC (the default) or ModeTCX. See Wire.
+	EndpointAttach string
+	objs           bpf.LxcObjects
+	log            *slog.Logger
 
 	// Between Load and Activate: the maps to pin at Activate (new ones,
 	// and those that replace a pinned map of another layout) and the

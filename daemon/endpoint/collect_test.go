@@ -15,6 +15,7 @@ type allDevices struct{}
 
 func (allDevices) Exists(string, uint32) bool { return true }
 func (allDevices) Remove(string) error        { return nil }
+func (allDevices) List() ([]string, error)    { return nil, nil }
 
 func TestCollect(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)

@@ -42,13 +42,16 @@ type Devices interface {
 	// Remove deletes a host-side device (with its pod-side peer) and its
 	// link pins; what is already gone is fine.
 	Remove(name string) error
+	// List names the host-side devices there are (datapath.HostIfName's
+	// shape), whoever made them.
+	List() ([]string, error)
 }
 
-// OrphanGrace is how old an allocation with neither an endpoint nor the
-// marker of an ADD in progress must be before the sweep releases it. Every
-// ADD of this plugin marks itself before it allocates, so such allocations
-// come only from older plugins (an ADD in flight during an upgrade, or one
-// that died before): the grace leaves a running one time to finish.
+// OrphanGrace is how old an allocation without an endpoint must be before
+// the sweep releases it. anet-cni's ADD (Add) never leaves one: its address
+// is held in memory until its record is written. Such allocations come
+// from the two-step API (Allocate, then Register) of a caller that died in
+// between; the grace leaves a running one time to finish.
 const OrphanGrace = 10 * time.Minute
 
 // Manager owns the endpoint records and their datapath entries.
@@ -59,8 +62,9 @@ type Manager struct {
 	devs Devices
 	log  *slog.Logger
 
-	mu  sync.Mutex
-	eps map[api.Attachment]*api.Endpoint
+	mu   sync.Mutex
+	eps  map[api.Attachment]*api.Endpoint
+	busy map[api.Attachment]chan struct{} // attachments with a verb in progress
 }
 
 // New returns a manager keeping its records in dir. Call Restore before use.
@@ -149,8 +153,26 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 // something Restore finishes. Deleting what does not exist succeeds.
 func (m *Manager) Delete(a api.Attachment) error {
 	m.mu.Lock()
+	a = m.resolveLocked(a)
+	m.mu.Unlock()
+	// After any ADD of the attachment in progress, and with its device
+	// removed outside the manager's lock: a veth takes the kernel tens of
+	// milliseconds to delete, which other attachments need not wait for.
+	unlock := m.lockAttachment(a)
+	defer unlock()
+	m.mu.Lock()
+	ep := m.eps[a]
+	m.mu.Unlock()
+	host := datapath.HostIfName(a.ContainerID, a.IfName)
+	if ep != nil {
+		host = ep.HostIfName
+	}
+	if err := m.devs.Remove(host); err != nil {
+		return fmt.Errorf("removing the endpoint's device: %w", err)
+	}
+	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.deleteLocked(m.resolveLocked(a))
+	return m.deleteLocked(a)
 }
 
 // resolveLocked returns the key under which a is known: a itself, or, for
@@ -296,17 +318,17 @@ func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, err
 	return res, errors.Join(errs...)
 }
 
-// Pending names the directories where anet-cni leaves work for anetd:
-// releases it could not tell anetd about (api.PendingReleaseDir) and the
-// markers of its ADDs (api.PendingAddDir).
+// Pending names where anet-cni leaves work for anetd: the releases it
+// could not tell anetd about (api.PendingReleaseDir).
 type Pending struct {
-	Releases, Adds string
+	Releases string
 }
 
 // Restore loads the records, drops those whose device or address is gone,
 // writes the rest into the datapath and prunes every map entry and counter
-// that belongs to no record. Then it applies pending releases and cleans up
-// after ADDs that died (see Sweep).
+// that belongs to no record, and the devices that no record names (an ADD
+// cut short by a crash). Then it applies pending releases and sweeps
+// orphaned allocations (see ApplyPending).
 func (m *Manager) Restore(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -337,6 +359,15 @@ func (m *Manager) Restore(p Pending) error {
 	}
 	for a, ep := range m.eps {
 		ip, allocated := m.ipam.Lookup(a)
+		if !allocated {
+			// A whole ADD by anetd keeps the address in the endpoint's
+			// record alone (see Add): claim it back.
+			if err := m.ipam.Hold(a, ep.IP); err == nil {
+				ip, allocated = ep.IP, true
+			} else {
+				m.log.Warn("endpoint record's address cannot be held", "containerID", a.ContainerID, "ip", ep.IP, "err", err)
+			}
+		}
 		switch {
 		case !allocated || ip != ep.IP:
 			m.log.Info("endpoint lost its address; removing", "containerID", a.ContainerID, "ip", ep.IP)
@@ -355,6 +386,9 @@ func (m *Manager) Restore(p Pending) error {
 		if err := m.deleteLocked(a); err != nil {
 			return err
 		}
+	}
+	if err := m.removeOrphanDevicesLocked(); err != nil {
+		return err
 	}
 	if err := m.pruneLocked(); err != nil {
 		return err
@@ -404,10 +438,8 @@ func (m *Manager) pruneLocked() error {
 }
 
 // ApplyPending applies the releases anet-cni recorded while anetd was away,
-// then sweeps: an ADD that is over without having registered its endpoint
-// (it failed and could not undo, or it was killed) leaves its veth, link
-// pins and address, which are removed here; so is an allocation older than
-// OrphanGrace with neither an endpoint nor an ADD in progress.
+// then releases every allocation older than OrphanGrace that has no
+// endpoint (with its device, should there be one).
 func (m *Manager) ApplyPending(p Pending) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -418,46 +450,23 @@ func (m *Manager) applyPendingLocked(p Pending) error {
 	if err := m.releasePendingLocked(p.Releases); err != nil {
 		return err
 	}
-	return m.sweepLocked(p)
+	return m.sweepLocked()
 }
 
-func (m *Manager) sweepLocked(p Pending) error {
-	live, err := api.SweepAddMarks(p.Adds, func(a api.Attachment, readable bool) error {
-		if !readable {
-			return nil // the ADD died before it allocated anything
-		}
-		if _, ok := m.eps[a]; ok {
-			return nil // it registered: only the marker is left
-		}
-		host := datapath.HostIfName(a.ContainerID, a.IfName)
-		ip, _ := m.ipam.Lookup(a)
-		m.log.Info("cleaning up after an ADD that ended without its endpoint", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "hostIf", host)
-		if err := m.devs.Remove(host); err != nil {
-			return err
-		}
-		if err := m.deleteLocked(a); err != nil {
-			return err
-		}
-		// Its own release, recorded when it could not reach anetd, is
-		// applied now.
-		if err := os.Remove(filepath.Join(p.Releases, host)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
-	})
+func (m *Manager) sweepLocked() error {
 	var errs []error
-	if err != nil {
-		errs = append(errs, err)
-	}
 	for a, ip := range m.ipam.List() {
-		if _, ok := m.eps[a]; ok || live[a] {
+		if _, ok := m.eps[a]; ok {
 			continue
+		}
+		if _, busy := m.busy[a]; busy {
+			continue // an ADD of it is running
 		}
 		at, ok := m.ipam.AllocatedAt(a)
 		if !ok || time.Since(at) < OrphanGrace {
 			continue
 		}
-		m.log.Info("releasing an allocation that has no endpoint and no ADD in progress", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "allocated", at)
+		m.log.Info("releasing an allocation that has no endpoint", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "allocated", at)
 		if err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
 			errs = append(errs, err)
 			continue

@@ -81,6 +81,13 @@ type mapDevices map[string]uint32
 
 func (d mapDevices) Exists(name string, idx uint32) bool { i, ok := d[name]; return ok && i == idx }
 func (d mapDevices) Remove(name string) error            { delete(d, name); return nil }
+func (d mapDevices) List() ([]string, error) {
+	var out []string
+	for n := range d {
+		out = append(out, n)
+	}
+	return out, nil
+}
 
 type fixture struct {
 	dir     string
@@ -174,7 +181,7 @@ func TestRestoreReconciles(t *testing.T) {
 
 	// A new manager on the same state, as after a restart.
 	g := newFixture(t, dir, dp, devices)
-	if err := g.m.Restore(Pending{Releases: pdir, Adds: filepath.Join(dir, "adds")}); err != nil {
+	if err := g.m.Restore(Pending{Releases: pdir}); err != nil {
 		t.Fatal(err)
 	}
 	eps, err := g.m.List()
@@ -232,7 +239,7 @@ func TestSetLabelsPersists(t *testing.T) {
 		t.Error("unknown attachment:", changed, err)
 	}
 	g := newFixture(t, dir, dp, devices)
-	if err := g.m.Restore(Pending{Releases: filepath.Join(dir, "pending"), Adds: filepath.Join(dir, "adds")}); err != nil {
+	if err := g.m.Restore(Pending{Releases: filepath.Join(dir, "pending")}); err != nil {
 		t.Fatal(err)
 	}
 	ep, err := g.m.Get(r.Attachment)
@@ -284,76 +291,27 @@ func TestRegisterRacesDelete(t *testing.T) {
 
 // The sweep cleans up after ADDs that are over without their endpoint, and
 // leaves ADDs in progress and registered endpoints alone.
-func TestSweepDeadAdds(t *testing.T) {
+// An allocation of the two-step API (Allocate, then Register) whose caller
+// died in between is released with its device once it is older than
+// OrphanGrace; a recent one and an endpoint's stay.
+func TestSweepOrphanAllocations(t *testing.T) {
 	dir := t.TempDir()
 	devices := map[string]uint32{}
 	f := newFixture(t, dir, newFakeDP(), devices)
-	p := Pending{Releases: filepath.Join(dir, "pending"), Adds: filepath.Join(dir, "adds")}
-	mark := func(id string) (*api.AddMark, api.Attachment, string) {
+	p := Pending{Releases: filepath.Join(dir, "pending")}
+	r := f.add(t, "registered", 60)
+	allocate := func(id string) (api.Attachment, string) {
 		t.Helper()
 		a := api.Attachment{ContainerID: id, IfName: "eth0"}
-		host := datapath.HostIfName(id, "eth0")
-		m, err := api.MarkAdd(p.Adds, host, a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m, a, host
-	}
-	allocate := func(a api.Attachment, host string) {
-		t.Helper()
 		if _, err := f.m.Allocate(api.AllocateRequest{Attachment: a}); err != nil {
 			t.Fatal(err)
 		}
+		host := datapath.HostIfName(id, "eth0")
 		devices[host] = 50
+		return a, host
 	}
-	// An ADD in progress (its mark held), one that died after allocating and
-	// making its veth (and recorded its release), one that registered and
-	// died before removing its mark, and one that died before writing it.
-	running, ra, rhost := mark("running")
-	allocate(ra, rhost)
-	dead, da, dhost := mark("dead")
-	allocate(da, dhost)
-	if err := api.RecordPendingRelease(p.Releases, dhost, da); err != nil {
-		t.Fatal(err)
-	}
-	dead.Release()
-	reg, _, _ := mark("registered")
-	r := f.add(t, "registered", 60)
-	reg.Release()
-	if err := os.WriteFile(filepath.Join(p.Adds, "anetempty"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// An allocation of an older plugin that marks nothing, recent.
-	old := api.Attachment{ContainerID: "old", IfName: "eth0"}
-	allocate(old, datapath.HostIfName("old", "eth0"))
-
-	if err := f.m.ApplyPending(p); err != nil {
-		t.Fatal(err)
-	}
-	has := func(a api.Attachment) bool { _, ok := f.m.ipam.Lookup(a); return ok }
-	if !has(ra) || devices[rhost] == 0 {
-		t.Error("the sweep took the address or veth of an ADD in progress")
-	}
-	if has(da) || devices[dhost] != 0 {
-		t.Error("the dead ADD's address or veth is left")
-	}
-	if _, err := f.m.Get(r.Attachment); err != nil || !has(r.Attachment) {
-		t.Errorf("the registered endpoint was swept: %v", err)
-	}
-	if !has(old) {
-		t.Error("a recent unmarked allocation was released")
-	}
-	left, _ := os.ReadDir(p.Adds)
-	if len(left) != 1 || left[0].Name() != rhost {
-		t.Errorf("markers left: %v; want only the running ADD's", left)
-	}
-	if recs, _ := api.ReadPendingReleases(p.Releases); len(recs) != 0 {
-		t.Errorf("the dead ADD's release record is left: %v", recs)
-	}
-
-	// The running ADD ends without registering; the unmarked allocation
-	// ages past the grace.
-	running.Release()
+	recent, _ := allocate("recent")
+	old, oldHost := allocate("old")
 	oldIP, _ := f.m.ipam.Lookup(old)
 	past := time.Now().Add(-OrphanGrace - time.Minute)
 	if err := os.Chtimes(filepath.Join(dir, "ipam", oldIP.String()), past, past); err != nil {
@@ -362,11 +320,15 @@ func TestSweepDeadAdds(t *testing.T) {
 	if err := f.m.ApplyPending(p); err != nil {
 		t.Fatal(err)
 	}
-	if has(ra) || has(old) || devices[rhost] != 0 {
-		t.Errorf("after the second sweep: running allocated %v, old allocated %v", has(ra), has(old))
+	has := func(a api.Attachment) bool { _, ok := f.m.ipam.Lookup(a); return ok }
+	if !has(recent) {
+		t.Error("a recent allocation was released")
 	}
-	if n := len(f.m.ipam.List()); n != 1 {
-		t.Errorf("%d allocations left, want the registered one", n)
+	if has(old) || devices[oldHost] != 0 {
+		t.Error("the old orphan's address or device is left")
+	}
+	if _, err := f.m.Get(r.Attachment); err != nil || !has(r.Attachment) {
+		t.Errorf("the registered endpoint was swept: %v", err)
 	}
 }
 

@@ -34,6 +34,7 @@ import (
 
 	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/internal/testhook"
 )
 
 // NeedRoot skips a test that needs root. CI runs as root, so these tests run
@@ -100,6 +101,9 @@ type Node struct {
 	PodCIDR  string
 	Bin      string
 
+	anetdArgs []string
+	anetdEnv  []string // more environment for the next StartAnetd
+
 	mu    sync.Mutex
 	anetd *exec.Cmd
 	done  chan struct{}
@@ -127,7 +131,8 @@ func (b *syncBuffer) String() string {
 
 // Options shape a node.
 type Options struct {
-	PodCIDR string // default 10.244.1.0/24
+	PodCIDR   string   // default 10.244.1.0/24
+	AnetdArgs []string // more flags for anetd
 }
 
 func randID() string {
@@ -143,7 +148,7 @@ func New(t testing.TB, o Options) *Node {
 	if o.PodCIDR == "" {
 		o.PodCIDR = "10.244.1.0/24"
 	}
-	n := &Node{t: t, Name: "anet-t-" + randID(), PodCIDR: o.PodCIDR, Bin: Bin(t)}
+	n := &Node{t: t, Name: "anet-t-" + randID(), PodCIDR: o.PodCIDR, Bin: Bin(t), anetdArgs: o.AnetdArgs}
 	dir, err := os.MkdirTemp("", n.Name+"-")
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +181,7 @@ func New(t testing.TB, o Options) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket, BPFRoot: n.BPFRoot})
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: "anet", Socket: n.Socket})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,9 +233,10 @@ func (n *Node) startAnetd(held bool) {
 		n.t.Fatal("anetd already running")
 	}
 	n.log = &syncBuffer{}
-	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"),
-		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug")
+	args := []string{"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR, "--log-level", "debug"}
+	cmd := n.NSEnter(filepath.Join(n.Bin, "anetd"), append(args, n.anetdArgs...)...)
+	cmd.Env = append(os.Environ(), n.anetdEnv...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	if held {
 		cmd.Env = append(os.Environ(), "ANETD_TEST_HOLD_RESTORE=1")
@@ -489,7 +495,6 @@ func (n *Node) Leftovers() []string {
 	list(filepath.Join(n.StateDir, "ipam"), "allocation", true, func(s string) bool { return s == "last" })
 	list(filepath.Join(n.StateDir, "endpoints"), "endpoint record", true, none)
 	list(api.PendingReleaseDir(n.Socket), "pending release", false, none)
-	list(api.PendingAddDir(n.Socket), "pending-ADD marker", false, none)
 	entries, err := n.MapEntries()
 	if err != nil {
 		out = append(out, "maps unreadable: "+err.Error())
@@ -589,11 +594,12 @@ func (n *Node) PluginCmd(verb string, p *Pod, env ...string) *exec.Cmd {
 	return cmd
 }
 
-// HeldAdd is an ADD of the real plugin held at the end of a step by its
-// test hook (ANET_CNI_TEST_HOLD), to look at the node mid-ADD or to kill
+// HeldAdd is an ADD of the real plugin that anetd holds at the end of one
+// of its steps (testhook.HoldEnv), to look at the node mid-ADD or to kill
 // the plugin there.
 type HeldAdd struct {
 	Step   string
+	n      *Node
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
 	stderr *syncBuffer
@@ -601,11 +607,17 @@ type HeldAdd struct {
 	err    error
 }
 
-// HoldAdd starts ADD of p and returns once the plugin waits at step.
+// HoldAdd restarts anetd so that it holds every ADD at step, starts ADD of
+// p and returns once anetd waits there. Continue (or Kill, then Continue)
+// lets it go on and brings anetd back to normal.
 func (n *Node) HoldAdd(p *Pod, step string) *HeldAdd {
 	n.t.Helper()
-	h := &HeldAdd{Step: step, stderr: &syncBuffer{}, done: make(chan struct{})}
-	h.cmd = n.PluginCmd("ADD", p, "ANET_CNI_TEST_HOLD="+step)
+	n.StopAnetd()
+	n.anetdEnv = []string{testhook.HoldEnv + "=" + step}
+	n.StartAnetd()
+	n.anetdEnv = nil
+	h := &HeldAdd{Step: step, n: n, stderr: &syncBuffer{}, done: make(chan struct{})}
+	h.cmd = n.PluginCmd("ADD", p)
 	h.cmd.Stdout = &h.stdout
 	h.cmd.Stderr = h.stderr
 	if err := h.cmd.Start(); err != nil {
@@ -613,32 +625,41 @@ func (n *Node) HoldAdd(p *Pod, step string) *HeldAdd {
 	}
 	go func() { h.err = h.cmd.Wait(); close(h.done) }()
 	n.t.Cleanup(h.Kill)
-	want := "anet-cni-test-hold step=" + step + " "
+	want := "anet-test-hold step=" + step + " "
 	deadline := time.After(20 * time.Second)
-	for !strings.Contains(h.stderr.String(), want) {
+	for !strings.Contains(n.Log(), want) {
 		select {
 		case <-h.done:
 			n.t.Fatalf("ADD ended before step %s: %v\nstdout: %s\nstderr: %s\nanetd:\n%s", step, h.err, h.stdout.String(), h.stderr.String(), n.Log())
 		case <-deadline:
-			n.t.Fatalf("ADD not at step %s after 20s; stderr: %s", step, h.stderr.String())
+			n.t.Fatalf("ADD not at step %s after 20s; anetd:\n%s", step, n.Log())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
 	return h
 }
 
-// Continue lets the held ADD go on and returns its error (nil on success)
-// and stdout.
+// Continue lets anetd go on with the held ADD, waits for the plugin and
+// returns its error (nil on success) and stdout. anetd is then restarted
+// without the hold.
 func (h *HeldAdd) Continue() (string, error) {
-	_ = h.cmd.Process.Signal(syscall.SIGUSR1)
+	h.n.mu.Lock()
+	cmd := h.n.anetd
+	h.n.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGUSR1)
+	}
 	<-h.done
+	h.n.StopAnetd()
+	h.n.StartAnetd()
 	if h.err != nil {
 		return h.stdout.String(), fmt.Errorf("%w: %s%s", h.err, h.stdout.String(), h.stderr.String())
 	}
 	return h.stdout.String(), nil
 }
 
-// Kill sends SIGKILL to the held plugin and waits for it to die.
+// Kill sends SIGKILL to the plugin of the held ADD and waits for it to die
+// (anetd still holds the ADD).
 func (h *HeldAdd) Kill() {
 	select {
 	case <-h.done:
@@ -653,7 +674,7 @@ func (h *HeldAdd) Kill() {
 // second network that also uses anet-cni, with the same anetd).
 func (n *Node) ConflistNamed(name string) *libcni.NetworkConfigList {
 	n.t.Helper()
-	conf, err := cniconf.Render(cniconf.RenderOptions{Name: name, Socket: n.Socket, BPFRoot: n.BPFRoot})
+	conf, err := cniconf.Render(cniconf.RenderOptions{Name: name, Socket: n.Socket})
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
@@ -68,6 +66,11 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 	return conf, a, nil
 }
 
+// cmdAdd hands the whole ADD to anetd in one request, the pod's network
+// namespace going along as a file descriptor: anetd is warm, holds the
+// loaded programs and orders an ADD against a DEL of the same attachment,
+// and one round trip with one durable write is most of what an ADD costs.
+// anetd undoes a failed ADD itself, so there is nothing to undo here.
 func cmdAdd(args *skel.CmdArgs) error {
 	tr := newTracer("ADD", args.ContainerID, args.IfName)
 	tr.step("start")
@@ -89,259 +92,70 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer netns.Close()
 	tr.step("config")
 
-	// The ADD is marked (and the mark locked) before anything is allocated:
-	// should this process die or fail to undo, anetd finds the mark free and
-	// removes what the ADD left (see api.PendingAddDir).
-	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
-	mark, err := api.MarkAdd(api.PendingAddDir(conf.Socket), hostIfName, att)
-	if err != nil {
-		return types.NewError(types.ErrIOFailure, "marking the ADD in progress", err.Error())
-	}
-	// Whatever fails from here leaves the mark for anetd's sweep, released
-	// when the process exits.
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	client := api.NewClient(conf.Socket)
-	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Pod: pod})
+	res, err := api.NewClient(conf.Socket).Add(ctx, api.AddRequest{Attachment: att, Pod: pod, Netns: args.Netns, MTU: conf.MTU}, netns)
 	if err != nil {
-		return daemonError("allocating an address", err)
+		return daemonError("adding the endpoint", err)
 	}
-	tr.step("allocate")
-
-	// From here on, undo everything on failure: a failed ADD leaves nothing.
-	layout := datapath.Layout{Root: conf.BPFRoot}
-	success := false
-	vethMade, attached := false, false
-	defer func() {
-		if success {
-			mark.Done()
-			return
-		}
-		undone := true
-		if vethMade {
-			if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
-				undone = false
-			}
-		}
-		if attached {
-			if datapath.DetachEndpoint(layout, hostIfName) != nil {
-				undone = false
-			}
-		}
-		dctx, dcancel := context.WithTimeout(context.Background(), callTimeout)
-		defer dcancel()
-		err := client.DeleteEndpoint(dctx, att) // also releases the address
-		var unavail *api.UnavailableError
-		if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
-			// As DEL does: anetd applies the release when it is back.
-			_ = api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att)
-		}
-		if err == nil && undone {
-			mark.Done()
-		}
-	}()
-
-	// The pod's link comes up last: first the pair is made down with IPv6
-	// off on both ends, then the programs are attached to the host side,
-	// and only then are the links set up. No packet of the pod ever passes
-	// unseen by the datapath, and the pod sends no IPv6 at all.
-	hostIf, podIf, vethMade, err := makeVeth(netns, att.IfName, hostIfName, conf.MTU)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "creating the veth pair", err.Error())
-	}
-	tr.step("veth")
-	attached = true // a partial attach leaves pins too
-	mode, err := datapath.AttachEndpoint(layout, hostIfName)
-	if err != nil {
-		return types.NewError(types.ErrInternal, "attaching eBPF programs", err.Error())
-	}
-	tr.step("attach")
-	err = netns.Do(func(ns.NetNS) error {
-		return configurePod(att.IfName, alloc, hostIf.HardwareAddr)
-	})
-	if err != nil {
-		return types.NewError(types.ErrInternal, "setting up the pod interface", err.Error())
-	}
-	tr.step("pod")
-	if err := configureHost(hostIfName, alloc, podIf.HardwareAddr); err != nil {
-		return types.NewError(types.ErrInternal, "setting up the host interface", err.Error())
-	}
-	tr.step("host")
-	err = client.PutEndpoint(ctx, api.EndpointRequest{
-		Attachment: att, Pod: pod, Netns: args.Netns, IP: alloc.IP,
-		HostIfName: hostIfName, HostIfindex: uint32(hostIf.Index),
-		HostMAC: hostIf.HardwareAddr.String(), PodMAC: podIf.HardwareAddr.String(), AttachMode: mode,
-	})
-	if err != nil {
-		return daemonError("registering the endpoint", err)
-	}
-	tr.step("register")
-
+	tr.step("add")
+	tr.anetd(res.Trace)
 	podIdx := 1
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			{Name: hostIfName, Mac: hostIf.HardwareAddr.String()},
-			{Name: att.IfName, Mac: podIf.HardwareAddr.String(), Sandbox: args.Netns},
+			{Name: res.HostIfName, Mac: res.HostMAC},
+			{Name: att.IfName, Mac: res.PodMAC, Sandbox: args.Netns},
 		},
 		IPs: []*current.IPConfig{{
 			Interface: &podIdx,
-			Address:   net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)},
-			Gateway:   alloc.Gateway.AsSlice(),
+			Address:   net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   res.Gateway.AsSlice(),
 		}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: alloc.Gateway.AsSlice()}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: res.Gateway.AsSlice()}},
 		DNS:    conf.DNS,
 	}
-	success = true
 	err = types.PrintResult(result, conf.CNIVersion)
 	tr.step("result")
 	return err
 }
 
-// makeVeth makes the veth pair, both ends down: hostIfName in the current
-// (node's) netns, ifName in the pod's, with IPv6 off on both ends before
-// either can come up. made says whether the pair was made (the caller then
-// owns it, also when err is set).
-func makeVeth(netns ns.NetNS, ifName, hostIfName string, mtu int) (hostIf, podIf net.Interface, made bool, err error) {
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: hostIfName, MTU: mtu},
-		PeerName:      ifName,
-		PeerNamespace: netlink.NsFd(int(netns.Fd())),
-	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return hostIf, podIf, false, fmt.Errorf("adding veth %s (pod side %s): %w", hostIfName, ifName, err)
-	}
-	host, err := netlink.LinkByName(hostIfName)
-	if err != nil {
-		return hostIf, podIf, true, err
-	}
-	hostIf = net.Interface{Index: host.Attrs().Index, Name: hostIfName, HardwareAddr: host.Attrs().HardwareAddr, MTU: mtu}
-	if err := disableIPv6(hostIfName); err != nil {
-		return hostIf, podIf, true, err
-	}
-	err = netns.Do(func(ns.NetNS) error {
-		pod, err := netlink.LinkByName(ifName)
-		if err != nil {
-			return err
-		}
-		podIf = net.Interface{Index: pod.Attrs().Index, Name: ifName, HardwareAddr: pod.Attrs().HardwareAddr, MTU: mtu}
-		return disableIPv6(ifName)
-	})
-	return hostIf, podIf, true, err
-}
-
-// disableIPv6 turns IPv6 off on a link of the current netns. anet is IPv4
-// only for now: this keeps the pod from sending IPv6 (router and neighbour
-// solicitations, MLD) that the datapath would drop and count. A kernel
-// without IPv6 has no such file, which is as good.
-func disableIPv6(ifName string) error {
-	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+ifName+"/disable_ipv6", []byte("1"), 0o644)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("turning IPv6 off on %s: %w", ifName, err)
-	}
-	return nil
-}
-
-// configurePod runs in the pod's netns: the link up, the address as a /32,
-// the gateway as an on-link host route and the default route through it,
-// and a permanent neighbour entry for the gateway (the host-side MAC), so
-// the pod needs no ARP to leave. The datapath answers ARP too, should the
-// entry go.
-func configurePod(ifName string, alloc *api.Allocation, hostMAC net.HardwareAddr) error {
-	link, err := netlink.LinkByName(ifName)
-	if err != nil {
-		return err
-	}
-	gw := alloc.Gateway.AsSlice()
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: alloc.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if err := netlink.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("adding %s: %w", alloc.IP, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", ifName, err)
-	}
-	idx := link.Attrs().Index
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
-		return fmt.Errorf("adding route to gateway: %w", err)
-	}
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw}); err != nil {
-		return fmt.Errorf("adding default route: %w", err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
-		return fmt.Errorf("adding gateway neighbour: %w", err)
-	}
-	return nil
-}
-
-// configureHost runs in the node's netns: the link up, a host route to the pod over its
-// veth and a permanent neighbour entry, so the node reaches the pod without
-// ARP and without a bridge.
-func configureHost(hostIfName string, alloc *api.Allocation, podMAC net.HardwareAddr) error {
-	link, err := netlink.LinkByName(hostIfName)
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", hostIfName, err)
-	}
-	idx := link.Attrs().Index
-	podIP := alloc.IP.AsSlice()
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
-		return fmt.Errorf("adding route to the pod: %w", err)
-	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: podMAC}); err != nil {
-		return fmt.Errorf("adding pod neighbour: %w", err)
-	}
-	return nil
-}
-
-// cmdDel removes the veth pair (with its routes and tc filters), the link
-// pins and the endpoint. It succeeds when any of them is already gone; with
-// anetd down it records the release for anetd to apply when it is back.
+// cmdDel asks anetd to remove the endpoint: its device (the pod side goes
+// with it), link pins, map entries, counters, address and record, after
+// any ADD of the same attachment in progress. With anetd away it removes
+// the device and pins itself and records the release, which anetd applies
+// when it is back. It succeeds when any of it is already gone.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
 	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
-	// Not beside an ADD of this attachment: wait for it, then remove what
-	// it made and its mark too.
-	mark, err := api.LockAddMark(api.PendingAddDir(conf.Socket), hostIfName)
-	if err != nil {
-		return types.NewError(types.ErrIOFailure, "locking the ADD's mark", err.Error())
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
+	var unavail *api.UnavailableError
+	away := errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady)
+	if err != nil && !away {
+		return daemonError("deleting the endpoint", err)
 	}
-	if err := delAttachment(conf, att, hostIfName); err != nil {
-		if mark != nil {
-			mark.Release()
-		}
-		return err
-	}
-	if mark != nil {
-		mark.Done()
-	}
-	return nil
-}
-
-// delAttachment is DEL once the ADD mark is held.
-func delAttachment(conf *cniconf.NetConf, att api.Attachment, hostIfName string) error {
+	// anetd removed the device when it had a record of it; without one
+	// (or with anetd away) it may still be here.
 	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
 	}
-	if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
-		return types.NewError(types.ErrInternal, "removing link pins", err.Error())
+	// anetd removed the link pins with the device. Away, it unpins the
+	// links of vanished devices when it starts; with a bpfRoot in the
+	// config they go now.
+	if away && conf.BPFRoot != "" {
+		if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
+			return types.NewError(types.ErrInternal, "removing link pins", err.Error())
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	err := api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
-	var unavail *api.UnavailableError
-	if errors.As(err, &unavail) || errors.Is(err, api.ErrNotReady) {
+	if away {
 		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
 			return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
 		}
-		return nil
-	}
-	if err != nil {
-		return daemonError("deleting the endpoint", err)
 	}
 	return nil
 }
@@ -363,9 +177,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	ep, err := api.NewClient(conf.Socket).GetEndpoint(ctx, att)
+	client := api.NewClient(conf.Socket)
+	ep, err := client.GetEndpoint(ctx, att)
 	if err != nil {
 		return daemonError("looking up the endpoint", err)
+	}
+	layout, err := anetdLayout(ctx, client, conf)
+	if err != nil {
+		return err
 	}
 	if len(prev.IPs) != 1 || !prev.IPs[0].Address.IP.Equal(ep.IP.AsSlice()) {
 		return fmt.Errorf("prevResult addresses %v do not match the endpoint's %s", prev.IPs, ep.IP)
@@ -398,7 +217,20 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if uint32(host.Attrs().Index) != ep.HostIfindex {
 		return fmt.Errorf("host interface %s has index %d, endpoint has %d", ep.HostIfName, host.Attrs().Index, ep.HostIfindex)
 	}
-	return datapath.CheckEndpoint(datapath.Layout{Root: conf.BPFRoot}, ep.HostIfName)
+	return datapath.CheckEndpoint(layout, ep.HostIfName)
+}
+
+// anetdLayout is where anetd keeps its pins: the config's bpfRoot when it
+// has one (older configs), else what anetd says.
+func anetdLayout(ctx context.Context, c *api.Client, conf *cniconf.NetConf) (datapath.Layout, error) {
+	if conf.BPFRoot != "" {
+		return datapath.Layout{Root: conf.BPFRoot}, nil
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		return datapath.Layout{}, daemonError("asking anetd for its bpf root", err)
+	}
+	return datapath.Layout{Root: st.BPFRoot}, nil
 }
 
 func cmdStatus(args *skel.CmdArgs) error {
@@ -431,11 +263,15 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	res, err := api.NewClient(conf.Socket).GC(ctx, req)
+	client := api.NewClient(conf.Socket)
+	res, err := client.GC(ctx, req)
 	if err != nil {
 		return daemonError("garbage collection", err)
 	}
-	layout := datapath.Layout{Root: conf.BPFRoot}
+	layout, err := anetdLayout(ctx, client, conf)
+	if err != nil {
+		return err
+	}
 	for _, a := range res.Removed {
 		name := datapath.HostIfName(a.ContainerID, a.IfName)
 		_ = ip.DelLinkByName(name)

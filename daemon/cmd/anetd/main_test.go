@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseFlagsErrors(t *testing.T) {
@@ -24,7 +26,9 @@ func TestParseFlagsErrors(t *testing.T) {
 }
 
 // A bad start is a clear error and a non-zero exit, before anything is
-// created: here a --bpf-root that is not a bpffs and a CIDR that is not one.
+// created: here a --bpf-root where no bpffs can be mounted (a regular file)
+// and a CIDR that is not one. (A --bpf-root that is a plain directory gets
+// a bpffs mounted: TestAnetdMountsBPFFS.)
 func TestStartErrors(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CI runs as root)")
@@ -34,10 +38,16 @@ func TestStartErrors(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	dir := t.TempDir()
+	file := filepath.Join(dir, "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bpfRoot := filepath.Join(dir, "bpf")
+	t.Cleanup(func() { _ = unix.Unmount(bpfRoot, unix.MNT_DETACH) })
 	cases := map[string][]string{
-		"is not on a bpf filesystem": {"--pod-cidr", "10.244.1.0/24", "--bpf-root", dir},
-		"--pod-cidr":                 {"--pod-cidr", "10.244.1.0/33", "--bpf-root", dir},
-		"at most /30":                {"--pod-cidr", "10.244.1.0/31", "--bpf-root", dir},
+		"creating bpf root": {"--pod-cidr", "10.244.1.0/24", "--bpf-root", filepath.Join(file, "bpf")},
+		"--pod-cidr":        {"--pod-cidr", "10.244.1.0/33", "--bpf-root", bpfRoot},
+		"at most /30":       {"--pod-cidr", "10.244.1.0/31", "--bpf-root", bpfRoot},
 	}
 	for want, args := range cases {
 		args = append(args, "--health-addr", "", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"))

@@ -6,7 +6,7 @@
 //
 //	anet-install [--cni-bin-dir /opt/cni/bin] [--cni-conf-dir /etc/cni/net.d]
 //	             [--source-bin <dir of anet-install>/anet-cni]
-//	             [--socket /run/anet/anetd.sock] [--bpf-root /sys/fs/bpf/anet] [--mtu 1500]
+//	             [--socket /run/anet/anetd.sock] [--mtu 1500]
 //	             [--cni-version 1.1.0]
 //
 // --cni-version picks the conflist's cniVersion for runtimes with an older
@@ -41,7 +41,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "directory the runtime reads network configs from")
 	fs.StringVar(&o.SourceBin, "source-bin", defaultSource(), "the anet-cni binary to install")
 	fs.StringVar(&o.Socket, "socket", cniconf.DefaultSocket, "anetd's unix socket, written into the conflist")
-	fs.StringVar(&o.BPFRoot, "bpf-root", cniconf.DefaultBPFRoot, "anetd's bpffs directory, written into the conflist")
+	fs.StringVar(&o.BPFRoot, "bpf-root", "", "anetd's bpffs directory, written into the conflist when set (without it the plugin asks anetd)")
 	fs.IntVar(&o.MTU, "mtu", cniconf.DefaultMTU, "MTU of pod interfaces, written into the conflist")
 	fs.StringVar(&o.CNIVersion, "cni-version", "", "cniVersion of the conflist (default 1.1.0; containerd 1.6 needs 1.0.0)")
 	if err := fs.Parse(args); err != nil {

@@ -1,0 +1,166 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// File descriptors over the socket API.
+//
+// ADD hands anetd the pod's network namespace as an open file descriptor
+// (SCM_RIGHTS) rather than as a path: a path names a file in the runtime's
+// mount namespace, which anetd (a DaemonSet pod, or a lab process) need not
+// share, and it can be unmounted and reused between the plugin's check and
+// anetd's open. The descriptor rides on the first bytes of the request; the
+// server side reads every segment with recvmsg and keeps what arrives, for
+// the handler to take.
+
+// maxFDs bounds how many descriptors one connection may carry.
+const maxFDs = 4
+
+// fdSendConn sends fds with the first bytes written on it.
+type fdSendConn struct {
+	*net.UnixConn
+	mu   sync.Mutex
+	fds  []int
+	sent bool
+}
+
+func (c *fdSendConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sent || len(b) == 0 {
+		return c.UnixConn.Write(b)
+	}
+	n, _, err := c.UnixConn.WriteMsgUnix(b, unix.UnixRights(c.fds...), nil)
+	if err == nil || n > 0 {
+		c.sent = true
+	}
+	if err == nil && n < len(b) {
+		m, err := c.UnixConn.Write(b[n:])
+		return n + m, err
+	}
+	return n, err
+}
+
+// FDConn is an accepted connection that keeps the descriptors its peer sent.
+type FDConn struct {
+	*net.UnixConn
+	mu  sync.Mutex
+	fds []int
+	oob []byte
+	err error
+}
+
+func (c *FDConn) Read(b []byte) (int, error) {
+	n, oobn, flags, _, err := c.UnixConn.ReadMsgUnix(b, c.oob)
+	if oobn > 0 {
+		c.keep(c.oob[:oobn], flags)
+	}
+	return n, err
+}
+
+func (c *FDConn) keep(oob []byte, flags int) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.err = fmt.Errorf("parsing control message: %w", err)
+		return
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		c.err = errors.New("too many file descriptors sent")
+	}
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			if len(c.fds) >= maxFDs {
+				unix.Close(fd)
+				c.err = errors.New("too many file descriptors sent")
+				continue
+			}
+			c.fds = append(c.fds, fd)
+		}
+	}
+}
+
+// TakeFDs returns the descriptors received so far as files, which the
+// caller now owns.
+func (c *FDConn) TakeFDs() ([]*os.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*os.File, 0, len(c.fds))
+	for _, fd := range c.fds {
+		out = append(out, os.NewFile(uintptr(fd), "received"))
+	}
+	c.fds = nil
+	return out, c.err
+}
+
+// Close closes the connection and every descriptor nobody took.
+func (c *FDConn) Close() error {
+	c.mu.Lock()
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	c.fds = nil
+	c.mu.Unlock()
+	return c.UnixConn.Close()
+}
+
+// FDListener accepts connections that keep received descriptors.
+type FDListener struct{ *net.UnixListener }
+
+// Accept returns an *FDConn.
+func (l FDListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptUnix()
+	if err != nil {
+		return nil, err
+	}
+	return &FDConn{UnixConn: c, oob: make([]byte, unix.CmsgSpace(maxFDs*4))}, nil
+}
+
+type connKey struct{}
+
+// WithConn records an accepted connection in a request context
+// (http.Server.ConnContext).
+func WithConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// ReceivedFiles returns the descriptors that arrived on the connection of
+// a request, as files the caller owns and must close.
+func ReceivedFiles(ctx context.Context) ([]*os.File, error) {
+	c, ok := ctx.Value(connKey{}).(*FDConn)
+	if !ok {
+		return nil, errors.New("connection cannot carry file descriptors")
+	}
+	return c.TakeFDs()
+}
+
+// withFDs returns a client of the same socket whose connection sends fds
+// with the request's first bytes. The fds stay the caller's.
+func (c *Client) withFDs(fds ...int) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", c.socket)
+			if err != nil {
+				return nil, err
+			}
+			return &fdSendConn{UnixConn: conn.(*net.UnixConn), fds: fds}, nil
+		},
+		DisableKeepAlives: true,
+	}
+	return &Client{socket: c.socket, http: &http.Client{Transport: tr, Timeout: c.http.Timeout}}
+}

@@ -1,0 +1,65 @@
+package apiserver
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/anet-dev/anet/daemon/api"
+)
+
+// addEndpoint does a whole ADD; the pod's network namespace arrives as the
+// one file descriptor of the request's connection.
+func (s *Server) addEndpoint(w http.ResponseWriter, r *http.Request) {
+	var req api.AddRequest
+	if err := api.Decode(r.Body, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	files, err := api.ReceivedFiles(r.Context())
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %v", api.ErrInvalid, err))
+		return
+	}
+	if len(files) != 1 {
+		s.fail(w, r, fmt.Errorf("%w: ADD needs the pod's network namespace as one file descriptor, got %d", api.ErrInvalid, len(files)))
+		return
+	}
+	if err := isNetns(files[0]); err != nil {
+		s.fail(w, r, fmt.Errorf("%w: %v", api.ErrInvalid, err))
+		return
+	}
+	res, err := s.eps.Add(r.Context(), req, files[0])
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, res)
+}
+
+// isNetns checks that f is a network namespace (nsfs, and setns takes it as
+// CLONE_NEWNET: asked of the kernel with the NS_GET_NSTYPE ioctl).
+func isNetns(f *os.File) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("the descriptor sent: %v", err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("the descriptor sent is not a namespace")
+	}
+	t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil {
+		return fmt.Errorf("the descriptor sent: NS_GET_NSTYPE: %v", err)
+	}
+	if t != unix.CLONE_NEWNET {
+		return fmt.Errorf("the descriptor sent is not a network namespace")
+	}
+	return nil
+}

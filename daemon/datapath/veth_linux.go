@@ -1,0 +1,206 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Wiring a pod: anetd does the host-side and pod-side work of an ADD
+// itself. It is warm, holds the loaded programs (no pinned-object loads
+// per pod), and keeps the one lock that orders an ADD against a DEL of the
+// same attachment.
+
+// WireConfig is what an endpoint's veth pair is made from.
+type WireConfig struct {
+	HostIfName string // host side, HostIfName(containerID, ifName)
+	PodIfName  string // pod side, CNI_IFNAME
+	MTU        int    // 0: the kernel's default
+	IP         netip.Addr
+	Gateway    netip.Addr
+	// Mark, when set, is called at the end of each step (Step*): the
+	// caller's trace and test hooks.
+	Mark func(step string)
+}
+
+// Steps of Wire, in order.
+const (
+	StepVeth     = "veth"     // the pair made, both ends down, IPv6 off on the host side
+	StepAttached = "attached" // the programs on the host side, both ends still down
+	StepPod      = "pod"      // the pod side up with its address, routes and neighbour
+	StepHost     = "host"     // the host side up with its route and neighbour to the pod
+)
+
+func (c WireConfig) mark(step string) {
+	if c.Mark != nil {
+		c.Mark(step)
+	}
+}
+
+// Wired is what wiring made.
+type Wired struct {
+	HostIfindex int
+	HostMAC     net.HardwareAddr
+	PodMAC      net.HardwareAddr
+	PodIfindex  int
+	Mode        string // ModeTCX or ModeTC
+}
+
+// ErrPodIfExists says the pod's namespace already has an interface of the
+// requested name.
+var ErrPodIfExists = errors.New("interface exists in the pod's network namespace")
+
+// Wire makes an endpoint's veth pair with its pod side created directly in
+// podNS, attaches the programs to the host side while both ends are down,
+// and only then brings the ends up and sets addresses, routes and
+// neighbours, so that the pod never sends a packet that the programs do
+// not see. A host-side device of the same name is a leftover of an ADD
+// that never finished (the name is the attachment's own): it is removed
+// first. On error nothing stays.
+func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
+	if !c.IP.Is4() || !c.Gateway.Is4() {
+		return w, fmt.Errorf("wiring %s: IPv4 addresses only", c.PodIfName)
+	}
+	if old, lerr := netlink.LinkByName(c.HostIfName); lerr == nil {
+		dp.log.Info("removing a leftover host device of an unfinished ADD", "hostIf", c.HostIfName)
+		_ = netlink.LinkDel(old)
+		_ = DetachEndpoint(dp.Layout, c.HostIfName)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = c.HostIfName
+	la.MTU = c.MTU
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return w, fmt.Errorf("%w: %s", ErrPodIfExists, c.PodIfName)
+		}
+		return w, fmt.Errorf("creating veth pair %s/%s: %w", c.HostIfName, c.PodIfName, err)
+	}
+	attached := false
+	defer func() {
+		if err != nil {
+			if lk, lerr := netlink.LinkByName(c.HostIfName); lerr == nil {
+				_ = netlink.LinkDel(lk) // takes the pod side with it
+			}
+			if attached {
+				_ = DetachEndpoint(dp.Layout, c.HostIfName)
+			}
+		}
+	}()
+	host, err := netlink.LinkByName(c.HostIfName)
+	if err != nil {
+		return w, fmt.Errorf("finding %s: %w", c.HostIfName, err)
+	}
+	w.HostIfindex = host.Attrs().Index
+	w.HostMAC = host.Attrs().HardwareAddr
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
+	c.mark(StepVeth)
+	if w.Mode, err = dp.attach(c.HostIfName, w.HostIfindex); err != nil {
+		return w, err
+	}
+	attached = true
+	c.mark(StepAttached)
+
+	podNet, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", podNS.Fd()))
+	if err != nil {
+		return w, fmt.Errorf("opening the pod's network namespace: %w", err)
+	}
+	defer podNet.Close()
+	if err := podNet.Do(func(ns.NetNS) error { return configurePod(c, &w) }); err != nil {
+		return w, err
+	}
+	c.mark(StepPod)
+	if err := netlink.LinkSetUp(host); err != nil {
+		return w, fmt.Errorf("setting %s up: %w", c.HostIfName, err)
+	}
+	podIP := c.IP.AsSlice()
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: w.HostIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return w, fmt.Errorf("adding route to the pod: %w", err)
+	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.HostIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: w.PodMAC}); err != nil {
+		return w, fmt.Errorf("adding pod neighbour: %w", err)
+	}
+	c.mark(StepHost)
+	return w, nil
+}
+
+// configurePod runs in the pod's netns, after the host side's programs are
+// attached: IPv6 off, the link up, the address as a /32, the gateway
+// as an on-link host route and the default route through it, and a
+// permanent neighbour entry for the gateway (the host-side MAC), so the pod
+// needs no ARP to leave. The programs answer ARP too, should the entry go.
+func configurePod(c WireConfig, w *Wired) error {
+	lk, err := netlink.LinkByName(c.PodIfName)
+	if err != nil {
+		return fmt.Errorf("finding %s in the pod: %w", c.PodIfName, err)
+	}
+	w.PodMAC = lk.Attrs().HardwareAddr
+	w.PodIfindex = lk.Attrs().Index
+	// IPv4 only for now: no IPv6 on either end (the programs drop it),
+	// switched off before the link is up.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
+	if err := netlink.LinkSetUp(lk); err != nil {
+		return fmt.Errorf("setting %s up: %w", c.PodIfName, err)
+	}
+	gw := c.Gateway.AsSlice()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrAdd(lk, addr); err != nil {
+		return fmt.Errorf("adding %s: %w", c.IP, err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return fmt.Errorf("adding route to gateway: %w", err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Gw: gw}); err != nil {
+		return fmt.Errorf("adding default route: %w", err)
+	}
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.PodIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: w.HostMAC}); err != nil {
+		return fmt.Errorf("adding gateway neighbour: %w", err)
+	}
+	return nil
+}
+
+// attach hangs the loaded programs on a host-side device: TCX links,
+// pinned so that they outlive anetd, or tc clsact where TCX is missing.
+func (dp *Datapath) attach(ifname string, idx int) (string, error) {
+	progs := map[Dir]*ebpf.Program{}
+	for _, d := range dirs {
+		progs[d] = dp.Program(progForDir(d))
+	}
+	if dp.EndpointAttach == ModeTCX {
+		err := attachTCX(dp.Layout, ifname, idx, progs)
+		if err == nil {
+			return ModeTCX, nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return "", err
+		}
+	}
+	if err := attachTC(idx, progs); err != nil {
+		return "", err
+	}
+	return ModeTC, nil
+}
+
+// HostDevices lists the veths in the current network namespace that carry
+// an endpoint host-side name (HostIfName's shape), whoever made them.
+func HostDevices() ([]string, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	var out []string
+	for _, lk := range links {
+		if lk.Type() == "veth" && IsHostIfName(lk.Attrs().Name) {
+			out = append(out, lk.Attrs().Name)
+		}
+	}
+	return out, nil
+}

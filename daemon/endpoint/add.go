@@ -1,0 +1,173 @@
+package endpoint
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+	"github.com/anet-dev/anet/internal/testhook"
+)
+
+// Wirer makes and removes endpoint devices (datapath.Datapath).
+type Wirer interface {
+	Wire(podNS *os.File, c datapath.WireConfig) (datapath.Wired, error)
+}
+
+// Steps of an ADD, for the trace and for testhook (the tests that stop
+// anetd at each of them). Wire's own steps are datapath.Step*.
+const (
+	StepReserved = "reserved" // an address reserved in memory
+	StepMapped   = "mapped"   // the map entries written
+	StepRecorded = "recorded" // the record durable; the reply not yet sent
+)
+
+// Add does a whole CNI ADD: an address, the veth pair in podNS with the
+// programs attached before either end is up, the map entries, and one
+// durable record, written last: the record is what makes the address
+// taken across a restart, and nothing is returned before it is on disk.
+// A failure undoes every step; a crash in between leaves only a device
+// without a record, which the next start removes.
+func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*api.AddResult, error) {
+	w, ok := m.dp.(Wirer)
+	if !ok {
+		return nil, errors.New("this datapath cannot wire endpoints")
+	}
+	unlock := m.lockAttachment(r.Attachment)
+	defer unlock()
+	var trace []api.TraceStep
+	last := time.Now()
+	mark := func(step string) {
+		now := time.Now()
+		trace = append(trace, api.TraceStep{Step: step, Micros: now.Sub(last).Microseconds()})
+		last = now
+		testhook.Point(step)
+	}
+
+	m.mu.Lock()
+	_, exists := m.eps[r.Attachment]
+	m.mu.Unlock()
+	if exists {
+		return nil, fmt.Errorf("%w: endpoint %s/%s", api.ErrExists, r.ContainerID, r.IfName)
+	}
+	ip, err := m.ipam.Reserve(r.Attachment)
+	if err != nil {
+		return nil, err
+	}
+	mark(StepReserved)
+	hostIf := datapath.HostIfName(r.ContainerID, r.IfName)
+	ok = false
+	wired := false
+	defer func() {
+		if ok {
+			return
+		}
+		if wired {
+			_ = m.dp.DeleteEndpoint(ip, 0)
+			if err := m.devs.Remove(hostIf); err != nil {
+				m.log.Warn("undoing a failed ADD", "hostIf", hostIf, "err", err)
+			}
+		}
+		_, _, _ = m.ipam.Release(r.Attachment)
+	}()
+	got, err := w.Wire(podNS, datapath.WireConfig{HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark})
+	if err != nil {
+		if errors.Is(err, datapath.ErrPodIfExists) {
+			return nil, fmt.Errorf("%w: %v", api.ErrExists, err)
+		}
+		return nil, err
+	}
+	wired = true
+	req := api.EndpointRequest{
+		Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
+		HostIfName: hostIf, HostIfindex: uint32(got.HostIfindex),
+		HostMAC: got.HostMAC.String(), PodMAC: got.PodMAC.String(), AttachMode: got.Mode,
+	}
+	dpe, err := toDatapath(&req)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.dp.UpsertEndpoint(dpe); err != nil {
+		return nil, fmt.Errorf("programming datapath: %w", err)
+	}
+	mark(StepMapped)
+	// The runtime gave up (the plugin is gone): undo rather than record
+	// an endpoint that nobody will be told of.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("the plugin went away: %w", err)
+	}
+	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Truncate(time.Second)}
+	b, err := json.Marshal(ep)
+	if err != nil {
+		return nil, err
+	}
+	if err := renameio.WriteFile(m.recordPath(r.Attachment), b, 0o600); err != nil {
+		return nil, fmt.Errorf("recording endpoint: %w", err)
+	}
+	mark(StepRecorded)
+	m.mu.Lock()
+	m.eps[r.Attachment] = ep
+	m.mu.Unlock()
+	ok = true
+	m.log.Info("endpoint added", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf, "mode", got.Mode, "pod", r.Pod.Namespace+"/"+r.Pod.Name)
+	return &api.AddResult{
+		IP: ip, Gateway: m.ipam.Gateway(), PodCIDR: m.ipam.CIDR(), HostIfName: hostIf,
+		HostMAC: req.HostMAC, PodMAC: req.PodMAC, AttachMode: got.Mode, Trace: trace,
+	}, nil
+}
+
+// lockAttachment serializes the verbs of one attachment (an ADD and a
+// racing DEL) without serializing different attachments.
+func (m *Manager) lockAttachment(a api.Attachment) func() {
+	for {
+		m.mu.Lock()
+		if m.busy == nil {
+			m.busy = map[api.Attachment]chan struct{}{}
+		}
+		ch, held := m.busy[a]
+		if !held {
+			ch = make(chan struct{})
+			m.busy[a] = ch
+			m.mu.Unlock()
+			return func() {
+				m.mu.Lock()
+				delete(m.busy, a)
+				m.mu.Unlock()
+				close(ch)
+			}
+		}
+		m.mu.Unlock()
+		<-ch
+	}
+}
+
+// removeOrphanDevicesLocked removes the host-side devices that no record
+// names: what an ADD left when anetd died in its middle. Their pod sides
+// go with them.
+func (m *Manager) removeOrphanDevicesLocked() error {
+	names, err := m.devs.List()
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, ep := range m.eps {
+		want[ep.HostIfName] = true
+	}
+	var errs []error
+	for _, n := range names {
+		if want[n] {
+			continue
+		}
+		m.log.Info("removing a device that no endpoint record names (an ADD that never finished)", "hostIf", n)
+		if err := m.devs.Remove(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
