@@ -3,8 +3,13 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"net"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -94,4 +99,77 @@ func podInterfaces(t *testing.T, p *testnode.Pod) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// ADD and DEL of one attachment raced, many times, as a runtime that gives
+// up on a slow ADD may do: whichever wins, anetd is consistent afterwards,
+// never an endpoint without its address or device, nor an address or
+// device without an endpoint; and a last DEL leaves nothing.
+func TestAddRacesDel(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+	p := n.NewPod("race")
+	hostIf := datapath.HostIfName(p.ContainerID, p.IfName)
+	kept := 0
+	for i := range 40 {
+		var wg sync.WaitGroup
+		for _, verb := range []string{"ADD", "DEL"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = n.PluginCmd(verb, p).Run()
+			}()
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := n.Client().Status(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps := listEndpoints(t, n)
+		ep, has := eps[p.ContainerID]
+		if st.Endpoints != len(eps) || st.Allocated != st.Endpoints {
+			t.Fatalf("round %d: %d endpoints, %d allocations", i, st.Endpoints, st.Allocated)
+		}
+		var devErr error
+		_ = n.NS.Do(func(ns.NetNS) error { _, devErr = net.InterfaceByName(hostIf); return nil })
+		if has != (devErr == nil) {
+			t.Fatalf("round %d: endpoint %v, host device %v", i, has, devErr)
+		}
+		if ifs := podInterfaces(t, p); has != (len(ifs) == 2) {
+			t.Fatalf("round %d: endpoint %v, pod interfaces %v", i, has, ifs)
+		}
+		if has {
+			kept++
+			if ep.IP.String() != podAddr(t, p) {
+				t.Fatalf("round %d: endpoint %s, pod address %s", i, ep.IP, podAddr(t, p))
+			}
+		}
+		if err := n.PluginCmd("DEL", p).Run(); err != nil {
+			t.Fatalf("round %d: DEL: %v", i, err)
+		}
+		assertClean(t, n)
+	}
+	t.Logf("the ADD won %d of 40 rounds", kept)
+}
+
+func podAddr(t *testing.T, p *testnode.Pod) string {
+	t.Helper()
+	var addr string
+	err := p.NS.Do(func(ns.NetNS) error {
+		i, err := net.InterfaceByName(p.IfName)
+		if err != nil {
+			return err
+		}
+		as, err := i.Addrs()
+		if err != nil || len(as) == 0 {
+			return fmt.Errorf("addresses of %s: %v %v", p.IfName, as, err)
+		}
+		addr = strings.Split(as[0].String(), "/")[0]
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
