@@ -164,3 +164,28 @@ func (c *Client) withFDs(fds ...int) *Client {
 	}
 	return &Client{socket: c.socket, http: &http.Client{Transport: tr, Timeout: c.http.Timeout}}
 }
+
+// PeerGone reports whether the client of a request has gone: its context
+// is done, or its connection is closed. The second is asked of the socket
+// itself (a peek that does not wait), since the server notices a closed
+// connection only when its background read gets to run.
+func PeerGone(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	c, ok := ctx.Value(connKey{}).(*FDConn)
+	if !ok {
+		return false
+	}
+	raw, err := c.UnixConn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	_ = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		gone = (n == 0 && err == nil) || errors.Is(err, unix.ECONNRESET)
+	})
+	return gone
+}

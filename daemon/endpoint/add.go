@@ -99,8 +99,8 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	mark(StepMapped)
 	// The runtime gave up (the plugin is gone): undo rather than record
 	// an endpoint that nobody will be told of.
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("the plugin went away: %w", err)
+	if api.PeerGone(ctx) {
+		return nil, errors.New("the plugin went away before the ADD was done")
 	}
 	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Truncate(time.Second)}
 	b, err := json.Marshal(ep)
