@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -20,24 +19,23 @@ import (
 	"github.com/anet-dev/anet/bench/internal/stats"
 )
 
-// breakdown is where the time of one ADD goes, from what can be measured
-// without changing the plugins: bare binary starts, anetd's own log
-// timestamps around the serial ADDs, a few ADDs under strace, and
-// anet-cni's ANET_CNI_TRACE when the build has it.
+// breakdown is where the time of an ADD goes: bare binary starts, the
+// steps anet-cni and anetd report with ANET_CNI_TRACE=1 on the serial ADDs
+// of both attach modes, and a few bridge ADDs under strace (the reference
+// plugins have no trace of their own).
 type breakdown struct {
-	starts     []phase // CNI_COMMAND=VERSION, start to exit, per binary
-	startRuns  int
-	logPhases  []phase // anet serial ADDs split by anetd's log lines
-	logSamples int
-	logNote    string
+	starts    []phase // CNI_COMMAND=VERSION, start to exit, per binary
+	startRuns int
+
+	steps      []stepRow // medians per step of the traced ADDs, tc and tcx
+	tcN, tcxN  int       // traced ADDs that were split
+	traceNote  string    // why some or all ADDs could not be split
+	sample     string    // the trace of the tc ADD closest to the median, as printed
+	sampleCall time.Duration
 
 	straceRuns   int
-	straceAnet   []phase
 	straceBridge []phase
 	straceNote   string
-
-	trace     string // ANET_CNI_TRACE's stderr of one ADD, as printed
-	traceNote string
 }
 
 type phase struct {
@@ -45,19 +43,19 @@ type phase struct {
 	d    time.Duration
 }
 
-func (b *bench) breakdownADD(ctx context.Context, anet, bridge *network, ap, bp []*pod, calls []addCall) *breakdown {
+func (b *bench) breakdownADD(ctx context.Context, bridge *network, bp []*pod, tc, tcx []addTrace) *breakdown {
 	bd := &breakdown{startRuns: 20, straceRuns: 5}
 	bd.starts = b.binaryStarts(bd.startRuns)
-	bd.logPhases, bd.logSamples, bd.logNote = anetdLogPhases(anet.logs.String(), calls)
+	bd.steps, bd.tcN, bd.tcxN, bd.traceNote = traceRows(tc, tcx)
+	bd.sample, bd.sampleCall = medianSample(tc)
 	if ctx.Err() != nil {
 		return bd
 	}
 	if _, err := exec.LookPath("strace"); err != nil {
 		bd.straceNote = "strace is not installed (scripts/setup.sh installs it)"
 	} else {
-		bd.straceAnet, bd.straceBridge, bd.straceNote = b.straceADDs(anet, bridge, ap, bp, bd.straceRuns)
+		bd.straceBridge, bd.straceNote = b.straceBridgeADDs(bridge, bp, bd.straceRuns)
 	}
-	bd.trace, bd.traceNote = b.cniTrace(anet, ap[len(ap)-1])
 	return bd
 }
 
@@ -92,51 +90,232 @@ func medianDur(ds []time.Duration) time.Duration {
 	return time.Duration(stats.Median(stats.Millis(ds)) * float64(time.Millisecond))
 }
 
-// anetdLogPhases splits each serial anet ADD at anetd's "address allocated"
-// (end of the Allocate call, after the allocation is on disk) and
-// "endpoint registered" (end of the PutEndpoint call) log lines. slog's
-// text handler stamps milliseconds, so each phase may read up to 1 ms off;
-// medians of many ADDs are still telling.
-func anetdLogPhases(log string, calls []addCall) ([]phase, int, string) {
-	alloc, reg := map[string]time.Time{}, map[string]time.Time{}
-	sc := bufio.NewScanner(strings.NewReader(log))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		var m map[string]time.Time
+// traceLine is one line of ANET_CNI_TRACE (plugins/anet-cni/trace.go):
+//
+//	anet-cni-trace verb=ADD container=<id> ifname=<if> step=<step> elapsed_us=<n> step_us=<n>
+type traceLine struct {
+	step          string
+	elapsed, took time.Duration
+}
+
+// parseTrace returns the ADD trace lines in what a plugin wrote on
+// stderr, in order; other lines are skipped.
+func parseTrace(stderr string) ([]traceLine, error) {
+	var out []traceLine
+	for _, l := range strings.Split(stderr, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "anet-cni-trace" {
+			continue
+		}
+		kv := map[string]string{}
+		for _, x := range f[1:] {
+			if k, v, ok := strings.Cut(x, "="); ok {
+				kv[k] = v
+			}
+		}
+		if kv["verb"] != "ADD" {
+			continue
+		}
+		el, err1 := strconv.ParseInt(kv["elapsed_us"], 10, 64)
+		st, err2 := strconv.ParseInt(kv["step_us"], 10, 64)
+		if kv["step"] == "" || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("malformed trace line %q", l)
+		}
+		out = append(out, traceLine{kv["step"], time.Duration(el) * time.Microsecond, time.Duration(st) * time.Microsecond})
+	}
+	return out, nil
+}
+
+// addTrace is one traced ADD: libcni's call, the plugin process in it,
+// and the plugin's trace.
+type addTrace struct {
+	containerID string
+	call, proc  time.Duration
+	lines       []traceLine
+	raw         string // the trace lines as printed
+	err         string // why the trace could not be read
+}
+
+func newAddTrace(containerID string, t opTiming) addTrace {
+	a := addTrace{containerID: containerID, call: t.call, proc: t.proc}
+	var raw []string
+	for _, l := range strings.Split(string(t.rec.stderr), "\n") {
+		if strings.HasPrefix(l, "anet-cni-trace ") {
+			raw = append(raw, l)
+		}
+	}
+	a.raw = strings.Join(raw, "\n")
+	lines, err := parseTrace(a.raw)
+	switch {
+	case err != nil:
+		a.err = err.Error()
+	case len(lines) == 0:
+		a.err = "anet-cni wrote no trace line with ANET_CNI_TRACE=1 (a build without the trace?)"
+	}
+	a.lines = lines
+	return a
+}
+
+// Keys of the breakdown's rows that are not trace steps.
+const (
+	keyLibcni    = "libcni"
+	keyOutside   = "outside"
+	keyTransport = "transport"
+	keyProc      = "proc"
+	keyCall      = "call"
+)
+
+// traceRowText says what each row of the breakdown covers.
+var traceRowText = map[string]string{
+	keyLibcni:        "libcni around the plugin (config, CNI_ARGS, result cache): the call less the plugin process",
+	keyOutside:       "plugin process outside its trace: exec, Go runtime up to the plugin's package init, exit, reaped",
+	"start":          "start: package init → skel has read the environment and stdin",
+	"config":         "config: config and CNI_ARGS parsed, pod netns opened",
+	"add":            "add: the one request to anetd (POST /v1/endpoints, netns fd passed), round trip",
+	"anetd.reserved": "anetd: address reserved (in memory)",
+	"anetd.veth":     "anetd: veth pair made, pod side in the pod netns, both ends down",
+	"anetd.attached": "anetd: programs attached on the host side (tc clsact filters or TCX links)",
+	"anetd.pod":      "anetd: pod side IPv6 off, up, address, routes, neighbour",
+	"anetd.host":     "anetd: host side up, route and neighbour to the pod",
+	"anetd.mapped":   "anetd: endpoint map entries written",
+	"anetd.recorded": "anetd: endpoint record written durably (renameio: write, fsync, rename)",
+	keyTransport:     "request outside anetd's steps: connect, fd passing, HTTP and JSON both ways, anetd's handler",
+	"result":         "result: CNI result printed on stdout",
+	keyProc:          "**plugin process, start to reaped**",
+	keyCall:          "**libcni's whole ADD call** (the ADD p50 rows above)",
+}
+
+// parts splits one traced ADD into the rows of the breakdown, in order.
+func (a addTrace) parts() ([]string, map[string]time.Duration) {
+	var keys []string
+	v := map[string]time.Duration{}
+	put := func(k string, d time.Duration) {
+		if _, ok := v[k]; !ok {
+			keys = append(keys, k)
+		}
+		v[k] = d
+	}
+	put(keyLibcni, a.call-a.proc)
+	var end, anetd time.Duration
+	hasAdd := false
+	for _, l := range a.lines {
+		if strings.HasPrefix(l.step, "anetd.") {
+			anetd += l.took
+		} else {
+			end = max(end, l.elapsed)
+		}
+		hasAdd = hasAdd || l.step == "add"
+	}
+	put(keyOutside, a.proc-end)
+	for _, l := range a.lines {
+		put(l.step, l.took)
+	}
+	if hasAdd {
+		put(keyTransport, v["add"]-anetd)
+	}
+	put(keyProc, a.proc)
+	put(keyCall, a.call)
+	return keys, v
+}
+
+// stepRow is one row of the breakdown: what it covers and its median over
+// the traced ADDs of each attach mode (-1: none).
+type stepRow struct {
+	key, what string
+	indent    bool
+	tc, tcx   time.Duration
+}
+
+// traceRows takes the median of each part over the traced ADDs of each
+// mode; the row order is that of the first ADD that has the step, with
+// anetd's steps and the transport after "add".
+func traceRows(tc, tcx []addTrace) ([]stepRow, int, int, string) {
+	var order []string
+	seen := map[string]bool{}
+	vals := [2]map[string][]time.Duration{{}, {}}
+	n := [2]int{}
+	var notes []string
+	for m, ts := range [][]addTrace{tc, tcx} {
+		for _, a := range ts {
+			if a.err != "" {
+				notes = append(notes, a.err)
+				continue
+			}
+			n[m]++
+			keys, v := a.parts()
+			for _, k := range keys {
+				if !seen[k] {
+					seen[k] = true
+					order = append(order, k)
+				}
+				vals[m][k] = append(vals[m][k], v[k])
+			}
+		}
+	}
+	// anetd's steps and the transport go right after "add", the totals last.
+	var plugin, inner, totals []string
+	for _, k := range order {
 		switch {
-		case strings.Contains(l, `msg="address allocated"`):
-			m = alloc
-		case strings.Contains(l, `msg="endpoint registered"`):
-			m = reg
-		default:
+		case strings.HasPrefix(k, "anetd."):
+			inner = append(inner, k)
+		case k == keyProc || k == keyCall:
+			totals = append(totals, k)
+		case k != keyTransport:
+			plugin = append(plugin, k)
+		}
+	}
+	if seen[keyTransport] {
+		inner = append(inner, keyTransport)
+	}
+	var rows []stepRow
+	add := func(k string, indent bool) {
+		what := traceRowText[k]
+		if what == "" {
+			what = k
+		}
+		rows = append(rows, stepRow{key: k, what: what, indent: indent, tc: medianDur(vals[0][k]), tcx: medianDur(vals[1][k])})
+	}
+	for _, k := range plugin {
+		add(k, false)
+		if k == "add" {
+			for _, i := range inner {
+				add(i, true)
+			}
+		}
+	}
+	for _, k := range totals {
+		add(k, false)
+	}
+	note := ""
+	if len(notes) > 0 {
+		note = fmt.Sprintf("%d traced ADDs could not be split, the first: %s", len(notes), notes[0])
+	}
+	return rows, n[0], n[1], note
+}
+
+// medianSample is the trace of the ADD whose call is closest to the
+// median, and that call's time.
+func medianSample(ts []addTrace) (string, time.Duration) {
+	var calls []time.Duration
+	for _, a := range ts {
+		if a.err == "" {
+			calls = append(calls, a.call)
+		}
+	}
+	if len(calls) == 0 {
+		return "", 0
+	}
+	med := medianDur(calls)
+	best := -1
+	for i, a := range ts {
+		if a.err != "" {
 			continue
 		}
-		ts, id := logField(l, "time"), logField(l, "containerID")
-		t, err := time.Parse("2006-01-02T15:04:05.000Z07:00", ts)
-		if err == nil && id != "" {
-			m[id] = t
+		if best < 0 || (a.call-med).Abs() < (ts[best].call-med).Abs() {
+			best = i
 		}
 	}
-	var toAlloc, between, after []time.Duration
-	for _, c := range calls {
-		a, ok1 := alloc[c.containerID]
-		r, ok2 := reg[c.containerID]
-		if !ok1 || !ok2 || c.start.IsZero() {
-			continue
-		}
-		toAlloc = append(toAlloc, a.Sub(c.start))
-		between = append(between, r.Sub(a))
-		after = append(after, c.end.Sub(r))
-	}
-	if len(toAlloc) == 0 {
-		return nil, 0, "anetd's log has no \"address allocated\" / \"endpoint registered\" lines with container IDs (its messages changed?)"
-	}
-	return []phase{
-		{"plugin start → anetd logs \"address allocated\" (process start, Go runtime, config, Allocate request, allocation written and fsynced)", medianDur(toAlloc)},
-		{"\"address allocated\" → \"endpoint registered\" (Allocate response, veth pair, addresses, routes, neighbours, sysctls, TCX attach, link pins, PutEndpoint request and anetd's map writes and record)", medianDur(between)},
-		{"\"endpoint registered\" → plugin reaped (PutEndpoint response, result on stdout, exit)", medianDur(after)},
-	}, len(toAlloc), ""
+	return ts[best].raw, ts[best].call
 }
 
 // logField returns the value of key=value in an slog text line.
@@ -163,7 +342,10 @@ func logField(l, key string) string {
 
 // straceExec runs the plugin as libcni would, under `strace -f`, tracing
 // only the syscalls that mark the plugins' steps (with --seccomp-bpf the
-// others run untraced, so the overhead stays small).
+// others run untraced, so the overhead stays small): bridge's exec of
+// host-local and the processes' exits.
+const straceSyscalls = "trace=execve,exit_group"
+
 type straceExec struct {
 	timedExec
 	out string
@@ -172,7 +354,7 @@ type straceExec struct {
 func (e *straceExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	c := exec.CommandContext(ctx, "strace", "-f", "--seccomp-bpf", "-ttt", "-T",
-		"-e", "trace=execve,connect,setns,bpf,exit_group", "-o", e.out, pluginPath)
+		"-e", straceSyscalls, "-o", e.out, pluginPath)
 	c.Env, c.Stdin, c.Stdout, c.Stderr = environ, bytes.NewReader(stdin), &stdout, &stderr
 	if err := c.Run(); err != nil {
 		return nil, fmt.Errorf("strace %s: %w (%s)", filepath.Base(pluginPath), err, strings.TrimSpace(stderr.String()))
@@ -180,54 +362,44 @@ func (e *straceExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []
 	return stdout.Bytes(), nil
 }
 
-// straceADDs runs n ADDs per network under strace (each followed by its
-// DEL, untraced) and returns the median of each phase.
-func (b *bench) straceADDs(anet, bridge *network, ap, bp []*pod, n int) (a, br []phase, note string) {
+// straceBridgeADDs runs n bridge ADDs under strace (each followed by its
+// DEL, untraced) and returns the median of each phase. anet's ADD is
+// left out: its plugin does one request and the work is in anetd, which
+// ANET_CNI_TRACE splits better than syscalls of the plugin could.
+func (b *bench) straceBridgeADDs(bridge *network, bp []*pod, n int) (br []phase, note string) {
 	dir := b.t.TempDir()
-	var ar, brr [][]time.Duration
+	var runs [][]time.Duration
 	var notes []string
 	for i := range n {
-		for k, w := range []*network{anet, bridge} {
-			p := []*pod{ap[i], bp[i]}[k]
-			p.containerID = fmt.Sprintf("%s-strace%d-%s", b.runID, i, p.name)
-			out := filepath.Join(dir, fmt.Sprintf("%s-%d", w.name, i))
-			orig := w.cni
-			w.cni = libcni.NewCNIConfigWithCacheDir([]string{b.bin}, w.cache, &straceExec{out: out})
-			_, err := w.add(p)
-			w.cni = orig
-			if _, derr := w.del(p); derr != nil && err == nil {
-				err = derr
-			}
-			if err != nil {
-				b.t.Fatalf("strace run: %v", err)
-			}
-			tr, err := readStrace(out)
-			if err != nil {
-				b.t.Fatalf("strace output: %v", err)
-			}
-			if k == 0 {
-				ds, msg := anetStracePhases(tr)
-				if msg != "" {
-					notes = append(notes, msg)
-				} else {
-					ar = append(ar, ds)
-				}
-			} else {
-				ds, msg := bridgeStracePhases(tr)
-				if msg != "" {
-					notes = append(notes, msg)
-				} else {
-					brr = append(brr, ds)
-				}
-			}
+		p := bp[i]
+		p.containerID = fmt.Sprintf("%s-strace%d-%s", b.runID, i, p.name)
+		out := filepath.Join(dir, fmt.Sprintf("bridge-%d", i))
+		orig := bridge.cni
+		bridge.cni = libcni.NewCNIConfigWithCacheDir([]string{b.bin}, bridge.cache, &straceExec{out: out})
+		_, err := bridge.add(p)
+		bridge.cni = orig
+		if _, derr := bridge.del(p); derr != nil && err == nil {
+			err = derr
+		}
+		if err != nil {
+			b.t.Fatalf("strace run: %v", err)
+		}
+		tr, err := readStrace(out)
+		if err != nil {
+			b.t.Fatalf("strace output: %v", err)
+		}
+		ds, msg := bridgeStracePhases(tr)
+		if msg != "" {
+			notes = append(notes, msg)
+		} else {
+			runs = append(runs, ds)
 		}
 	}
-	a = medianPhases(anetStraceNames, ar)
-	br = medianPhases(bridgeStraceNames, brr)
+	br = medianPhases(bridgeStraceNames, runs)
 	if len(notes) > 0 {
 		note = fmt.Sprintf("%d traces not split: %s", len(notes), notes[0])
 	}
-	return a, br, note
+	return br, note
 }
 
 func medianPhases(names []string, runs [][]time.Duration) []phase {
@@ -307,64 +479,6 @@ func readStrace(path string) ([]sysEvent, error) {
 	return evs, nil
 }
 
-var anetStraceNames = []string{
-	"process start, Go runtime, config, netns open (exec → connect to anetd)",
-	"Allocate round trip (connect → first setns)",
-	"veth pair, addresses, routes, neighbours, sysctls (first setns → first bpf)",
-	"attach: open pinned programs, two TCX links, link pins (first bpf → end of last bpf)",
-	"  of which the two BPF_LINK_CREATE (TCX attach) syscalls",
-	"PutEndpoint round trip, result, exit (end of last bpf → exit)",
-	"total under strace",
-}
-
-// anetStracePhases splits one anet-cni ADD at its first connect (Allocate),
-// the first setns after it (into the pod netns), its bpf calls (attach) and
-// its second connect (PutEndpoint).
-func anetStracePhases(evs []sysEvent) ([]time.Duration, string) {
-	main := evs[0].pid
-	t0 := evs[0].t
-	var c1, c2, s1, b1, bEnd, exit, linkCreate float64
-	for _, e := range evs {
-		switch {
-		case e.name == "connect" || e.name == "connect resumed":
-			if e.name == "connect" {
-				if c1 == 0 {
-					c1 = e.t
-				} else if c2 == 0 && bEnd != 0 {
-					c2 = e.t
-				}
-			}
-		case e.name == "setns":
-			if c1 != 0 && s1 == 0 {
-				s1 = e.t
-			}
-		case e.name == "bpf" || e.name == "bpf resumed":
-			if e.name == "bpf" && b1 == 0 {
-				b1 = e.t
-			}
-			if c2 == 0 {
-				bEnd = e.t + e.dur
-			}
-			if strings.Contains(e.line, "BPF_LINK_CREATE") {
-				linkCreate += e.dur
-			} else if e.name == "bpf resumed" && e.dur > 0 {
-				// The LINK_CREATE whose start was interrupted in the
-				// log by another thread: its time is on the resume.
-				linkCreate += e.dur
-			}
-		case e.name == "+++":
-			if e.pid == main {
-				exit = e.t
-			}
-		}
-	}
-	if c1 == 0 || s1 == 0 || b1 == 0 || c2 == 0 || exit == 0 {
-		return nil, "anet-cni's trace lacks a marker (connect, setns, bpf, second connect, exit): its steps changed"
-	}
-	sec := func(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
-	return []time.Duration{sec(c1 - t0), sec(s1 - c1), sec(b1 - s1), sec(bEnd - b1), sec(linkCreate), sec(exit - bEnd), sec(exit - t0)}, ""
-}
-
 var bridgeStraceNames = []string{
 	"bridge start, Go runtime, bridge and veth pair (exec → exec of host-local)",
 	"host-local: process start, Go runtime, lock, allocation, exit",
@@ -392,29 +506,6 @@ func bridgeStracePhases(evs []sysEvent) ([]time.Duration, string) {
 	}
 	sec := func(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
 	return []time.Duration{sec(h0 - t0), sec(h1 - h0), sec(exit - h1), sec(exit - t0)}, ""
-}
-
-// cniTrace runs one anet ADD with ANET_CNI_TRACE=1 in the environment
-// (libcni passes the runtime's environment on to the plugin) and returns
-// what the plugin wrote on stderr.
-func (b *bench) cniTrace(anet *network, p *pod) (string, string) {
-	p.containerID = b.runID + "-trace-" + p.name
-	if err := os.Setenv("ANET_CNI_TRACE", "1"); err != nil {
-		return "", err.Error()
-	}
-	t, err := anet.addTimed(p)
-	_ = os.Unsetenv("ANET_CNI_TRACE")
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if _, err := anet.del(p); err != nil {
-		b.t.Fatal(err)
-	}
-	tr := strings.TrimSpace(string(t.rec.stderr))
-	if tr == "" {
-		return "", "not available in this build (anet-cni wrote nothing on stderr with ANET_CNI_TRACE=1)"
-	}
-	return tr, fmt.Sprintf("one ADD, %.1f ms in the plugin process", float64(t.proc)/float64(time.Millisecond))
 }
 
 // fsType names the filesystem that holds dir.

@@ -5,82 +5,189 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
 
 func TestLogField(t *testing.T) {
-	l := `time=2026-12-01T21:47:47.067Z level=INFO msg="address allocated" containerID=c1 ifName=eth0 pod=bench/a000`
-	for k, want := range map[string]string{"time": "2026-12-01T21:47:47.067Z", "msg": "address allocated", "containerID": "c1", "pod": "bench/a000", "nope": ""} {
+	l := `time=2026-12-01T21:47:47.067Z level=INFO msg="endpoint added" containerID=c1 ifName=eth0 mode=tc pod=bench/a000`
+	for k, want := range map[string]string{"time": "2026-12-01T21:47:47.067Z", "msg": "endpoint added", "containerID": "c1", "mode": "tc", "pod": "bench/a000", "nope": ""} {
 		if got := logField(l, k); got != want {
 			t.Errorf("logField(%q) = %q, want %q", k, got, want)
 		}
 	}
 }
 
-func TestAnetdLogPhases(t *testing.T) {
-	log := `time=2026-12-01T21:47:47.010Z level=INFO msg="address allocated" containerID=c1 ifName=eth0
-time=2026-12-01T21:47:47.030Z level=INFO msg="endpoint registered" containerID=c1 ifName=eth0
-`
-	start := time.Date(2026, 12, 1, 21, 47, 47, 0, time.UTC)
-	ps, n, note := anetdLogPhases(log, []addCall{{"c1", start, start.Add(35 * time.Millisecond)}, {"c2", start, start}})
-	if note != "" || n != 1 || len(ps) != 3 {
-		t.Fatalf("got %v %d %q", ps, n, note)
+// traceOf is what anet-cni prints with ANET_CNI_TRACE=1 (trace.go), for
+// an ADD whose steps took the given µs: start, config, add, result, and
+// anetd's steps after add.
+func traceOf(id string, start, config, add, result int64, anetd map[string]int64) string {
+	var b strings.Builder
+	line := func(step string, el, d int64) {
+		b.WriteString("anet-cni-trace verb=ADD container=" + id + " ifname=eth0 step=" + step +
+			" elapsed_us=" + itoa(el) + " step_us=" + itoa(d) + "\n")
 	}
-	for i, want := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 5 * time.Millisecond} {
-		if ps[i].d != want {
-			t.Errorf("phase %d = %v, want %v", i, ps[i].d, want)
-		}
+	el := start
+	line("start", el, start)
+	el += config
+	line("config", el, config)
+	sent := el
+	el += add
+	line("add", el, add)
+	for _, s := range []string{"reserved", "veth", "attached", "pod", "host", "mapped", "recorded"} {
+		sent += anetd[s]
+		line("anetd."+s, sent, anetd[s])
+	}
+	el += result
+	line("result", el, result)
+	return b.String()
+}
+
+func itoa(x int64) string { return strconv.FormatInt(x, 10) }
+
+func TestParseTrace(t *testing.T) {
+	out := "some other line\n" + traceOf("c1", 900, 300, 5000, 100, map[string]int64{"veth": 2000, "recorded": 1500}) +
+		"anet-cni-trace verb=DEL container=c1 ifname=eth0 step=start elapsed_us=1 step_us=1\n"
+	ls, err := parseTrace(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 11 {
+		t.Fatalf("%d lines, want 11: %v", len(ls), ls)
+	}
+	if ls[0] != (traceLine{"start", 900 * time.Microsecond, 900 * time.Microsecond}) {
+		t.Errorf("first line %+v", ls[0])
+	}
+	if ls[2].step != "add" || ls[2].elapsed != 6200*time.Microsecond || ls[2].took != 5000*time.Microsecond {
+		t.Errorf("add line %+v", ls[2])
+	}
+	if ls[4].step != "anetd.veth" || ls[4].took != 2*time.Millisecond {
+		t.Errorf("anetd.veth line %+v", ls[4])
+	}
+	if _, err := parseTrace("anet-cni-trace verb=ADD container=c ifname=eth0 step=add elapsed_us=x step_us=1\n"); err == nil {
+		t.Error("a malformed line parsed")
 	}
 }
 
-func TestStracePhases(t *testing.T) {
-	anet := `100 1000.000000 execve("/bin/anet-cni", ["/bin/anet-cni"], 0x0 /* 6 vars */) = 0 <0.000100>
-102 1000.010000 connect(8, {sa_family=AF_UNIX, sun_path="/run/anetd.sock"}, 49) = 0 <0.000020>
-103 1000.015000 setns(5, CLONE_NEWNET) = 0 <0.000010>
-100 1000.020000 bpf(BPF_OBJ_GET, {pathname="/b/progs/p"}, 24) = 9 <0.000020>
-100 1000.021000 bpf(BPF_LINK_CREATE, {link_create={prog_fd=9}}, 64 <unfinished ...>
-100 1000.027000 <... bpf resumed>) = 12 <0.006000>
-100 1000.028000 bpf(BPF_LINK_CREATE, {link_create={prog_fd=11}}, 64) = 13 <0.004000>
-100 1000.032000 bpf(BPF_OBJ_PIN, {pathname="/b/links/x"}, 24) = 0 <0.000000>
-102 1000.033000 connect(9, {sa_family=AF_UNIX, sun_path="/run/anetd.sock"}, 49) = 0 <0.000020>
-100 1000.040000 exit_group(0) = ?
-100 1000.041000 +++ exited with 0 +++
+func TestTraceRows(t *testing.T) {
+	mk := func(id string, attached, add int64, call, proc time.Duration) addTrace {
+		raw := traceOf(id, 1000, 200, add, 100, map[string]int64{"reserved": 10, "veth": 2000, "attached": attached, "pod": 800, "host": 300, "mapped": 40, "recorded": 1500})
+		return newAddTrace(id, opTiming{call: call, proc: proc, rec: &execCall{stderr: []byte("noise\n" + raw)}})
+	}
+	tc := []addTrace{
+		mk("a", 400, 6000, 12*time.Millisecond, 11*time.Millisecond),
+		mk("b", 400, 6000, 14*time.Millisecond, 13*time.Millisecond),
+		mk("c", 400, 6000, 10*time.Millisecond, 9*time.Millisecond),
+	}
+	tcx := []addTrace{mk("x", 20000, 26000, 30*time.Millisecond, 29*time.Millisecond)}
+	bad := newAddTrace("z", opTiming{rec: &execCall{}})
+	rows, n, nx, note := traceRows(append(tc, bad), tcx)
+	if n != 3 || nx != 1 || !strings.Contains(note, "1 traced ADDs could not be split") {
+		t.Fatalf("n %d, nx %d, note %q", n, nx, note)
+	}
+	var keys []string
+	got := map[string]stepRow{}
+	for _, r := range rows {
+		keys = append(keys, r.key)
+		got[r.key] = r
+	}
+	want := []string{keyLibcni, keyOutside, "start", "config", "add",
+		"anetd.reserved", "anetd.veth", "anetd.attached", "anetd.pod", "anetd.host", "anetd.mapped", "anetd.recorded", keyTransport,
+		"result", keyProc, keyCall}
+	if strings.Join(keys, " ") != strings.Join(want, " ") {
+		t.Fatalf("rows\n%v\nwant\n%v", keys, want)
+	}
+	ms := func(x float64) time.Duration { return time.Duration(x * float64(time.Millisecond)) }
+	for k, w := range map[string][2]time.Duration{
+		keyLibcni:        {ms(1), ms(1)},
+		keyOutside:       {ms(11 - 7.3), ms(29 - 27.3)}, // proc less the end of "result"
+		"add":            {ms(6), ms(26)},
+		"anetd.attached": {ms(0.4), ms(20)},
+		keyTransport:     {ms(6 - 5.05), ms(26 - 24.65)}, // add less anetd's steps
+		keyCall:          {ms(12), ms(30)},
+		keyProc:          {ms(11), ms(29)},
+	} {
+		r := got[k]
+		if d := r.tc - w[0]; d.Abs() > time.Microsecond {
+			t.Errorf("%s tc = %v, want %v", k, r.tc, w[0])
+		}
+		if d := r.tcx - w[1]; d.Abs() > time.Microsecond {
+			t.Errorf("%s tcx = %v, want %v", k, r.tcx, w[1])
+		}
+	}
+	if !got["anetd.veth"].indent || got["add"].indent || !got[keyTransport].indent {
+		t.Error("anetd's steps and the transport are not shown inside add")
+	}
+	if rows, _, _, _ := traceRows(tc, nil); rows[0].tcx != -1 {
+		t.Errorf("no tcx ADDs, yet tcx %v", rows[0].tcx)
+	}
+
+	s, call := medianSample(tc)
+	if call != 12*time.Millisecond || !strings.HasPrefix(s, "anet-cni-trace verb=ADD container=a ") || strings.Contains(s, "noise") {
+		t.Errorf("sample %v:\n%s", call, s)
+	}
+}
+
+func TestAnetdAddedCheck(t *testing.T) {
+	log := `time=2026-12-01T21:47:47.010Z level=INFO msg="endpoint added" containerID=c1 ifName=eth0 ip=10.244.1.2 hostIf=lxc1 mode=tcx pod=bench/a
+time=2026-12-01T21:47:47.030Z level=INFO msg="endpoint added" containerID=c2 ifName=eth0 ip=10.244.1.3 hostIf=lxc2 mode=tc pod=bench/b
 `
-	dir := t.TempDir()
-	f := filepath.Join(dir, "a")
-	if err := os.WriteFile(f, []byte(anet), 0o644); err != nil {
+	ts := []addTrace{{containerID: "c1"}, {containerID: "c2"}}
+	if c := anetdAddedCheck("n", log, ts[:1], "tcx"); !strings.HasPrefix(c, "ok:") {
+		t.Error(c)
+	}
+	if c := anetdAddedCheck("n", log, ts, "tcx"); !strings.HasPrefix(c, "FAIL:") || !strings.Contains(c, "1 a mode other than tcx") {
+		t.Error(c)
+	}
+	if c := anetdAddedCheck("n", log, append(ts, addTrace{containerID: "c3"}), "tc"); !strings.Contains(c, "1 have no \"endpoint added\"") {
+		t.Error(c)
+	}
+	if c := anetdAddedCheck("n", log, nil, "tc"); !strings.HasPrefix(c, "FAIL:") {
+		t.Error(c)
+	}
+}
+
+func TestBridgeStracePhases(t *testing.T) {
+	br := `200 2000.000000 execve("/bin/bridge", ["/bin/bridge"], 0x0) = 0 <0.000100>
+201 2000.010000 execve("/bin/host-local", ["/bin/host-local"], 0x0) = 0 <0.000100>
+201 2000.020000 exit_group(0) = ?
+201 2000.020000 +++ exited with 0 +++
+200 2000.025000 +++ exited with 0 +++
+`
+	f := filepath.Join(t.TempDir(), "b")
+	if err := os.WriteFile(f, []byte(br), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	evs, err := readStrace(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, note := anetStracePhases(evs)
-	if note != "" {
-		t.Fatal(note)
-	}
-	ms := func(x float64) time.Duration { return time.Duration(x * float64(time.Millisecond)) }
-	want := []time.Duration{ms(10), ms(5), ms(5), ms(12), ms(10), ms(9), ms(41)}
-	for i := range want {
-		if d := ds[i] - want[i]; d > time.Microsecond || d < -time.Microsecond {
-			t.Errorf("%s: %v, want %v", anetStraceNames[i], ds[i], want[i])
-		}
-	}
-	br := `200 2000.000000 execve("/bin/bridge", ["/bin/bridge"], 0x0) = 0 <0.000100>
-201 2000.010000 execve("/bin/host-local", ["/bin/host-local"], 0x0) = 0 <0.000100>
-201 2000.020000 +++ exited with 0 +++
-200 2000.025000 +++ exited with 0 +++
-`
-	if err := os.WriteFile(f, []byte(br), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	evs, _ = readStrace(f)
-	ds, note = bridgeStracePhases(evs)
-	if note != "" || len(ds) != 4 {
+	ds, note := bridgeStracePhases(evs)
+	if note != "" || len(ds) != len(bridgeStraceNames) {
 		t.Fatalf("%v %q", ds, note)
 	}
-	if _, note := anetStracePhases(evs); note == "" {
-		t.Error("a bridge trace split as anet's")
+	ms := func(x float64) time.Duration { return time.Duration(x * float64(time.Millisecond)) }
+	for i, want := range []time.Duration{ms(10), ms(10), ms(5), ms(25)} {
+		if d := ds[i] - want; d.Abs() > time.Microsecond {
+			t.Errorf("%s: %v, want %v", bridgeStraceNames[i], ds[i], want)
+		}
+	}
+	if _, note := bridgeStracePhases(evs[:1]); note == "" {
+		t.Error("a trace without host-local split")
+	}
+}
+
+func TestReportLeavesOutSectionsNotRun(t *testing.T) {
+	r := &report{cfg: config{sections: map[string]bool{"prog": true}}, errs: map[string]error{}}
+	md := r.markdown()
+	if !strings.Contains(md, "## 3. Per-packet") {
+		t.Error("the section run is missing")
+	}
+	for _, h := range []string{"## 1.", "## 2.", "## 4."} {
+		if strings.Contains(md, h) {
+			t.Errorf("section %s is in a report of -only prog", h)
+		}
 	}
 }

@@ -77,8 +77,10 @@ func (w *network) rt(p *pod) *libcni.RuntimeConf {
 
 // execCall is what timedExec learned about one plugin process: when it was
 // started and reaped, and what it wrote on stderr. It rides in the
-// context of a libcni call.
+// context of a libcni call; with trace set, the plugin also gets
+// ANET_CNI_TRACE=1 in its environment (the bridge plugins ignore it).
 type execCall struct {
+	trace      bool
 	start, end time.Time
 	stderr     []byte
 }
@@ -104,12 +106,16 @@ func (*timedExec) Decode(b []byte) (version.PluginInfo, error) {
 
 func (e *timedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
+	rec, _ := ctx.Value(execCallKey{}).(*execCall)
+	if rec != nil && rec.trace {
+		environ = append(slices.Clone(environ), "ANET_CNI_TRACE=1")
+	}
 	c := exec.CommandContext(ctx, pluginPath)
 	c.Env, c.Stdin, c.Stdout, c.Stderr = environ, bytes.NewReader(stdin), &stdout, &stderr
 	start := time.Now()
 	err := c.Run()
 	end := time.Now()
-	if rec, ok := ctx.Value(execCallKey{}).(*execCall); ok && rec.start.IsZero() {
+	if rec != nil && rec.start.IsZero() {
 		rec.start, rec.end, rec.stderr = start, end, stderr.Bytes()
 	}
 	if err != nil {
@@ -132,18 +138,19 @@ type opTiming struct {
 // add runs ADD for p and returns how long libcni took (the plugin
 // processes, start to exit, and libcni's result cache).
 func (w *network) add(p *pod) (time.Duration, error) {
-	t, err := w.addTimed(p)
+	t, err := w.addTimed(p, false)
 	return t.call, err
 }
 
-// addTimed is add with the plugin process timed apart from libcni.
-func (w *network) addTimed(p *pod) (opTiming, error) {
+// addTimed is add with the plugin process timed apart from libcni, and
+// with ANET_CNI_TRACE=1 if trace.
+func (w *network) addTimed(p *pod, trace bool) (opTiming, error) {
 	var (
 		res types.Result
 		err error
 		d   time.Duration
 	)
-	rec := &execCall{}
+	rec := &execCall{trace: trace}
 	ctx := context.WithValue(context.Background(), execCallKey{}, rec)
 	p.live = true
 	doErr := w.nodeNS.Do(func(ns.NetNS) error {
@@ -246,15 +253,16 @@ func (w *network) delLive() {
 	}
 }
 
-// anetNetwork starts a testnode (node netns, bpffs, anetd) and drives its
-// rendered conflist. testnode starts anetd with --log-level debug (for
-// tests); the bench replaces it by an anetd of its own with the same flags
-// at the default level (info), as a DaemonSet runs it.
-func (b *bench) anetNetwork() (*network, *testnode.Node) {
-	n := testnode.New(b.t, testnode.Options{PodCIDR: "10.244.1.0/24"})
-	logs := b.restartAnetdAtInfo(n)
+// anetNetwork starts a testnode (node netns, bpffs, anetd with the extra
+// flags) and drives its rendered conflist. testnode starts anetd with
+// --log-level debug (for tests); the bench replaces it by an anetd of its
+// own with the same flags at the default level (info), as a DaemonSet runs
+// it.
+func (b *bench) anetNetwork(name, podCIDR string, anetdArgs ...string) (*network, *testnode.Node) {
+	n := testnode.New(b.t, testnode.Options{PodCIDR: podCIDR, AnetdArgs: anetdArgs})
+	logs := b.restartAnetdAtInfo(n, anetdArgs...)
 	w := &network{
-		name:   "anet-cni",
+		name:   name,
 		nodeNS: n.NS,
 		list:   n.Conflist(),
 		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(n.Dir, "cni-cache"), &timedExec{}),
@@ -285,16 +293,17 @@ func (s *syncBuffer) String() string {
 }
 
 // restartAnetdAtInfo stops testnode's anetd and starts one with the same
-// flags and no --log-level (its default, info), in the node's netns. It is
-// stopped (SIGTERM, then SIGKILL after 10 s, by its PID) by a cleanup that
-// runs before testnode's own.
-func (b *bench) restartAnetdAtInfo(n *testnode.Node) *syncBuffer {
+// flags (extra are the ones passed to testnode) and no --log-level (its
+// default, info), in the node's netns. It is stopped (SIGTERM, then
+// SIGKILL after 10 s, by its PID) by a cleanup that runs before testnode's
+// own.
+func (b *bench) restartAnetdAtInfo(n *testnode.Node, extra ...string) *syncBuffer {
 	n.StopAnetd()
 	logs := &syncBuffer{}
 	// nsenter execs anetd in place: the PID is anetd's.
-	cmd := n.NSEnter(filepath.Join(b.bin, "anetd"),
+	cmd := n.NSEnter(filepath.Join(b.bin, "anetd"), append([]string{
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--node-name", n.Name, "--pod-cidr", n.PodCIDR)
+		"--node-name", n.Name, "--pod-cidr", n.PodCIDR}, extra...)...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		b.t.Fatalf("starting anetd: %v", err)
@@ -310,7 +319,6 @@ func (b *bench) restartAnetdAtInfo(n *testnode.Node) *syncBuffer {
 			<-done
 		}
 	})
-	b.anetdPID = cmd.Process.Pid
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -374,25 +382,18 @@ func (b *bench) bridgeNetwork() *network {
 type cniStats struct {
 	serialAdd, serialDel         []time.Duration
 	serialAddProc, serialDelProc []time.Duration // the plugin process alone
-	addCalls                     []addCall       // the serial ADDs, for the anetd log breakdown
+	traces                       []addTrace      // the serial ADDs (anet only), for the breakdown
 	parAdd, parDel               []time.Duration
 	addRate, delRate             []float64 // pods/s, one per round
-}
-
-// addCall is one serial ADD: its container ID and when its plugin
-// process started and was reaped.
-type addCall struct {
-	containerID string
-	start, end  time.Time
 }
 
 type cniResult struct {
 	pods, parallel, rounds int
 	anet, bridge           cniStats
-	fsAnet, fsBridge       string // filesystem of anet's state dir and host-local's data dir
+	tcx                    cniStats // anet with --endpoint-attach tcx, one at a time only
+	fsAnet, fsBridge       string   // filesystem of anet's state dir and host-local's data dir
 	breakdown              *breakdown
 	checks                 []string
-	problems               []string
 }
 
 // parallel runs op on every pod with the given number of workers and
@@ -447,25 +448,33 @@ feed:
 	return lat, wall, ctx.Err()
 }
 
-// benchCNI measures ADD and DEL of the two networks, interleaved: first one
-// pod at a time (latency without contention, the two plugins alternating
-// pod by pod), then batches of all pods with several workers (sustained
-// rate, the plugins alternating batch by batch).
+// benchCNI measures ADD and DEL of the networks, interleaved: first one
+// pod at a time (latency without contention, the networks taking turns pod
+// by pod: anet, anet with --endpoint-attach tcx, bridge), then batches of
+// all pods with several workers (sustained rate, anet and bridge taking
+// turns batch by batch). The serial anet ADDs run with ANET_CNI_TRACE=1:
+// their step lines make the breakdown.
 func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testnode.Node) *cniResult {
 	cfg := b.cfg
 	res := &cniResult{pods: cfg.pods, parallel: cfg.parallel, rounds: cfg.rounds}
+	b.logf("cni: starting a second anet node, anetd --endpoint-attach %s", datapathModeTCX)
+	tcx, tcxNode := b.anetNetwork("anet-cni tcx", "10.244.2.0/24", "--endpoint-attach", datapathModeTCX)
 	ap := make([]*pod, cfg.pods)
+	tp := make([]*pod, cfg.pods)
 	bp := make([]*pod, cfg.pods)
 	b.logf("cni: making %d pod netns per network", cfg.pods)
 	for i := range cfg.pods {
 		ap[i] = b.newPod(anet, fmt.Sprintf("a%03d", i))
+		tp[i] = b.newPod(tcx, fmt.Sprintf("t%03d", i))
 		bp[i] = b.newPod(bridge, fmt.Sprintf("b%03d", i))
 	}
-	nets := []struct {
-		w    *network
-		pods []*pod
-		st   *cniStats
-	}{{anet, ap, &res.anet}, {bridge, bp, &res.bridge}}
+	type netRun struct {
+		w     *network
+		pods  []*pod
+		st    *cniStats
+		trace bool
+	}
+	nets := []netRun{{anet, ap, &res.anet, true}, {tcx, tp, &res.tcx, true}, {bridge, bp, &res.bridge, false}}
 	must := func(_ time.Duration, err error) {
 		if err != nil {
 			b.t.Fatal(err)
@@ -484,7 +493,7 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 		must(n.w.del(n.pods[0]))
 	}
 
-	b.logf("cni: serial ADD/DEL, %d pods per network, alternating", cfg.pods)
+	b.logf("cni: serial ADD/DEL, %d pods per network, taking turns", cfg.pods)
 	for _, n := range nets {
 		setIDs(n.pods, "s")
 	}
@@ -493,18 +502,17 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 			if ctx.Err() != nil {
 				b.t.Fatal(ctx.Err())
 			}
-			order := []int{0, 1}
-			if i%2 == 1 {
-				order = []int{1, 0}
-			}
-			for _, k := range order {
-				n := nets[k]
+			// Which network goes first rotates from pod to pod.
+			for j := range nets {
+				n := nets[(i+j)%len(nets)]
 				if verb == "ADD" {
-					t, err := n.w.addTimed(n.pods[i])
+					t, err := n.w.addTimed(n.pods[i], n.trace)
 					must(t.call, err)
 					n.st.serialAdd = append(n.st.serialAdd, t.call)
 					n.st.serialAddProc = append(n.st.serialAddProc, t.proc)
-					n.st.addCalls = append(n.st.addCalls, addCall{n.pods[i].containerID, t.rec.start, t.rec.end})
+					if n.trace {
+						n.st.traces = append(n.st.traces, newAddTrace(n.pods[i].containerID, t))
+					}
 				} else {
 					t, err := n.w.delTimed(n.pods[i])
 					must(t.call, err)
@@ -514,16 +522,21 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 			}
 		}
 	}
-	res.checks = append(res.checks, b.leftoverChecks(node, "after the serial DELs")...)
+	anetNodes := []anetNode{{anet.name, node}, {tcx.name, tcxNode}}
+	res.checks = append(res.checks, b.leftoverChecks(anetNodes, "after the serial DELs")...)
+	res.checks = append(res.checks,
+		anetdAddedCheck(anet.name, anet.logs.String(), res.anet.traces, datapathModeTC),
+		anetdAddedCheck(tcx.name, tcx.logs.String(), res.tcx.traces, datapathModeTCX))
 
 	b.logf("cni: %d rounds of %d pods with %d workers, alternating networks", cfg.rounds, cfg.pods, cfg.parallel)
+	par := []netRun{nets[0], nets[2]}
 	for r := range cfg.rounds {
 		order := []int{0, 1}
 		if r%2 == 1 {
 			order = []int{1, 0}
 		}
 		for _, k := range order {
-			n := nets[k]
+			n := par[k]
 			setIDs(n.pods, fmt.Sprintf("p%d", r))
 			lat, wall, err := parallel(ctx, n.pods, cfg.parallel, n.w.add)
 			if err != nil {
@@ -541,19 +554,26 @@ func (b *bench) benchCNI(ctx context.Context, anet, bridge *network, node *testn
 				n.st.addRate[len(n.st.addRate)-1], n.st.delRate[len(n.st.delRate)-1])
 		}
 	}
-	res.checks = append(res.checks, b.leftoverChecks(node, "after the parallel DELs")...)
+	res.checks = append(res.checks, b.leftoverChecks(anetNodes, "after the parallel DELs")...)
 
-	b.logf("cni: breakdown of one ADD (binary starts, anetd's log, strace, ANET_CNI_TRACE)")
-	res.breakdown = b.breakdownADD(ctx, anet, bridge, ap, bp, res.anet.addCalls)
-	res.checks = append(res.checks, b.leftoverChecks(node, "after the breakdown runs")...)
-	res.checks = append(res.checks, anetdLogCheck(anet.logs.String()))
+	b.logf("cni: breakdown of an ADD (binary starts, ANET_CNI_TRACE of the serial ADDs, bridge under strace)")
+	res.breakdown = b.breakdownADD(ctx, bridge, bp, res.anet.traces, res.tcx.traces)
+	res.checks = append(res.checks, b.leftoverChecks(anetNodes, "after the breakdown runs")...)
+	res.checks = append(res.checks, anetdLogCheck(anet.name, anet.logs.String()), anetdLogCheck(tcx.name, tcx.logs.String()))
 	res.fsAnet, res.fsBridge = fsType(node.StateDir), fsType(b.bridgeDir)
 	return res
 }
 
+// The attach modes as anetd names them (daemon/datapath, which the bench
+// does not import for two strings).
+const (
+	datapathModeTC  = "tc"
+	datapathModeTCX = "tcx"
+)
+
 // anetdLogCheck reports the warnings and errors anetd logged (slog text
 // lines) during the CNI benchmark.
-func anetdLogCheck(log string) string {
+func anetdLogCheck(name, log string) string {
 	var bad []string
 	for _, l := range strings.Split(log, "\n") {
 		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
@@ -561,20 +581,62 @@ func anetdLogCheck(log string) string {
 		}
 	}
 	if len(bad) == 0 {
-		return "ok: anetd logged no warning or error"
+		return fmt.Sprintf("ok: anetd of %s logged no warning or error", name)
 	}
-	return fmt.Sprintf("WARN: anetd logged %d warnings or errors, the first: `%s`", len(bad), bad[0])
+	return fmt.Sprintf("WARN: anetd of %s logged %d warnings or errors, the first: `%s`", name, len(bad), bad[0])
 }
 
-// leftoverChecks reports what DEL left behind on either node: testnode's
+// anetdAddedCheck checks that anetd logged "endpoint added" with the
+// expected attach mode for every traced ADD: that the ADDs went through
+// anetd, and that the tcx network really attached with TCX.
+func anetdAddedCheck(name, log string, traces []addTrace, mode string) string {
+	modes := map[string]string{}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, `msg="endpoint added"`) {
+			modes[logField(l, "containerID")] = logField(l, "mode")
+		}
+	}
+	var missing, wrong int
+	first := ""
+	for _, t := range traces {
+		m, ok := modes[t.containerID]
+		switch {
+		case !ok:
+			missing++
+		case m != mode:
+			wrong++
+			if first == "" {
+				first = m
+			}
+		}
+	}
+	switch {
+	case len(traces) == 0:
+		return fmt.Sprintf("FAIL: %s: no ADD to check anetd's log against", name)
+	case missing > 0 || wrong > 0:
+		return fmt.Sprintf("FAIL: %s: of %d serial ADDs, %d have no \"endpoint added\" line in anetd's log, %d a mode other than %s (e.g. %q)",
+			name, len(traces), missing, wrong, mode, first)
+	}
+	return fmt.Sprintf("ok: %s: anetd logged \"endpoint added\" with mode=%s for each of the %d serial ADDs", name, mode, len(traces))
+}
+
+// anetNode is an anet node and the name of its network in the report.
+type anetNode struct {
+	name string
+	node *testnode.Node
+}
+
+// leftoverChecks reports what DEL left behind on the nodes: testnode's
 // own inventory for anet, and links and host-local allocations for the
 // bridge node.
-func (b *bench) leftoverChecks(node *testnode.Node, when string) []string {
+func (b *bench) leftoverChecks(nodes []anetNode, when string) []string {
 	var out []string
-	if left := node.Leftovers(); len(left) > 0 {
-		out = append(out, fmt.Sprintf("FAIL: anet node not clean %s: %s", when, strings.Join(left, "; ")))
-	} else {
-		out = append(out, "ok: anet node clean (links, link pins, allocations, endpoint records, map entries) "+when)
+	for _, n := range nodes {
+		if left := n.node.Leftovers(); len(left) > 0 {
+			out = append(out, fmt.Sprintf("FAIL: %s node not clean %s: %s", n.name, when, strings.Join(left, "; ")))
+		} else {
+			out = append(out, fmt.Sprintf("ok: %s node clean (links, link pins, allocations, endpoint records, map entries) %s", n.name, when))
+		}
 	}
 	var left []string
 	_ = b.bridge.nodeNS.Do(func(ns.NetNS) error {
@@ -600,6 +662,30 @@ func (b *bench) leftoverChecks(node *testnode.Node, when string) []string {
 	return out
 }
 
+// The target of issue 7 ("Speed of ADD"): ADD p50 one at a time at most
+// 20 ms, and at most half of bridge + host-local's in the same run.
+const (
+	targetAddP50  = 20.0 // ms
+	targetAddRate = 0.5  // anet / bridge
+)
+
+// verdict says whether ADD met its target, and what the attach mode costs.
+func (r *cniResult) verdict() string {
+	ms := func(ds []time.Duration) float64 { return stats.Median(stats.Millis(ds)) }
+	a, br, t := ms(r.anet.serialAdd), ms(r.bridge.serialAdd), ms(r.tcx.serialAdd)
+	met := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**not met**"
+	}
+	rt := stats.Ratio(a, br)
+	return fmt.Sprintf("**Target** (issue 7): ADD p50 one at a time ≤ %.0f ms: %s ms, %s; at least 2× faster than bridge + host-local (anet / bridge ≤ %.2f×): %s, %s. "+
+		"**Attach mode**: ADD p50 with `--endpoint-attach tcx` %s ms against %s ms with tc (the default), tcx / tc %s, %+.1f ms.",
+		targetAddP50, num(a), met(a <= targetAddP50), targetAddRate, ratio(a, br), met(rt <= targetAddRate),
+		num(t), num(a), ratio(t, a), t-a)
+}
+
 // cniRows are the rows of the CNI table: anet, bridge, ratio anet/bridge.
 func (r *cniResult) rows() [][]string {
 	ms := func(ds []time.Duration, p float64) float64 { return stats.Percentile(stats.Millis(ds), p) }
@@ -612,9 +698,12 @@ func (r *cniResult) rows() [][]string {
 		{"ADD p50, one at a time", ms(r.anet.serialAdd, 50), ms(r.bridge.serialAdd, 50), "ms"},
 		{"ADD p99, one at a time", ms(r.anet.serialAdd, 99), ms(r.bridge.serialAdd, 99), "ms"},
 		{"ADD p50, one at a time, plugin process only", ms(r.anet.serialAddProc, 50), ms(r.bridge.serialAddProc, 50), "ms"},
+		{"ADD p50, one at a time, anetd `--endpoint-attach tcx`", ms(r.tcx.serialAdd, 50), ms(r.bridge.serialAdd, 50), "ms"},
+		{"ADD p99, one at a time, anetd `--endpoint-attach tcx`", ms(r.tcx.serialAdd, 99), ms(r.bridge.serialAdd, 99), "ms"},
 		{"DEL p50, one at a time", ms(r.anet.serialDel, 50), ms(r.bridge.serialDel, 50), "ms"},
 		{"DEL p99, one at a time", ms(r.anet.serialDel, 99), ms(r.bridge.serialDel, 99), "ms"},
 		{"DEL p50, one at a time, plugin process only", ms(r.anet.serialDelProc, 50), ms(r.bridge.serialDelProc, 50), "ms"},
+		{"DEL p50, one at a time, anetd `--endpoint-attach tcx`", ms(r.tcx.serialDel, 50), ms(r.bridge.serialDel, 50), "ms"},
 		{fmt.Sprintf("ADD p50, %d in parallel", r.parallel), ms(r.anet.parAdd, 50), ms(r.bridge.parAdd, 50), "ms"},
 		{fmt.Sprintf("ADD p99, %d in parallel", r.parallel), ms(r.anet.parAdd, 99), ms(r.bridge.parAdd, 99), "ms"},
 		{fmt.Sprintf("DEL p50, %d in parallel", r.parallel), ms(r.anet.parDel, 50), ms(r.bridge.parDel, 50), "ms"},

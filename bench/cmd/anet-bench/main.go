@@ -6,8 +6,9 @@
 //  1. CNI ADD and DEL latency (p50, p99) and sustained pods/s, anet-cni with
 //     its anetd vs the reference bridge + host-local plugins, both through
 //     libcni on a simulated node (lab/testnode) as a runtime invokes them,
-//     and where one ADD goes (binary starts, anetd log stamps, strace,
-//     ANET_CNI_TRACE).
+//     and where one ADD goes (binary starts, ANET_CNI_TRACE's steps of the
+//     plugin and of anetd, the bridge under strace); anet's ADD also with
+//     anetd --endpoint-attach tcx.
 //  2. Same-node pod-to-pod TCP request/response rate (sockperf) and bulk
 //     throughput (iperf3): anet pods vs a bare veth pair vs bridge pods.
 //  3. The per-packet cost of anet_from_container in BPF_PROG_TEST_RUN
@@ -67,7 +68,6 @@ type bench struct {
 	bridge    *network
 	bridgeDir string
 	anetNode  *testnode.Node
-	anetdPID  int // the bench's own anetd (see restartAnetdAtInfo)
 
 	procMu sync.Mutex
 	procs  map[int]*proc
@@ -186,7 +186,7 @@ func run() int {
 		}
 		nodeErr = b.t.Do(func() {
 			b.logf("starting the anet node (testnode: netns, bpffs, anetd) and the bridge node")
-			w, n := b.anetNetwork()
+			w, n := b.anetNetwork("anet-cni", "10.244.1.0/24")
 			anet = w
 			b.anetNode = n
 			bridge = b.bridgeNetwork()
