@@ -72,6 +72,25 @@ func (dp *Datapath) UpsertEndpoint(ep Endpoint) error {
 // still arriving on the device (an endpoint collected while its veth is
 // still there).
 func (dp *Datapath) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
+	err := dp.DeleteEndpointEntries(ip, ifindex)
+	if ifindex == IfindexNode {
+		return err
+	}
+	errs := []error{err}
+	if err := dp.waitForPrograms(); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, dp.DeleteCountersOf(ifindex))
+	return errors.Join(errs...)
+}
+
+// DeleteEndpointEntries removes an endpoint's entries from the endpoint
+// maps, not its counters: a program that looked the endpoint up just before
+// may still count for it. The caller deletes the counters once no such
+// program can be running (DeleteEndpoint waits for that; deleting the
+// endpoint's device does too, as the kernel waits for running programs
+// before a device is gone). Entries already gone are fine.
+func (dp *Datapath) DeleteEndpointEntries(ip netip.Addr, ifindex uint32) error {
 	var errs []error
 	if ip.Is4() {
 		if err := dp.objs.AnetEpByIp.Delete(ipKey(ip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -84,10 +103,6 @@ func (dp *Datapath) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
 	if err := dp.objs.AnetEpByIf.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
-	if err := dp.waitForPrograms(); err != nil {
-		errs = append(errs, err)
-	}
-	errs = append(errs, dp.deleteCounters(func(k bpf.LxcMetricsKey) bool { return k.Ifindex == ifindex }))
 	return errors.Join(errs...)
 }
 

@@ -29,6 +29,7 @@ import (
 type Datapath interface {
 	UpsertEndpoint(datapath.Endpoint) error
 	DeleteEndpoint(ip netip.Addr, ifindex uint32) error
+	DeleteEndpointEntries(ip netip.Addr, ifindex uint32) error
 	MapEndpoints() (map[netip.Addr]uint32, map[uint32]netip.Addr, error)
 	Counters() (map[uint32]map[datapath.CounterKey]datapath.Counter, error)
 	DeleteCountersOf(ifindex uint32) error
@@ -155,24 +156,36 @@ func (m *Manager) Delete(a api.Attachment) error {
 	m.mu.Lock()
 	a = m.resolveLocked(a)
 	m.mu.Unlock()
-	// After any ADD of the attachment in progress, and with its device
-	// removed outside the manager's lock: a veth takes the kernel tens of
-	// milliseconds to delete, which other attachments need not wait for.
+	// After any ADD of the attachment in progress. The map entries go
+	// first, then the device, outside the manager's lock: a veth takes the
+	// kernel tens of milliseconds to delete, which other attachments need
+	// not wait for, and its deletion waits for every program still running
+	// with what it read of the entries, so that the counters, removed last,
+	// cannot come back.
 	unlock := m.lockAttachment(a)
 	defer unlock()
 	m.mu.Lock()
 	ep := m.eps[a]
+	var err error
+	if ep != nil {
+		err = m.dp.DeleteEndpointEntries(ep.IP, ep.HostIfindex)
+	}
 	m.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("removing datapath entries: %w", err)
+	}
 	host := datapath.HostIfName(a.ContainerID, a.IfName)
+	synced := false
 	if ep != nil {
 		host = ep.HostIfName
+		synced = m.devs.Exists(ep.HostIfName, ep.HostIfindex)
 	}
 	if err := m.devs.Remove(host); err != nil {
 		return fmt.Errorf("removing the endpoint's device: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.deleteLocked(a)
+	return m.deleteWith(a, synced)
 }
 
 // resolveLocked returns the key under which a is known: a itself, or, for
@@ -198,10 +211,21 @@ func (m *Manager) resolveLocked(a api.Attachment) api.Attachment {
 	return a
 }
 
-func (m *Manager) deleteLocked(a api.Attachment) error {
+func (m *Manager) deleteLocked(a api.Attachment) error { return m.deleteWith(a, false) }
+
+// deleteWith is deleteLocked; synced says that no program can still be
+// running with the endpoint's entries (its device was deleted after them),
+// so that its counters go without waiting.
+func (m *Manager) deleteWith(a api.Attachment, synced bool) error {
 	ep := m.eps[a]
 	if ep != nil {
-		if err := m.dp.DeleteEndpoint(ep.IP, ep.HostIfindex); err != nil {
+		del := m.dp.DeleteEndpoint
+		if synced {
+			del = func(ip netip.Addr, ifindex uint32) error {
+				return errors.Join(m.dp.DeleteEndpointEntries(ip, ifindex), m.dp.DeleteCountersOf(ifindex))
+			}
+		}
+		if err := del(ep.IP, ep.HostIfindex); err != nil {
 			return fmt.Errorf("removing datapath entries: %w", err)
 		}
 	}

@@ -46,6 +46,14 @@ func (f *fakeDP) DeleteEndpoint(ip netip.Addr, ifindex uint32) error {
 	return nil
 }
 
+func (f *fakeDP) DeleteEndpointEntries(ip netip.Addr, ifindex uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.byIP, ip)
+	delete(f.byIf, ifindex)
+	return nil
+}
+
 func (f *fakeDP) MapEndpoints() (map[netip.Addr]uint32, map[uint32]netip.Addr, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
