@@ -168,7 +168,9 @@ func (c *Client) withFDs(fds ...int) *Client {
 // PeerGone reports whether the client of a request has gone: its context
 // is done, or its connection is closed. The second is asked of the socket
 // itself (a peek that does not wait), since the server notices a closed
-// connection only when its background read gets to run.
+// connection only when its background read gets to run. A client that
+// shuts down its writing side after the request looks gone too: anet-cni
+// does not, and the API's other clients have no fd to send.
 func PeerGone(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true

@@ -61,5 +61,17 @@ func isNetns(f *os.File) error {
 	if t != unix.CLONE_NEWNET {
 		return fmt.Errorf("the descriptor sent is not a network namespace")
 	}
+	// anetd's own namespace (the node's) is no pod's: wiring a "pod"
+	// there would put its address and routes on the node.
+	var got, own unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &got); err != nil {
+		return fmt.Errorf("the descriptor sent: %v", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &own); err != nil {
+		return fmt.Errorf("anetd's own network namespace: %v", err)
+	}
+	if got.Dev == own.Dev && got.Ino == own.Ino {
+		return fmt.Errorf("the network namespace sent is the node's own, not a pod's")
+	}
 	return nil
 }

@@ -52,6 +52,12 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 
 	m.mu.Lock()
 	_, exists := m.eps[r.Attachment]
+	if _, legacy := m.eps[r.Attachment.Legacy()]; legacy {
+		exists = true // a record made before networks were recorded
+	}
+	if _, held := m.ipam.Lookup(r.Attachment.Legacy()); held && r.Network != "" {
+		exists = true
+	}
 	m.mu.Unlock()
 	if exists {
 		return nil, fmt.Errorf("%w: endpoint %s/%s", api.ErrExists, r.ContainerID, r.IfName)
@@ -63,18 +69,33 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	mark(StepReserved)
 	hostIf := datapath.HostIfName(r.ContainerID, r.IfName)
 	ok = false
-	wired := false
+	var ifindex uint32 // of the host side, once made
 	defer func() {
 		if ok {
 			return
 		}
-		if wired {
-			_ = m.dp.DeleteEndpoint(ip, 0)
-			if err := m.devs.Remove(hostIf); err != nil {
-				m.log.Warn("undoing a failed ADD", "hostIf", hostIf, "err", err)
+		// As Delete: entries, then the device (whose deletion waits for
+		// programs still running with them), then the counters.
+		if ifindex != 0 {
+			if err := m.dp.DeleteEndpointEntries(ip, ifindex); err != nil {
+				m.log.Warn("undoing a failed ADD", "ip", ip, "err", err)
+			}
+		}
+		removed, err := m.devs.Remove(hostIf)
+		if err != nil {
+			m.log.Warn("undoing a failed ADD", "hostIf", hostIf, "err", err)
+		}
+		if ifindex != 0 {
+			del := m.dp.DeleteCountersOf
+			if !removed {
+				del = func(i uint32) error { return m.dp.DeleteEndpoint(ip, i) }
+			}
+			if err := del(ifindex); err != nil {
+				m.log.Warn("undoing a failed ADD", "ifindex", ifindex, "err", err)
 			}
 		}
 		_, _, _ = m.ipam.Release(r.Attachment)
+		m.log.Info("ADD undone", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf)
 	}()
 	got, err := w.Wire(podNS, datapath.WireConfig{HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark})
 	if err != nil {
@@ -83,7 +104,7 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 		}
 		return nil, err
 	}
-	wired = true
+	ifindex = uint32(got.HostIfindex)
 	req := api.EndpointRequest{
 		Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
 		HostIfName: hostIf, HostIfindex: uint32(got.HostIfindex),
@@ -165,7 +186,7 @@ func (m *Manager) removeOrphanDevicesLocked() error {
 			continue
 		}
 		m.log.Info("removing a device that no endpoint record names (an ADD that never finished)", "hostIf", n)
-		if err := m.devs.Remove(n); err != nil {
+		if _, err := m.devs.Remove(n); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -13,9 +13,9 @@ import (
 // allDevices says every device exists.
 type allDevices struct{}
 
-func (allDevices) Exists(string, uint32) bool { return true }
-func (allDevices) Remove(string) error        { return nil }
-func (allDevices) List() ([]string, error)    { return nil, nil }
+func (allDevices) Exists(string, uint32) bool  { return true }
+func (allDevices) Remove(string) (bool, error) { return false, nil }
+func (allDevices) List() ([]string, error)     { return nil, nil }
 
 func TestCollect(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)

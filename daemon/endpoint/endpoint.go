@@ -41,8 +41,10 @@ type Devices interface {
 	// there under that name and index.
 	Exists(name string, ifindex uint32) bool
 	// Remove deletes a host-side device (with its pod-side peer) and its
-	// link pins; what is already gone is fine.
-	Remove(name string) error
+	// link pins, and says whether there was a device to delete; what is
+	// already gone is fine. Deleting a device waits for every program
+	// still running on it or with what it read of the maps.
+	Remove(name string) (removed bool, err error)
 	// List names the host-side devices there are (datapath.HostIfName's
 	// shape), whoever made them.
 	List() ([]string, error)
@@ -175,17 +177,16 @@ func (m *Manager) Delete(a api.Attachment) error {
 		return fmt.Errorf("removing datapath entries: %w", err)
 	}
 	host := datapath.HostIfName(a.ContainerID, a.IfName)
-	synced := false
 	if ep != nil {
 		host = ep.HostIfName
-		synced = m.devs.Exists(ep.HostIfName, ep.HostIfindex)
 	}
-	if err := m.devs.Remove(host); err != nil {
+	synced, err := m.devs.Remove(host)
+	if err != nil {
 		return fmt.Errorf("removing the endpoint's device: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.deleteWith(a, synced)
+	return m.deleteWith(a, synced && ep != nil)
 }
 
 // resolveLocked returns the key under which a is known: a itself, or, for
@@ -219,6 +220,13 @@ func (m *Manager) deleteLocked(a api.Attachment) error { return m.deleteWith(a, 
 func (m *Manager) deleteWith(a api.Attachment, synced bool) error {
 	ep := m.eps[a]
 	if ep != nil {
+		if !synced {
+			// Collected, GC'd, released while anetd was away, or lost its
+			// address: its device goes too (anetd owns it).
+			if _, err := m.devs.Remove(ep.HostIfName); err != nil {
+				return fmt.Errorf("removing the endpoint's device: %w", err)
+			}
+		}
 		del := m.dp.DeleteEndpoint
 		if synced {
 			del = func(ip netip.Addr, ifindex uint32) error {
@@ -311,6 +319,9 @@ func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, err
 		keep[a] = true
 	}
 	collectable := func(a api.Attachment) bool {
+		if _, busy := m.busy[a]; busy {
+			return false // an ADD or DEL of it is running: it decides
+		}
 		if network == "" {
 			return !keep[a.Legacy()]
 		}
@@ -491,7 +502,7 @@ func (m *Manager) sweepLocked() error {
 			continue
 		}
 		m.log.Info("releasing an allocation that has no endpoint", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip, "allocated", at)
-		if err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
+		if _, err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -508,6 +519,9 @@ func (m *Manager) releasePendingLocked(dir string) error {
 		return err
 	}
 	for path, a := range recs {
+		if _, busy := m.busy[m.resolveLocked(a)]; busy {
+			continue // an ADD or DEL of it is running; the next tick applies it
+		}
 		if a.Validate() == nil {
 			m.log.Info("applying release recorded while anetd was away", "network", a.Network, "containerID", a.ContainerID, "ifName", a.IfName)
 			if err := m.deleteLocked(m.resolveLocked(a)); err != nil {

@@ -88,7 +88,11 @@ func (f *fakeDP) DeleteCountersOf(ifindex uint32) error {
 type mapDevices map[string]uint32
 
 func (d mapDevices) Exists(name string, idx uint32) bool { i, ok := d[name]; return ok && i == idx }
-func (d mapDevices) Remove(name string) error            { delete(d, name); return nil }
+func (d mapDevices) Remove(name string) (bool, error) {
+	_, ok := d[name]
+	delete(d, name)
+	return ok, nil
+}
 func (d mapDevices) List() ([]string, error) {
 	var out []string
 	for n := range d {

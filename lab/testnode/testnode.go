@@ -658,6 +658,30 @@ func (h *HeldAdd) Continue() (string, error) {
 	return h.stdout.String(), nil
 }
 
+// Release lets anetd go on with the held ADD and waits for the plugin,
+// leaving anetd running (with the hold still set for later ADDs): for
+// looking at what the same anetd did, with no restart to clean up after
+// it. Restart brings anetd back to normal.
+func (h *HeldAdd) Release() (string, error) {
+	h.n.mu.Lock()
+	cmd := h.n.anetd
+	h.n.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGUSR1)
+	}
+	<-h.done
+	if h.err != nil {
+		return h.stdout.String(), fmt.Errorf("%w: %s%s", h.err, h.stdout.String(), h.stderr.String())
+	}
+	return h.stdout.String(), nil
+}
+
+// Restart restarts anetd without the hold.
+func (h *HeldAdd) Restart() {
+	h.n.StopAnetd()
+	h.n.StartAnetd()
+}
+
 // Kill sends SIGKILL to the plugin of the held ADD and waits for it to die
 // (anetd still holds the ADD).
 func (h *HeldAdd) Kill() {

@@ -1070,10 +1070,17 @@ func TestKilledAddLeavesNothing(t *testing.T) {
 			p := n.NewPod("kill-" + step)
 			h := n.HoldAdd(p, step)
 			h.Kill()
-			if _, err := h.Continue(); err == nil {
+			if _, err := h.Release(); err == nil {
 				t.Fatal("the killed ADD succeeded")
 			}
+			// The same anetd, not restarted (a start would clean up by
+			// itself): its undo must have left nothing.
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(n.Log(), `msg="ADD undone"`) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
 			assertClean(t, n)
+			h.Restart()
 			// The attachment can be added again and works.
 			q := n.NewPod("again-" + step)
 			n.MustAdd(p)

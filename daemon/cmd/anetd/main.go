@@ -317,19 +317,21 @@ func (nodeDevices) Exists(name string, ifindex uint32) bool {
 func (nodeDevices) List() ([]string, error) { return datapath.HostDevices() }
 
 // Remove deletes a host-side veth (its peer goes with it) and its link pins.
-func (d nodeDevices) Remove(name string) error {
+func (d nodeDevices) Remove(name string) (bool, error) {
 	lk, err := netlink.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
+	removed := false
 	switch {
 	case errors.As(err, &notFound):
 	case err != nil:
-		return fmt.Errorf("finding %s: %w", name, err)
+		return false, fmt.Errorf("finding %s: %w", name, err)
 	default:
-		if err := netlink.LinkDel(lk); err != nil {
-			return fmt.Errorf("deleting %s: %w", name, err)
+		if err := netlink.LinkDel(lk); err != nil && !errors.As(err, &notFound) {
+			return false, fmt.Errorf("deleting %s: %w", name, err)
 		}
+		removed = err == nil
 	}
-	return datapath.DetachEndpoint(d.layout, name)
+	return removed, datapath.DetachEndpoint(d.layout, name)
 }
 
 // addGatewayAddress puts the pods' gateway address on lo, so that the node
