@@ -149,59 +149,64 @@ func (s *udpStream) lossless(t *testing.T, min int64) {
 // stream between two pods with no datagram lost, no endpoint lost and
 // counters carried; and back to the normal build the same way.
 func TestMapLayoutUpgradeLosesNothing(t *testing.T) {
-	n := testnode.New(t, testnode.Options{})
-	normal := n.Bin
-	variant := variantBin(t)
-	a, b := n.NewPod("a"), n.NewPod("b")
-	n.MustAdd(a)
-	n.MustAdd(b)
-	normalSize := pinnedValueSize(t, n, bpf.LxcMapAnetEpByIf)
-	s := startUDPStream(t, a, b, "7004")
-	time.Sleep(200 * time.Millisecond)
+	// Both attach modes: tc filters are replaced, TCX links updated.
+	for _, mode := range []string{datapath.ModeTC, datapath.ModeTCX} {
+		t.Run(mode, func(t *testing.T) {
+			n := testnode.New(t, testnode.Options{AnetdArgs: []string{"--endpoint-attach", mode}})
+			normal := n.Bin
+			variant := variantBin(t)
+			a, b := n.NewPod("a"), n.NewPod("b")
+			n.MustAdd(a)
+			n.MustAdd(b)
+			normalSize := pinnedValueSize(t, n, bpf.LxcMapAnetEpByIf)
+			s := startUDPStream(t, a, b, "7004")
+			time.Sleep(200 * time.Millisecond)
 
-	var last uint64
-	for i, step := range []struct {
-		what, bin string
-		grown     bool
-	}{
-		{"to the map-variant build", variant, true},
-		{"back to the normal build", normal, false},
-	} {
-		n.StopAnetd()
-		n.Bin = step.bin
-		n.StartAnetd()
-		n.Bin = normal // the CNI binaries are the same in both
-		size := pinnedValueSize(t, n, bpf.LxcMapAnetEpByIf)
-		if grown := size > normalSize; grown != step.grown {
-			t.Fatalf("%s: pinned endpoint map value size %d (normal %d): the build did not change the layout", step.what, size, normalSize)
-		}
-		if !strings.Contains(n.Log(), "migrating it") {
-			t.Errorf("%s: anetd did not migrate:\n%s", step.what, n.Log())
-		}
-		eps := listEndpoints(t, n)
-		if len(eps) != 2 {
-			t.Fatalf("%s: %d endpoints, want 2\n%s", step.what, len(eps), n.Log())
-		}
-		for _, p := range []*testnode.Pod{a, b} {
-			// CHECK compares the program on each link with the pinned one.
-			if err := n.Check(p); err != nil {
-				t.Errorf("%s: CHECK %s: %v", step.what, p.Name, err)
+			var last uint64
+			for i, step := range []struct {
+				what, bin string
+				grown     bool
+			}{
+				{"to the map-variant build", variant, true},
+				{"back to the normal build", normal, false},
+			} {
+				n.StopAnetd()
+				n.Bin = step.bin
+				n.StartAnetd()
+				n.Bin = normal // the CNI binaries are the same in both
+				size := pinnedValueSize(t, n, bpf.LxcMapAnetEpByIf)
+				if grown := size > normalSize; grown != step.grown {
+					t.Fatalf("%s: pinned endpoint map value size %d (normal %d): the build did not change the layout", step.what, size, normalSize)
+				}
+				if !strings.Contains(n.Log(), "migrating it") {
+					t.Errorf("%s: anetd did not migrate:\n%s", step.what, n.Log())
+				}
+				eps := listEndpoints(t, n)
+				if len(eps) != 2 {
+					t.Fatalf("%s: %d endpoints, want 2\n%s", step.what, len(eps), n.Log())
+				}
+				for _, p := range []*testnode.Pod{a, b} {
+					// CHECK compares the program on each link with the pinned one.
+					if err := n.Check(p); err != nil {
+						t.Errorf("%s: CHECK %s: %v", step.what, p.Name, err)
+					}
+				}
+				fwd := count(eps[a.ContainerID], "egress", "forwarded")
+				if fwd < last || fwd == 0 {
+					t.Errorf("%s: a's forwarded counter %d, was %d: counters not carried", step.what, fwd, last)
+				}
+				last = fwd
+				time.Sleep(200 * time.Millisecond)
+				t.Logf("step %d done: %d datagrams sent so far", i, s.sent.Load())
 			}
-		}
-		fwd := count(eps[a.ContainerID], "egress", "forwarded")
-		if fwd < last || fwd == 0 {
-			t.Errorf("%s: a's forwarded counter %d, was %d: counters not carried", step.what, fwd, last)
-		}
-		last = fwd
-		time.Sleep(200 * time.Millisecond)
-		t.Logf("step %d done: %d datagrams sent so far", i, s.sent.Load())
+			s.lossless(t, 500)
+			// A pod added after the migrations works with the new maps.
+			c := n.NewPod("c")
+			n.MustAdd(c)
+			echoUDP(t, c, 7005)
+			roundTrip(t, a, "udp", net.JoinHostPort(c.IP().String(), "7005"), "after the migrations")
+		})
 	}
-	s.lossless(t, 500)
-	// A pod added after the migrations works with the new maps.
-	c := n.NewPod("c")
-	n.MustAdd(c)
-	echoUDP(t, c, 7005)
-	roundTrip(t, a, "udp", net.JoinHostPort(c.IP().String(), "7005"), "after the migrations")
 }
 
 // A veth deleted while anetd was away, and one deleted and made again
