@@ -1,0 +1,139 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
+)
+
+// wiringDP is fakeDP that also wires: a device appears in devices, with
+// counters as traffic would make them; failWire and failUpsert make those
+// steps fail.
+type wiringDP struct {
+	*fakeDP
+	devices    mapDevices
+	failWire   bool
+	failUpsert bool
+}
+
+func (w *wiringDP) Wire(_ *os.File, c datapath.WireConfig) (datapath.Wired, error) {
+	if w.failWire {
+		return datapath.Wired{}, errors.New("wire failed")
+	}
+	idx := uint32(100 + len(w.devices))
+	w.devices[c.HostIfName] = idx
+	w.fakeDP.mu.Lock()
+	w.fakeDP.counters[idx] = map[datapath.CounterKey]datapath.Counter{{}: {Packets: 1}}
+	w.fakeDP.mu.Unlock()
+	return datapath.Wired{HostIfindex: int(idx), HostMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Mode: datapath.ModeTC}, nil
+}
+
+func (w *wiringDP) UpsertEndpoint(e datapath.Endpoint) error {
+	if w.failUpsert {
+		return errors.New("upsert failed")
+	}
+	return w.fakeDP.UpsertEndpoint(e)
+}
+
+// Add either does all of it or leaves nothing: failures at each step,
+// and a plugin that went away before the record, undo everything (entries,
+// device, counters, address, record).
+func TestAddUndoesFailures(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(w *wiringDP, m *Manager, a api.Attachment) context.Context
+	}{
+		{"wire fails", func(w *wiringDP, _ *Manager, _ api.Attachment) context.Context {
+			w.failWire = true
+			return context.Background()
+		}},
+		{"maps fail", func(w *wiringDP, _ *Manager, _ api.Attachment) context.Context {
+			w.failUpsert = true
+			return context.Background()
+		}},
+		{"plugin gone", func(*wiringDP, *Manager, api.Attachment) context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx
+		}},
+		{"record fails", func(_ *wiringDP, m *Manager, a api.Attachment) context.Context {
+			// A directory where the record goes: the rename onto it fails.
+			if err := os.MkdirAll(filepath.Join(m.recordPath(a), "x"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			return context.Background()
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			devices := mapDevices{}
+			w := &wiringDP{fakeDP: newFakeDP(), devices: devices}
+			f := newFixture(t, dir, newFakeDP(), devices)
+			f.m.dp = w
+			a := api.Attachment{Network: "anet", ContainerID: "c1", IfName: "eth0"}
+			ctx := c.setup(w, f.m, a)
+			if _, err := f.m.Add(ctx, api.AddRequest{Attachment: a}, nil); err == nil {
+				t.Fatal("Add succeeded")
+			}
+			if len(w.byIP) != 0 || len(w.byIf) != 0 || len(w.counters) != 0 {
+				t.Errorf("map entries left: %v %v, counters %v", w.byIP, w.byIf, w.counters)
+			}
+			if len(devices) != 0 {
+				t.Errorf("devices left: %v", devices)
+			}
+			if n := len(f.m.ipam.List()); n != 0 {
+				t.Errorf("%d allocations left", n)
+			}
+			if f.m.Count() != 0 {
+				t.Errorf("%d endpoints left", f.m.Count())
+			}
+			if c.name != "record fails" {
+				if _, err := os.Stat(f.m.recordPath(a)); err == nil {
+					t.Error("record left")
+				}
+			}
+			// The same attachment then adds fine.
+			*w = wiringDP{fakeDP: w.fakeDP, devices: devices}
+			_ = os.RemoveAll(f.m.recordPath(a))
+			res, err := f.m.Add(context.Background(), api.AddRequest{Attachment: a}, nil)
+			if err != nil {
+				t.Fatalf("Add after the failure: %v", err)
+			}
+			if ip, ok := f.m.ipam.Lookup(a); !ok || ip != res.IP {
+				t.Errorf("address %s, allocation %s %v", res.IP, ip, ok)
+			}
+		})
+	}
+}
+
+// An attachment that exists (also as a record made before networks were
+// recorded) is refused and left alone.
+func TestAddRefusesExisting(t *testing.T) {
+	dir := t.TempDir()
+	devices := mapDevices{}
+	w := &wiringDP{fakeDP: newFakeDP(), devices: devices}
+	f := newFixture(t, dir, newFakeDP(), devices)
+	f.m.dp = w
+	legacy := f.add(t, "old", 60) // a record with no network
+	a := api.Attachment{Network: "anet", ContainerID: "old", IfName: "eth0"}
+	if _, err := f.m.Add(context.Background(), api.AddRequest{Attachment: a}, nil); !errors.Is(err, api.ErrExists) {
+		t.Fatalf("Add over a network-less record: %v, want ErrExists", err)
+	}
+	if _, err := f.m.Get(legacy.Attachment); err != nil {
+		t.Errorf("the older endpoint is gone: %v", err)
+	}
+	b := api.Attachment{Network: "anet", ContainerID: "new", IfName: "eth0"}
+	if _, err := f.m.Add(context.Background(), api.AddRequest{Attachment: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Add(context.Background(), api.AddRequest{Attachment: b}, nil); !errors.Is(err, api.ErrExists) {
+		t.Fatalf("second Add: %v, want ErrExists", err)
+	}
+}
