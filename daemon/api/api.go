@@ -217,9 +217,13 @@ type Validator interface{ Validate() error }
 // unknown fields and trailing data, and validates it. Every failure wraps
 // ErrInvalid.
 func Decode(r io.Reader, v Validator) error {
-	dec := json.NewDecoder(io.LimitReader(r, MaxBody+1))
+	lr := &io.LimitedReader{R: r, N: MaxBody + 1}
+	dec := json.NewDecoder(lr)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if lr.N <= 0 {
+			return invalid("request body exceeds %d bytes", MaxBody)
+		}
 		return invalid("decoding request: %v", err)
 	}
 	if dec.More() {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/endpoint"
@@ -37,7 +38,9 @@ func New(eps *endpoint.Manager, status func() api.Status, log *slog.Logger) *Ser
 	mux.HandleFunc("DELETE /v1/endpoints/{containerID}/{ifName}", s.ready(s.deleteEndpoint))
 	mux.HandleFunc("POST /v1/gc", s.ready(s.gc))
 	mux.HandleFunc("POST /v1/endpoints", s.ready(s.addEndpoint))
-	s.srv = &http.Server{Handler: mux, ConnContext: api.WithConn}
+	// A client that stalls mid-request holds a goroutine and what fds it
+	// sent: bound the time it may take to send its headers.
+	s.srv = &http.Server{Handler: mux, ConnContext: api.WithConn, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	return s
 }
 

@@ -3,6 +3,8 @@ package ipam
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
@@ -32,6 +34,9 @@ func (a *Allocator) Reserve(o Owner) (netip.Addr, error) {
 	a.byIP[ip] = o
 	a.byOwner[o] = ip
 	a.last = ip
+	// Where to go on after a restart, as host-local keeps it: not synced
+	// (a lost or torn file only makes the next address start earlier).
+	_ = os.WriteFile(filepath.Join(a.dir, "last"), []byte(ip.String()+"\n"), 0o600)
 	return ip, nil
 }
 
