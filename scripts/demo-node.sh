@@ -16,8 +16,13 @@ SERVER_PID=
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 in_node() { nsenter --net=/run/netns/$NODE -- "$@"; }
+# cnitool keeps libcni's result cache in /var/lib/cni, with no option to
+# move it: it runs in a mount namespace of its own where /var/lib is the
+# demo's directory, so that the machine's is never written.
 cnitool() {
+	mkdir -p "$D/var-lib"
 	CNI_PATH="$BIN" NETCONFPATH="$D/net.d" CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=${2#anet-demo-}" \
+		unshare -m --propagation private sh -c 'mount -n --bind "$0" /var/lib && exec "$@"' "$D/var-lib" \
 		nsenter --net=/run/netns/$NODE -- "$BIN/cnitool" "$1" anet "/run/netns/$2"
 }
 
@@ -30,7 +35,7 @@ cleanup() {
 	[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
 	[ -n "$ANETD_PID" ] && kill "$ANETD_PID" 2>/dev/null && wait "$ANETD_PID" 2>/dev/null
 	ip netns del $NODE 2>/dev/null
-	umount "$D/bpf" 2>/dev/null
+	umount -n "$D/bpf" 2>/dev/null
 	rm -rf "$D"
 }
 trap cleanup EXIT INT TERM
@@ -40,7 +45,7 @@ ip netns add $NODE
 ip -n $NODE link set lo up
 in_node sysctl -qw net.ipv4.ip_forward=0
 mkdir -p "$D/bpf" "$D/net.d"
-mount -t bpf bpf "$D/bpf"
+mount -n -t bpf bpf "$D/bpf" # -n: no /run/mount/utab on the machine
 
 step "anetd: loads and pins the eBPF programs and maps, serves its API on $D/anetd.sock"
 # nsenter execs anetd in place, so $! is anetd's PID (a shell function in
@@ -53,7 +58,7 @@ run "$BIN/anetctl" --socket "$D/anetd.sock" status
 
 step "the conflist anet renders for this node"
 cat >"$D/net.d/10-anet.conflist" <<CONF
-{"cniVersion":"1.1.0","name":"anet","plugins":[{"type":"anet-cni","socket":"$D/anetd.sock","bpfRoot":"$D/bpf","mtu":1500}]}
+{"cniVersion":"1.1.0","name":"anet","plugins":[{"type":"anet-cni","socket":"$D/anetd.sock","mtu":1500}]}
 CONF
 cat "$D/net.d/10-anet.conflist"
 
