@@ -46,6 +46,10 @@ type Datapath struct {
 	// replaced maps, held until the swap is done.
 	toPin    []string
 	replaced map[string]*ebpf.Map
+	// Fingerprints of this build's map layouts (recorded at Activate),
+	// and the replaced maps whose sizes stayed: not copied.
+	layouts  map[string][32]byte
+	sameSize map[string]bool
 	active   bool
 
 	barrierMu sync.Mutex
@@ -115,7 +119,11 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading eBPF spec: %w", err)
 	}
-	dp := &Datapath{Layout: l, log: log, replaced: map[string]*ebpf.Map{}}
+	dp := &Datapath{Layout: l, log: log, replaced: map[string]*ebpf.Map{}, layouts: map[string][32]byte{}, sameSize: map[string]bool{}}
+	recorded, err := readLayouts(l)
+	if err != nil {
+		return nil, err
+	}
 	reuse := map[string]*ebpf.Map{}
 	defer func() {
 		for _, m := range reuse {
@@ -137,15 +145,25 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 		ms.Pinning = ebpf.PinNone
 		pinned, err := ebpf.LoadPinnedMap(l.MapPin(name), nil)
 		if errors.Is(err, os.ErrNotExist) {
+			dp.layouts[name] = fingerprint(ms)
 			dp.toPin = append(dp.toPin, name)
 			continue
 		}
 		if err != nil {
 			return fail(fmt.Errorf("opening pinned map %s: %w", l.MapPin(name), err))
 		}
+		fp := fingerprint(ms)
+		dp.layouts[name] = fp
 		if diff := ms.Compatible(pinned); diff != nil {
 			log.Info("pinned map has another layout than this build; migrating it", "map", name, "change", diff)
 			dp.replaced[name] = pinned
+			dp.toPin = append(dp.toPin, name)
+			continue
+		}
+		if old, ok := recorded[name]; ok && old != fp {
+			log.Info("pinned map has another layout than this build (same sizes, other fields); migrating it", "map", name)
+			dp.replaced[name] = pinned
+			dp.sameSize[name] = true
 			dp.toPin = append(dp.toPin, name)
 			continue
 		}
@@ -171,6 +189,11 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 		case refillRecords:
 			log.Info("migrated map starts empty and is rebuilt from anetd's records", "map", name)
 		case refillCopy:
+			if dp.sameSize[name] {
+				n, _ := countEntries(old)
+				log.Info("migrated map starts empty: its entries have the same size but another layout", "map", name, "notCopied", n)
+				continue
+			}
 			n, skipped, err := copyEntries(old, maps[name])
 			if err != nil {
 				dp.Close()
@@ -199,6 +222,9 @@ func (dp *Datapath) Activate() error {
 		if err := pinReplace(maps[name], dp.Layout.MapPin(name)); err != nil {
 			return err
 		}
+	}
+	if err := writeLayouts(dp.Layout, dp.layouts); err != nil {
+		return err
 	}
 	for name, p := range dp.programs() {
 		if err := pinReplace(p, dp.Layout.ProgPin(name)); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -285,4 +286,109 @@ func TestMountBPFFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp.Close()
+}
+
+// A map whose sizes stay but whose layout changed (fields reordered or
+// redefined: the kernel would reuse it as it is) is migrated too, from the
+// fingerprints Activate records: the endpoint maps are rebuilt from
+// records, the counters start empty rather than be read the wrong way.
+// Simulated by changing the recorded fingerprints of two maps.
+func TestLoadMigratesSameSizeLayoutChange(t *testing.T) {
+	root := tmpBPFFS(t)
+	l := Layout{Root: root}
+	dp, err := Load(root, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	ep := Endpoint{IP: netip.MustParseAddr("10.244.1.9"), Ifindex: 7, PodMAC: podMAC, HostMAC: hostMAC}
+	if err := dp.UpsertEndpoint(ep); err != nil {
+		t.Fatal(err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := make([]bpf.LxcMetricsValue, cpus)
+	per[0].Packets = 5
+	if err := dp.objs.AnetMetrics.Put(bpf.LxcMetricsKey{Ifindex: 7}, per); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	oldID, _ := pinnedInfo(t, l.MapPin(bpf.LxcMapAnetEpByIf))
+
+	// Unchanged fingerprints: nothing migrates.
+	dp, err = Load(root, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := dp.Migrating(); len(m) != 0 {
+		t.Fatalf("migrating %v with unchanged layouts", m)
+	}
+	dp.Close()
+
+	lm, err := ebpf.LoadPinnedMap(l.MapPin(layoutsName), nil)
+	if err != nil {
+		t.Fatalf("no fingerprints pinned: %v", err)
+	}
+	for _, name := range []string{bpf.LxcMapAnetEpByIf, bpf.LxcMapAnetMetrics} {
+		if err := lm.Put(layoutKeyOf(name), [32]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lm.Close()
+	dp, err = Load(root, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	got := map[string]bool{}
+	for _, m := range dp.Migrating() {
+		got[m] = true
+	}
+	if len(got) != 2 || !got[bpf.LxcMapAnetEpByIf] || !got[bpf.LxcMapAnetMetrics] {
+		t.Fatalf("migrating %v, want the two maps whose layout changed", dp.Migrating())
+	}
+	if c, err := dp.Counters(); err != nil || len(c[7]) != 0 {
+		t.Errorf("counters of another layout copied: %v %v", c, err)
+	}
+	if err := dp.UpsertEndpoint(ep); err != nil { // what Restore does
+		t.Fatal(err)
+	}
+	if err := dp.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := pinnedInfo(t, l.MapPin(bpf.LxcMapAnetEpByIf)); id == oldID {
+		t.Error("the map of the changed layout is still pinned")
+	}
+	rec, err := readLayouts(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := bpf.LoadLxc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{bpf.LxcMapAnetEpByIf, bpf.LxcMapAnetMetrics, bpf.LxcMapAnetEpByIp} {
+		if rec[name] != fingerprint(spec.Maps[name]) {
+			t.Errorf("recorded fingerprint of %s is not this build's after Activate", name)
+		}
+	}
+}
+
+// Fingerprints tell apart types of the same size.
+func TestFingerprintSeesFields(t *testing.T) {
+	u32 := &btf.Int{Name: "u32", Size: 4}
+	mk := func(a, b string) *ebpf.MapSpec {
+		return &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, Key: u32,
+			Value: &btf.Struct{Name: "v", Size: 8, Members: []btf.Member{{Name: a, Type: u32}, {Name: b, Type: u32, Offset: 32}}}}
+	}
+	if fingerprint(mk("ip", "ifindex")) != fingerprint(mk("ip", "ifindex")) {
+		t.Error("the same layout has two fingerprints")
+	}
+	if fingerprint(mk("ip", "ifindex")) == fingerprint(mk("ifindex", "ip")) {
+		t.Error("reordered fields have the same fingerprint")
+	}
 }
