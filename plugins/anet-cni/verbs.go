@@ -139,23 +139,24 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil && !away {
 		return daemonError("deleting the endpoint", err)
 	}
-	// anetd removed the device when it had a record of it; without one
-	// (or with anetd away) it may still be here.
+	if !away {
+		// anetd removed the device (by its name, record or not) after any
+		// ADD of the attachment in progress. Touching it here would race
+		// an ADD that anetd starts next.
+		return nil
+	}
 	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
 		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
 	}
-	// anetd removed the link pins with the device. Away, it unpins the
-	// links of vanished devices when it starts; with a bpfRoot in the
-	// config they go now.
-	if away && conf.BPFRoot != "" {
+	// Away, anetd unpins the links of vanished devices when it starts;
+	// with a bpfRoot in the config they go now.
+	if conf.BPFRoot != "" {
 		if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
 			return types.NewError(types.ErrInternal, "removing link pins", err.Error())
 		}
 	}
-	if away {
-		if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
-			return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
-		}
+	if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
+		return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
 	}
 	return nil
 }
