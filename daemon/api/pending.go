@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/google/renameio/v2"
 )
@@ -16,13 +17,22 @@ func PendingReleaseDir(socket string) string {
 	return filepath.Join(filepath.Dir(socket), "pending-release")
 }
 
+// PendingRelease is a DEL that anetd did not hear of, and when it was
+// recorded: anetd applies it only to an endpoint older than that (a later
+// ADD of the same attachment is another endpoint). Records written before
+// the time was kept have none and apply to any.
+type PendingRelease struct {
+	Attachment
+	Recorded time.Time `json:"recorded,omitzero"`
+}
+
 // RecordPendingRelease writes a record for a (name is unique per attachment)
 // atomically.
 func RecordPendingRelease(dir, name string, a Attachment) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	b, err := json.Marshal(a)
+	b, err := json.Marshal(PendingRelease{Attachment: a, Recorded: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
@@ -31,7 +41,7 @@ func RecordPendingRelease(dir, name string, a Attachment) error {
 
 // ReadPendingReleases returns the records in dir by file path. Unreadable
 // records are returned with a zero Attachment so that the caller drops them.
-func ReadPendingReleases(dir string) (map[string]Attachment, error) {
+func ReadPendingReleases(dir string) (map[string]PendingRelease, error) {
 	entries, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -39,13 +49,13 @@ func ReadPendingReleases(dir string) (map[string]Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]Attachment{}
+	out := map[string]PendingRelease{}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())
-		var a Attachment
+		var a PendingRelease
 		if b, err := os.ReadFile(path); err == nil {
 			_ = json.Unmarshal(b, &a)
 		}

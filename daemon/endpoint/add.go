@@ -123,7 +123,7 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	if api.PeerGone(ctx) {
 		return nil, errors.New("the plugin went away before the ADD was done")
 	}
-	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Truncate(time.Second)}
+	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Round(0)}
 	b, err := json.Marshal(ep)
 	if err != nil {
 		return nil, err

@@ -134,7 +134,7 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 		}
 		return fmt.Errorf("%w: endpoint %s/%s", api.ErrExists, r.ContainerID, r.IfName)
 	}
-	ep := &api.Endpoint{EndpointRequest: r, Created: time.Now().UTC().Truncate(time.Second)}
+	ep := &api.Endpoint{EndpointRequest: r, Created: time.Now().UTC().Round(0)}
 	b, err := json.Marshal(ep)
 	if err != nil {
 		return err
@@ -518,9 +518,17 @@ func (m *Manager) releasePendingLocked(dir string) error {
 	if err != nil {
 		return err
 	}
-	for path, a := range recs {
+	for path, rec := range recs {
+		a := rec.Attachment
 		if _, busy := m.busy[m.resolveLocked(a)]; busy {
 			continue // an ADD or DEL of it is running; the next tick applies it
+		}
+		// An endpoint made after the DEL was recorded is a later ADD's,
+		// not the one the DEL was for.
+		if ep := m.eps[m.resolveLocked(a)]; ep != nil && !rec.Recorded.IsZero() && ep.Created.After(rec.Recorded) {
+			m.log.Info("dropping a release recorded before the attachment was added again", "containerID", a.ContainerID, "ifName", a.IfName, "recorded", rec.Recorded, "created", ep.Created)
+			_ = os.Remove(path)
+			continue
 		}
 		if a.Validate() == nil {
 			m.log.Info("applying release recorded while anetd was away", "network", a.Network, "containerID", a.ContainerID, "ifName", a.IfName)

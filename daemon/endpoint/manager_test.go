@@ -390,3 +390,48 @@ func TestGCByNetwork(t *testing.T) {
 		t.Fatalf("DEL with a network did not remove the record without one: %d endpoints", f.m.Count())
 	}
 }
+
+// A release recorded by a DEL that anetd did not hear of applies to the
+// endpoint it was for, not to a later ADD of the same attachment; a
+// record without a time (older plugins) applies as before.
+func TestPendingReleaseSparesLaterAdd(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixture(t, dir, newFakeDP(), map[string]uint32{})
+	p := Pending{Releases: filepath.Join(dir, "pending")}
+	old := f.add(t, "old", 10)
+	if err := api.RecordPendingRelease(p.Releases, old.HostIfName, old.Attachment); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.ApplyPending(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Get(old.Attachment); err == nil {
+		t.Fatal("the release did not remove the endpoint it was recorded for")
+	}
+	// The DEL is recorded, then the attachment is added again before
+	// anetd gets to the record.
+	if err := api.RecordPendingRelease(p.Releases, old.HostIfName, old.Attachment); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	again := f.add(t, "old", 11)
+	if err := f.m.ApplyPending(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Get(again.Attachment); err != nil {
+		t.Errorf("the release removed a later ADD of the attachment: %v", err)
+	}
+	if recs, _ := api.ReadPendingReleases(p.Releases); len(recs) != 0 {
+		t.Errorf("the stale release was kept: %v", recs)
+	}
+	// A record without a time, as older plugins wrote it.
+	if err := os.WriteFile(filepath.Join(p.Releases, again.HostIfName), []byte(`{"containerID":"old","ifName":"eth0"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.ApplyPending(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Get(again.Attachment); err == nil {
+		t.Error("a release without a time did not apply")
+	}
+}
