@@ -249,7 +249,7 @@ func TestCnitool(t *testing.T) {
 	run := func(verb string, p *testnode.Pod) string {
 		t.Helper()
 		cmd := n.NSEnter("unshare", "--mount", "--propagation", "private", "--",
-			"sh", "-c", `mount --bind "$0" /var/lib && exec "$@"`, varLib,
+			"sh", "-c", `mount -n --bind "$0" /var/lib && exec "$@"`, varLib,
 			filepath.Join(n.Bin, "cnitool"), verb, "anet", p.NS.Path())
 		cmd.Env = append(os.Environ(), "CNI_PATH="+n.Bin, "NETCONFPATH="+n.ConfDir, "CNI_IFNAME=eth0",
 			"CNI_ARGS=K8S_POD_NAMESPACE=default;K8S_POD_NAME="+p.Name) // cnitool itself refuses a trailing ";"
