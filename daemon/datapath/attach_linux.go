@@ -19,10 +19,6 @@ const (
 	ModeTC  = "tc"  // clsact qdisc with direct-action cls_bpf filters (kernels before 6.6)
 )
 
-// ForceTCEnv, when set to 1, makes AttachEndpoint use tc clsact even where
-// TCX works, so that the fallback is exercised by tests on new kernels.
-const ForceTCEnv = "ANET_FORCE_TC"
-
 var dirs = [...]Dir{DirEgress, DirIngress}
 
 // tcxAttach is where each program hangs on the host-side veth: what the pod
@@ -47,43 +43,6 @@ func netlinkIndex(ifname string) (int, error) {
 		return 0, err
 	}
 	return lk.Attrs().Index, nil
-}
-
-// AttachEndpoint attaches anetd's pinned programs to an endpoint's host-side
-// veth, in the current network namespace. TCX links are pinned so that they
-// outlive the caller (the CNI plugin exits right after). It returns the mode
-// used. On error nothing stays attached.
-func AttachEndpoint(l Layout, ifname string) (mode string, err error) {
-	idx, err := netlinkIndex(ifname)
-	if err != nil {
-		return "", fmt.Errorf("finding %s: %w", ifname, err)
-	}
-	progs := make(map[Dir]*ebpf.Program, len(dirs))
-	defer func() {
-		for _, p := range progs {
-			p.Close()
-		}
-	}()
-	for _, d := range dirs {
-		p, err := ebpf.LoadPinnedProgram(l.ProgPin(progForDir(d)), nil)
-		if err != nil {
-			return "", fmt.Errorf("loading pinned program %s (is anetd running with this bpf root?): %w", l.ProgPin(progForDir(d)), err)
-		}
-		progs[d] = p
-	}
-	if os.Getenv(ForceTCEnv) != "1" {
-		err = attachTCX(l, ifname, idx, progs)
-		if err == nil {
-			return ModeTCX, nil
-		}
-		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return "", err
-		}
-	}
-	if err := attachTC(idx, progs); err != nil {
-		return "", err
-	}
-	return ModeTC, nil
 }
 
 func attachTCX(l Layout, ifname string, idx int, progs map[Dir]*ebpf.Program) error {

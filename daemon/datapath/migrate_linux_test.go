@@ -202,22 +202,24 @@ func TestActivateSkipsVanishedDevices(t *testing.T) {
 		if err := dp.Activate(); err != nil {
 			return err
 		}
-		dp.Close()
 		for _, name := range []string{"anettkeep", "anettgone", "anettagain", "anetttc"} {
 			if err := addVeth(name); err != nil {
 				return err
 			}
-			want := ModeTCX
+			dp.EndpointAttach = ModeTCX
 			if name == "anetttc" {
-				want = ModeTC
-				os.Setenv(ForceTCEnv, "1")
+				dp.EndpointAttach = ModeTC
 			}
-			mode, err := AttachEndpoint(l, name)
-			os.Unsetenv(ForceTCEnv)
-			if err != nil || mode != want {
+			idx, err := netlinkIndex(name)
+			if err != nil {
+				return err
+			}
+			mode, err := dp.attach(name, idx)
+			if err != nil || mode != dp.EndpointAttach {
 				return fmt.Errorf("attach %s: %s %v", name, mode, err)
 			}
 		}
+		dp.Close()
 		for _, name := range []string{"anettgone", "anettagain"} {
 			lk, err := netlink.LinkByName(name)
 			if err == nil {

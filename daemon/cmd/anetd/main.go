@@ -195,9 +195,6 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	dp.EndpointAttach = cfg.attach
-	if os.Getenv(datapath.ForceTCEnv) == "1" {
-		dp.EndpointAttach = datapath.ModeTC
-	}
 	defer dp.Close()
 	eps, err := endpoint.New(filepath.Join(cfg.stateDir, "endpoints"), alloc, dp, nodeDevices{datapath.Layout{Root: cfg.bpfRoot}}, log)
 	if err != nil {
