@@ -31,13 +31,18 @@ func (a *Allocator) Reserve(o Owner) (netip.Addr, error) {
 	if !ok {
 		return netip.Addr{}, fmt.Errorf("%w in %s", api.ErrFull, a.cidr)
 	}
+	a.take(ip, o)
+	return ip, nil
+}
+
+// take gives ip to o and notes it as the last address handed out, which is
+// where the search goes on after a restart too, as host-local keeps it: not
+// synced (a lost or torn file only makes the next search start earlier).
+func (a *Allocator) take(ip netip.Addr, o Owner) {
 	a.byIP[ip] = o
 	a.byOwner[o] = ip
 	a.last = ip
-	// Where to go on after a restart, as host-local keeps it: not synced
-	// (a lost or torn file only makes the next address start earlier).
 	_ = os.WriteFile(filepath.Join(a.dir, "last"), []byte(ip.String()+"\n"), 0o600)
-	return ip, nil
 }
 
 // Hold claims ip for o from a durable record of o's (on restore). It fails

@@ -128,32 +128,15 @@ func (a *Allocator) Allocate(o Owner) (netip.Addr, error) {
 	if ip, ok := a.byOwner[o]; ok {
 		return netip.Addr{}, fmt.Errorf("%w: %s/%s holds %s", api.ErrExists, o.ContainerID, o.IfName, ip)
 	}
-	start := a.last
-	if !start.IsValid() {
-		start = a.gw
+	ip, ok := a.nextFreeLocked()
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("%w in %s", api.ErrFull, a.cidr)
 	}
-	ip := start
-	for range a.Capacity() + 3 {
-		ip = ip.Next()
-		if !a.cidr.Contains(ip) {
-			ip = a.cidr.Addr()
-		}
-		if !a.usable(ip) {
-			continue
-		}
-		if _, taken := a.byIP[ip]; taken {
-			continue
-		}
-		if err := a.persist(ip, o); err != nil {
-			return netip.Addr{}, err
-		}
-		a.byIP[ip] = o
-		a.byOwner[o] = ip
-		a.last = ip
-		_ = renameio.WriteFile(filepath.Join(a.dir, "last"), []byte(ip.String()+"\n"), 0o600)
-		return ip, nil
+	if err := a.persist(ip, o); err != nil {
+		return netip.Addr{}, err
 	}
-	return netip.Addr{}, fmt.Errorf("%w in %s", api.ErrFull, a.cidr)
+	a.take(ip, o)
+	return ip, nil
 }
 
 // Release frees o's address and reports which it was; releasing an owner
