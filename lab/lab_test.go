@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/lab/testnode"
 )
 
 func TestMain(m *testing.M) {
@@ -207,7 +207,7 @@ func nodeLeftovers(l *Lab, n *NodeRec) []string {
 	for _, p := range pins {
 		out = append(out, "link pin "+p.Name())
 	}
-	entries, err := mapEntries(n.BPFRoot)
+	entries, err := testnode.MapEntries(n.BPFRoot)
 	if err != nil {
 		out = append(out, err.Error())
 	}
@@ -217,38 +217,6 @@ func nodeLeftovers(l *Lab, n *NodeRec) []string {
 		}
 	}
 	return out
-}
-
-// mapEntries counts the entries of each of anetd's pinned maps that hold
-// per-endpoint state (as lab/testnode does), under a node's bpffs.
-func mapEntries(bpfRoot string) (map[string]int, error) {
-	out := map[string]int{}
-	for _, name := range []string{"anet_ep_by_ip", "anet_ep_by_if", "anet_metrics"} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(bpfRoot, "maps", name), nil)
-		if err != nil {
-			return nil, fmt.Errorf("opening pinned map %s: %w", name, err)
-		}
-		it := m.Iterate()
-		var k, v []byte
-		var pv [][]byte
-		count := 0
-		if m.Type() == ebpf.PerCPUHash {
-			for it.Next(&k, &pv) {
-				count++
-			}
-		} else {
-			for it.Next(&k, &v) {
-				count++
-			}
-		}
-		err = it.Err()
-		m.Close()
-		if err != nil {
-			return nil, fmt.Errorf("reading pinned map %s: %w", name, err)
-		}
-		out[name] = count
-	}
-	return out, nil
 }
 
 func connect(l *Lab, from, addr string) (string, error) {

@@ -643,19 +643,9 @@ func (n *Node) HoldAdd(p *Pod, step string) *HeldAdd {
 // returns its error (nil on success) and stdout. anetd is then restarted
 // without the hold.
 func (h *HeldAdd) Continue() (string, error) {
-	h.n.mu.Lock()
-	cmd := h.n.anetd
-	h.n.mu.Unlock()
-	if cmd != nil {
-		_ = cmd.Process.Signal(syscall.SIGUSR1)
-	}
-	<-h.done
-	h.n.StopAnetd()
-	h.n.StartAnetd()
-	if h.err != nil {
-		return h.stdout.String(), fmt.Errorf("%w: %s%s", h.err, h.stdout.String(), h.stderr.String())
-	}
-	return h.stdout.String(), nil
+	out, err := h.Release()
+	h.Restart()
+	return out, err
 }
 
 // Release lets anetd go on with the held ADD and waits for the plugin,
