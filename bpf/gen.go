@@ -10,3 +10,8 @@ package bpf
 // `-tags anet_mapvariant`: the upgrade test runs it against a node of the
 // normal build to prove that pinned maps are migrated, both ways.
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DANET_TEST_MAP_VARIANT" -tags anet_mapvariant -output-stem lxcvariant -target bpfel -type endpoint_info -type metrics_key -type metrics_value Lxc lxc.c
+
+// The underlay device's programs (per-packet service translation), in both
+// builds for the same reason: they share the endpoint map.
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -tags !anet_mapvariant -target bpfel -type ct4_key -type ct4_entry -type node_config Host host.c
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DANET_TEST_MAP_VARIANT" -tags anet_mapvariant -output-stem hostvariant -target bpfel -type ct4_key -type ct4_entry -type node_config Host host.c

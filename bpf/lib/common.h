@@ -27,6 +27,11 @@ enum anet_reason {
 	DROP_TTL_EXCEEDED = 7,       /* would be forwarded with TTL 0 */
 	DROP_REDIRECT_FAILED = 8,    /* the kernel refused the redirect */
 	DROP_CSUM_FAILED = 9,       /* the kernel refused a checksum update */
+	DROP_NO_SERVICE_BACKEND = 10, /* a frontend with no backend that may serve this client */
+	DROP_NO_SNAT_PORT = 11,     /* no free SNAT port (or no node address) for a remote backend */
+	DROP_FIB_FAILED = 12,       /* no route for a translated packet */
+	DROP_MALFORMED_L4 = 13,     /* truncated TCP or UDP header */
+	DROP_CT_FULL = 14,          /* the conntrack table refused an entry */
 	__REASON_MAX,
 };
 

@@ -21,34 +21,49 @@ const (
 	DropTTLExceeded
 	DropRedirectFailed
 	DropCsumFailed
+	DropNoServiceBackend
+	DropNoSNATPort
+	DropFIBFailed
+	DropMalformedL4
+	DropCTFull
 	reasonMax
 )
 
 var reasonNames = [...]string{
-	ReasonForwarded:     "forwarded",
-	DropUnknownEndpoint: "unknown-endpoint",
-	DropMalformedL2:     "malformed-l2",
-	DropMalformedIP:     "malformed-ip",
-	DropUnsupportedL3:   "unsupported-l3",
-	DropInvalidSource:   "invalid-source",
-	DropMalformedARP:    "malformed-arp",
-	DropTTLExceeded:     "ttl-exceeded",
-	DropRedirectFailed:  "redirect-failed",
-	DropCsumFailed:      "csum-failed",
+	ReasonForwarded:      "forwarded",
+	DropUnknownEndpoint:  "unknown-endpoint",
+	DropMalformedL2:      "malformed-l2",
+	DropMalformedIP:      "malformed-ip",
+	DropUnsupportedL3:    "unsupported-l3",
+	DropInvalidSource:    "invalid-source",
+	DropMalformedARP:     "malformed-arp",
+	DropTTLExceeded:      "ttl-exceeded",
+	DropRedirectFailed:   "redirect-failed",
+	DropCsumFailed:       "csum-failed",
+	DropNoServiceBackend: "no-service-backend",
+	DropNoSNATPort:       "no-snat-port",
+	DropFIBFailed:        "fib-failed",
+	DropMalformedL4:      "malformed-l4",
+	DropCTFull:           "conntrack-full",
 }
 
 // cNames are the C enumerator names, checked against the header by tests.
 var cNames = [...]string{
-	ReasonForwarded:     "REASON_FORWARDED",
-	DropUnknownEndpoint: "DROP_UNKNOWN_ENDPOINT",
-	DropMalformedL2:     "DROP_MALFORMED_L2",
-	DropMalformedIP:     "DROP_MALFORMED_IP",
-	DropUnsupportedL3:   "DROP_UNSUPPORTED_L3",
-	DropInvalidSource:   "DROP_INVALID_SOURCE",
-	DropMalformedARP:    "DROP_MALFORMED_ARP",
-	DropTTLExceeded:     "DROP_TTL_EXCEEDED",
-	DropRedirectFailed:  "DROP_REDIRECT_FAILED",
-	DropCsumFailed:      "DROP_CSUM_FAILED",
+	ReasonForwarded:      "REASON_FORWARDED",
+	DropUnknownEndpoint:  "DROP_UNKNOWN_ENDPOINT",
+	DropMalformedL2:      "DROP_MALFORMED_L2",
+	DropMalformedIP:      "DROP_MALFORMED_IP",
+	DropUnsupportedL3:    "DROP_UNSUPPORTED_L3",
+	DropInvalidSource:    "DROP_INVALID_SOURCE",
+	DropMalformedARP:     "DROP_MALFORMED_ARP",
+	DropTTLExceeded:      "DROP_TTL_EXCEEDED",
+	DropRedirectFailed:   "DROP_REDIRECT_FAILED",
+	DropCsumFailed:       "DROP_CSUM_FAILED",
+	DropNoServiceBackend: "DROP_NO_SERVICE_BACKEND",
+	DropNoSNATPort:       "DROP_NO_SNAT_PORT",
+	DropFIBFailed:        "DROP_FIB_FAILED",
+	DropMalformedL4:      "DROP_MALFORMED_L4",
+	DropCTFull:           "DROP_CT_FULL",
 }
 
 func (r Reason) String() string {

@@ -114,3 +114,77 @@ var Broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 func WhoHas(senderMAC net.HardwareAddr, sender, target netip.Addr) []byte {
 	return ARP(Broadcast, ARPRequest, senderMAC, sender, nil, target)
 }
+
+// TCP flags.
+const (
+	TCPFin = 0x01
+	TCPSyn = 0x02
+	TCPRst = 0x04
+	TCPAck = 0x10
+)
+
+// TCP describes an Ethernet/IPv4/TCP frame (a 20-byte TCP header, no
+// options) with valid IPv4 and TCP checksums.
+type TCP struct {
+	DstMAC, SrcMAC   net.HardwareAddr
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+	Flags            uint8
+	Seq, Ack         uint32
+	TTL              uint8
+	Payload          []byte
+}
+
+// Frame builds the frame.
+func (c TCP) Frame() []byte {
+	ttl := c.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip := make([]byte, IPv4Len+20+len(c.Payload))
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip[8] = ttl
+	ip[9] = 6 // TCP
+	s, d := c.Src.As4(), c.Dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip[:IPv4Len]))
+	t := ip[IPv4Len:]
+	binary.BigEndian.PutUint16(t[0:], c.SrcPort)
+	binary.BigEndian.PutUint16(t[2:], c.DstPort)
+	binary.BigEndian.PutUint32(t[4:], c.Seq)
+	binary.BigEndian.PutUint32(t[8:], c.Ack)
+	t[12] = 5 << 4
+	t[13] = c.Flags
+	binary.BigEndian.PutUint16(t[14:], 65535)
+	copy(t[20:], c.Payload)
+	binary.BigEndian.PutUint16(t[16:], L4Checksum(ip))
+	return append(Eth(c.DstMAC, c.SrcMAC, EtherTypeIPv4), ip...)
+}
+
+// WithUDPChecksum returns a UDP frame (from UDP.Frame) with its UDP
+// checksum filled in.
+func WithUDPChecksum(frame []byte) []byte {
+	ip := frame[EthLen:]
+	binary.BigEndian.PutUint16(ip[IPv4Len+6:], 0)
+	c := L4Checksum(ip)
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(ip[IPv4Len+6:], c)
+	return frame
+}
+
+// L4Checksum is the TCP or UDP checksum over an IPv4 packet (ip starts at
+// the IPv4 header, without options) with its pseudo-header. Over a packet
+// whose checksum field is filled in and right, it is 0.
+func L4Checksum(ip []byte) uint16 {
+	l4 := ip[IPv4Len:]
+	pseudo := make([]byte, 0, 12+len(l4))
+	pseudo = append(pseudo, ip[12:20]...)
+	pseudo = append(pseudo, 0, ip[9])
+	pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(len(l4)))
+	pseudo = append(pseudo, l4...)
+	return Checksum(pseudo)
+}

@@ -1,0 +1,463 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Programs on the node's underlay device: the per-packet half of the
+ * kube-proxy replacement, for the traffic that the socket hooks do not see
+ * (NodePort, ExternalIP and LoadBalancer connections from outside the node).
+ *
+ *   anet_from_netdev  tc ingress: a new connection to a frontend gets a
+ *                     backend (DNAT), and the node's address as its source
+ *                     when the backend is on another node (SNAT); replies
+ *                     of such connections coming back from that node are
+ *                     translated back and sent to the client.
+ *   anet_to_netdev    tc egress: replies of a local backend to an outside
+ *                     client get the frontend back as their source.
+ *
+ * Everything else passes untouched (TC_ACT_OK). Entry points dispatch;
+ * helpers return a negative anet_reason to drop (one drop path).
+ */
+#include "lib/common.h"
+#include "lib/eth.h"
+#include "lib/lb.h"
+#include "lib/ct.h"
+
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+char __license[] __section("license") = "Dual BSD/GPL";
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* The node's own address and SNAT port range, written by anetd. */
+struct node_config {
+	__be32 addr;     /* the node's address on this device (SNAT source) */
+	__u16 snat_min;  /* SNAT source ports, host byte order, inclusive */
+	__u16 snat_max;
+	__u32 flags;     /* reserved */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} anet_node_config __section(".maps");
+
+/* A parsed IPv4 TCP or UDP packet: where its fields are. */
+struct pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	bool syn_only; /* TCP SYN without ACK: a new connection */
+	bool closing;  /* TCP FIN or RST */
+	__u32 l4off;
+	__u32 csumoff; /* of the L4 checksum */
+};
+
+/* parse fills p for an IPv4 TCP or UDP first-or-only fragment. It returns 1
+ * for a packet to translate, 0 for one to pass untouched (another
+ * protocol, a later fragment), or a negative reason. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	/* Headers in the linear area: IPv4 with options and a TCP header. */
+	__u32 want = ETH_HLEN + 60 + sizeof(struct tcphdr);
+	if (want > skb->len)
+		want = skb->len;
+	if (data + want > data_end) {
+		if (bpf_skb_pull_data(skb, want) < 0)
+			return -DROP_MALFORMED_IP;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	struct iphdr *ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return -DROP_MALFORMED_IP;
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return -DROP_MALFORMED_IP;
+	if (ip4->protocol != IPPROTO_TCP && ip4->protocol != IPPROTO_UDP)
+		return 0;
+	/* A later fragment carries no ports: nothing to match it on. */
+	if (ip4->frag_off & bpf_htons(0x1fff))
+		return 0;
+	__u32 hdrlen = ip4->ihl * 4;
+	p->saddr = ip4->saddr;
+	p->daddr = ip4->daddr;
+	p->proto = ip4->protocol;
+	p->l4off = ETH_HLEN + hdrlen;
+	p->syn_only = false;
+	p->closing = false;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + p->l4off;
+		if ((void *)(th + 1) > data_end)
+			return -DROP_MALFORMED_L4;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->syn_only = th->syn && !th->ack;
+		p->closing = th->fin || th->rst;
+		p->csumoff = p->l4off + offsetof(struct tcphdr, check);
+	} else {
+		struct udphdr *uh = data + p->l4off;
+		if ((void *)(uh + 1) > data_end)
+			return -DROP_MALFORMED_L4;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->csumoff = p->l4off + offsetof(struct udphdr, check);
+	}
+	return 1;
+}
+
+/* csum_flags: UDP's checksum may be 0 (none); the kernel leaves it so. */
+static __always_inline __u64 csum_flags(const struct pkt *p)
+{
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, bool src, __be32 to)
+{
+	__u32 off = ETH_HLEN + (src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+	__be32 from = src ? p->saddr : p->daddr;
+
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, p->csumoff, from, to, BPF_F_PSEUDO_HDR | sizeof(to) | csum_flags(p)) < 0)
+		return -DROP_CSUM_FAILED;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to, sizeof(to)) < 0)
+		return -DROP_CSUM_FAILED;
+	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0) < 0)
+		return -DROP_CSUM_FAILED;
+	if (src)
+		p->saddr = to;
+	else
+		p->daddr = to;
+	return 0;
+}
+
+static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, bool src, __be16 to)
+{
+	/* sport and dport are the first two fields of both TCP and UDP. */
+	__u32 off = p->l4off + (src ? 0 : 2);
+	__be16 from = src ? p->sport : p->dport;
+
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, p->csumoff, from, to, sizeof(to) | csum_flags(p)) < 0)
+		return -DROP_CSUM_FAILED;
+	if (bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0) < 0)
+		return -DROP_CSUM_FAILED;
+	if (src)
+		p->sport = to;
+	else
+		p->dport = to;
+	return 0;
+}
+
+/* route sends a translated packet out by a FIB lookup, as a router would
+ * (TTL decremented): the host stack would drop it, its source being one of
+ * the node's own addresses. */
+static __always_inline int route(struct __sk_buff *skb, const struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip4 = data + ETH_HLEN;
+
+	if ((void *)(ip4 + 1) > data_end)
+		return -DROP_MALFORMED_IP;
+	if (ip4->ttl <= 1)
+		return -DROP_TTL_EXCEEDED;
+	__be16 old = *(__be16 *)&ip4->ttl;
+	ip4->ttl--;
+	__be16 new = *(__be16 *)&ip4->ttl;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
+		return -DROP_CSUM_FAILED;
+
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = p->proto,
+		.sport = p->sport,
+		.dport = p->dport,
+		.ipv4_src = p->saddr,
+		.ipv4_dst = p->daddr,
+		.ifindex = skb->ifindex,
+	};
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	/* With IP forwarding off on the device the FIB helper refuses; the
+	 * packet then leaves by the device it came in on (the underlay, for
+	 * both directions of a NodePort connection), the kernel choosing the
+	 * next hop and its address. */
+	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return -DROP_FIB_FAILED;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -DROP_MALFORMED_L2;
+	mac_copy(eth->h_dest, fib.dmac);
+	mac_copy(eth->h_source, fib.smac);
+	int ret = bpf_redirect(fib.ifindex, 0);
+	if (ret != TC_ACT_REDIRECT)
+		return -DROP_REDIRECT_FAILED;
+	return ret;
+}
+
+static __always_inline struct lb4_backend *pick_backend(const struct lb4_service *svc, const struct pkt *p, __u32 *id)
+{
+	struct lb4_key key = {
+		.addr = p->daddr, .port = p->dport, .proto = p->proto,
+		.scope = LB_SCOPE_EXTERNAL,
+		.slot = (bpf_get_prandom_u32() % svc->count) + 1,
+	};
+	struct lb4_service *slot = bpf_map_lookup_elem(&anet_lb4_services, &key);
+
+	if (!slot)
+		return NULL;
+	*id = slot->backend_id;
+	return bpf_map_lookup_elem(&anet_lb4_backends, id);
+}
+
+/* snat_claim finds a free source port on the node's address for a
+ * connection to backend be, and claims it by writing the reply entry. */
+static __always_inline int snat_claim(const struct node_config *cfg, const struct lb4_backend *be,
+				      const struct pkt *p, struct ct4_entry *rev, __be16 *port, __u64 now)
+{
+	__u32 range = (__u32)cfg->snat_max - cfg->snat_min + 1;
+
+	if (cfg->addr == 0 || cfg->snat_max < cfg->snat_min)
+		return -DROP_NO_SNAT_PORT;
+	for (int i = 0; i < 8; i++) {
+		__u16 pick = cfg->snat_min + bpf_get_prandom_u32() % range;
+		struct ct4_key rk = {
+			.saddr = be->addr, .daddr = cfg->addr,
+			.sport = be->port, .dport = bpf_htons(pick),
+			.proto = p->proto,
+		};
+		/* An expired entry may hold the port: take it over. */
+		struct ct4_entry *old = bpf_map_lookup_elem(&anet_ct4, &rk);
+		if (old && old->expires < now)
+			bpf_map_delete_elem(&anet_ct4, &rk);
+		if (bpf_map_update_elem(&anet_ct4, &rk, rev, BPF_NOEXIST) == 0) {
+			*port = bpf_htons(pick);
+			return 0;
+		}
+	}
+	return -DROP_NO_SNAT_PORT;
+}
+
+/* new_conn translates the first packet of a connection to a frontend. It
+ * returns TC_ACT_OK when daddr:dport is no frontend. */
+static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 now)
+{
+	struct lb4_key key = {
+		.addr = p->daddr, .port = p->dport, .proto = p->proto,
+		.scope = LB_SCOPE_EXTERNAL,
+	};
+	struct lb4_service *svc = bpf_map_lookup_elem(&anet_lb4_services, &key);
+
+	if (!svc)
+		return TC_ACT_OK;
+	if (svc->count == 0)
+		return -DROP_NO_SERVICE_BACKEND;
+	__u32 id = 0;
+	struct lb4_backend *be = pick_backend(svc, p, &id);
+	if (!be)
+		return -DROP_NO_SERVICE_BACKEND;
+	__be32 baddr = be->addr;
+	__be16 bport = be->port;
+	bool local = bpf_map_lookup_elem(&anet_ep_by_ip, &baddr) != NULL;
+	if (!local && (svc->flags & SVC_F_EXT_LOCAL))
+		return -DROP_NO_SERVICE_BACKEND; /* only local endpoints serve it */
+
+	struct ct4_entry orig = {
+		.addr = baddr, .port = bport, .rev_nat = svc->rev_nat, .backend_id = id,
+	};
+	struct ct4_entry rev = {
+		.addr = p->daddr, .port = p->dport, .flags = CT_F_REPLY,
+		.rev_nat = svc->rev_nat, .backend_id = id,
+	};
+	rev.expires = now + ct_lifetime(p->proto, rev.flags);
+	if (local) {
+		struct ct4_key rk = {
+			.saddr = baddr, .daddr = p->saddr, .sport = bport, .dport = p->sport,
+			.proto = p->proto,
+		};
+		if (bpf_map_update_elem(&anet_ct4, &rk, &rev, BPF_ANY) < 0)
+			return -DROP_CT_FULL;
+	} else {
+		__u32 zero = 0;
+		struct node_config *cfg = bpf_map_lookup_elem(&anet_node_config, &zero);
+		if (!cfg)
+			return -DROP_NO_SNAT_PORT;
+		rev.flags |= CT_F_SNAT;
+		rev.addr2 = p->saddr;
+		rev.port2 = p->sport;
+		__be16 sport = 0;
+		int err = snat_claim(cfg, be, p, &rev, &sport, now);
+		if (err < 0)
+			return err;
+		orig.flags |= CT_F_SNAT;
+		orig.addr2 = cfg->addr;
+		orig.port2 = sport;
+	}
+	orig.expires = now + ct_lifetime(p->proto, p->syn_only ? 0 : CT_F_SEEN_REPLY);
+	struct ct4_key ok = {
+		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
+		.proto = p->proto,
+	};
+	if (bpf_map_update_elem(&anet_ct4, &ok, &orig, BPF_ANY) < 0)
+		return -DROP_CT_FULL;
+
+	int err = set_addr(skb, p, false, baddr);
+	if (!err)
+		err = set_port(skb, p, false, bport);
+	if (err)
+		return err;
+	if (!(orig.flags & CT_F_SNAT))
+		return TC_ACT_OK; /* a local pod: the host stack delivers it */
+	err = set_addr(skb, p, true, orig.addr2);
+	if (!err)
+		err = set_port(skb, p, true, orig.port2);
+	if (err)
+		return err;
+	return route(skb, p);
+}
+
+/* backend_gone says whether a UDP flow's backend left its Service: the
+ * flow then starts over with a live one, so that clients move on. TCP
+ * connections keep their backend until they end (a terminating endpoint
+ * finishes what it serves). */
+static __always_inline bool backend_gone(const struct ct4_entry *e, __u8 proto)
+{
+	return proto == IPPROTO_UDP && !bpf_map_lookup_elem(&anet_lb4_backends, &e->backend_id);
+}
+
+static __always_inline int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int ret = parse(skb, &p);
+
+	if (ret <= 0)
+		return ret == 0 ? TC_ACT_OK : ret;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct4_key key = {
+		.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport,
+		.proto = p.proto,
+	};
+	struct ct4_entry *e = ct_lookup(&key, now);
+	if (e && (e->flags & CT_F_REPLY)) {
+		/* A reply from a backend on another node to our SNAT port. */
+		if (!(e->flags & CT_F_SNAT))
+			return TC_ACT_OK;
+		__be32 faddr = e->addr, caddr = e->addr2;
+		__be16 fport = e->port, cport = e->port2;
+		ct_touch(e, p.proto, p.closing, now);
+		ret = set_addr(skb, &p, true, faddr);
+		if (!ret)
+			ret = set_port(skb, &p, true, fport);
+		if (!ret)
+			ret = set_addr(skb, &p, false, caddr);
+		if (!ret)
+			ret = set_port(skb, &p, false, cport);
+		if (ret)
+			return ret;
+		return route(skb, &p);
+	}
+	if (e && backend_gone(e, p.proto)) {
+		bpf_map_delete_elem(&anet_ct4, &key);
+		e = NULL;
+	}
+	if (!e)
+		return new_conn(skb, &p, now);
+
+	/* A later packet of a translated connection. */
+	__be32 baddr = e->addr, saddr = e->addr2;
+	__be16 bport = e->port, sport = e->port2;
+	bool snat = e->flags & CT_F_SNAT;
+	if (!p.syn_only && e->expires < now + CT_LIFETIME_SYN)
+		e->expires = now + ct_lifetime(p.proto, e->flags | CT_F_SEEN_REPLY);
+	ct_touch(e, p.proto, p.closing, now);
+	ret = set_addr(skb, &p, false, baddr);
+	if (!ret)
+		ret = set_port(skb, &p, false, bport);
+	if (ret)
+		return ret;
+	if (!snat)
+		return TC_ACT_OK;
+	ret = set_addr(skb, &p, true, saddr);
+	if (!ret)
+		ret = set_port(skb, &p, true, sport);
+	if (ret)
+		return ret;
+	return route(skb, &p);
+}
+
+static __always_inline int to_netdev(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int ret = parse(skb, &p);
+
+	if (ret <= 0)
+		return ret == 0 ? TC_ACT_OK : ret;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct4_key key = {
+		.saddr = p.saddr, .daddr = p.daddr, .sport = p.sport, .dport = p.dport,
+		.proto = p.proto,
+	};
+	struct ct4_entry *e = ct_lookup(&key, now);
+	/* A local backend's reply to an outside client: from the frontend. */
+	if (!e || !(e->flags & CT_F_REPLY) || (e->flags & CT_F_SNAT))
+		return TC_ACT_OK;
+	__be32 faddr = e->addr;
+	__be16 fport = e->port;
+	ct_touch(e, p.proto, p.closing, now);
+	ret = set_addr(skb, &p, true, faddr);
+	if (!ret)
+		ret = set_port(skb, &p, true, fport);
+	return ret ? ret : TC_ACT_OK;
+}
+
+__section("tc")
+int anet_from_netdev(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+	int ret = from_netdev(skb);
+
+	if (ret < 0) {
+		account(ANET_IFINDEX_NODE, DIR_INGRESS, (__u8)-ret, len);
+		return TC_ACT_SHOT;
+	}
+	return ret;
+}
+
+__section("tc")
+int anet_to_netdev(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+	int ret = to_netdev(skb);
+
+	if (ret < 0) {
+		account(ANET_IFINDEX_NODE, DIR_EGRESS, (__u8)-ret, len);
+		return TC_ACT_SHOT;
+	}
+	return ret;
+}

@@ -1,0 +1,432 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/anet-dev/anet/bpf"
+	"github.com/anet-dev/anet/internal/testpkt"
+)
+
+// The underlay programs (bpf/host.c) run here with BPF_PROG_TEST_RUN in a
+// network namespace of their own, whose routes the FIB lookups of the
+// translated packets see: bytes in, verdict, rewritten bytes and
+// conntrack entries out.
+
+var (
+	hClient   = netip.MustParseAddr("192.168.50.1")    // outside the cluster
+	hNode     = netip.MustParseAddr("192.168.50.10")   // this node, on ul0
+	hNode2    = netip.MustParseAddr("192.168.50.11")   // another node
+	hLocalBE  = netip.MustParseAddr("10.244.1.5")      // a pod of this node
+	hRemoteBE = netip.MustParseAddr("10.244.2.7")      // a pod of the other node
+	hVIP      = netip.MustParseAddr("198.51.100.7")    // a LoadBalancer IP
+	hULMAC    = net.HardwareAddr{2, 0, 0, 0, 0x50, 10} // ul0's
+	hCliMAC   = net.HardwareAddr{2, 0, 0, 0, 0x50, 1}
+)
+
+const (
+	snatMin, snatMax = 61000, 61999
+	revNatNP         = 7
+)
+
+type hostDP struct {
+	objs    bpf.HostObjects
+	ifindex int
+}
+
+// loadHost loads the underlay programs with fresh maps in a new network
+// namespace holding ul0 (a veth with hNode/24, a route to the other node's
+// pods via hNode2), and locks the test's goroutine into it.
+func loadHost(t *testing.T) *hostDP { return loadHostFwd(t, false) }
+
+// loadHostFwd is loadHost with IP forwarding on or off in the namespace.
+func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
+	t.Helper()
+	needRoot(t)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.New() // and switches this thread into it
+	if err != nil {
+		orig.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("back to the test's netns: %v", err)
+			return // the thread stays locked, and dies with the test goroutine
+		}
+		ns.Close()
+		orig.Close()
+		runtime.UnlockOSThread()
+	})
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", HardwareAddr: hULMAC}, PeerName: "ul0peer"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	ul, err := netlink.LinkByName("ul0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, _ := netlink.LinkByName("ul0peer")
+	for _, l := range []netlink.Link{ul, peer, mustLink(t, "lo")} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := netlink.AddrAdd(ul, &netlink.Addr{IPNet: &net.IPNet{IP: hNode.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: ul.Attrs().Index, Dst: &net.IPNet{IP: net.IP{10, 244, 2, 0}, Mask: net.CIDRMask(24, 32)}, Gw: hNode2.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	// The client's neighbour entry is known; the other node's is not (the
+	// program then leaves resolution to bpf_redirect_neigh).
+	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: ul.Attrs().Index, IP: hClient.AsSlice(), HardwareAddr: hCliMAC, State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4}); err != nil {
+		t.Fatal(err)
+	}
+
+	if forwarding {
+		// /proc/sys/net is the namespace of the thread that opens it.
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec, err := bpf.LoadHost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	h := &hostDP{ifindex: ul.Attrs().Index}
+	if err := spec.LoadAndAssign(&h.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			t.Fatalf("%+v", ve)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.objs.Close() })
+
+	cfg := bpf.HostNodeConfig{Addr: be32(hNode), SnatMin: snatMin, SnatMax: snatMax}
+	if err := h.objs.AnetNodeConfig.Put(uint32(0), cfg); err != nil {
+		t.Fatal(err)
+	}
+	// hLocalBE is an endpoint of this node.
+	if err := h.objs.AnetEpByIp.Put(be32(hLocalBE), bpf.HostEndpointInfo{Ip: be32(hLocalBE), Ifindex: 99}); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func mustLink(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// be32 is an IPv4 address as the maps hold it (network order in memory).
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func be16(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// frontend programs one frontend with the given backends (all active).
+func (h *hostDP) frontend(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags uint32, backends ...netip.AddrPort) {
+	t.Helper()
+	key := bpf.HostLb4Key{Addr: be32(vip), Port: be16(port), Proto: proto}
+	for i, b := range backends {
+		id := uint32(100*uint32(port)%1000 + uint32(i) + 1)
+		if err := h.objs.AnetLb4Backends.Put(id, bpf.HostLb4Backend{Addr: be32(b.Addr()), Port: be16(b.Port()), Proto: proto}); err != nil {
+			t.Fatal(err)
+		}
+		k := key
+		k.Slot = uint16(i + 1)
+		if err := h.objs.AnetLb4Services.Put(k, bpf.HostLb4Service{BackendId: id, RevNat: revNatNP}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.objs.AnetLb4Services.Put(key, bpf.HostLb4Service{Count: uint32(len(backends)), RevNat: revNatNP, Flags: flags}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (h *hostDP) run(t *testing.T, p *ebpf.Program, pkt []byte) (uint32, []byte) {
+	t.Helper()
+	ctx := make([]uint32, 11) // struct __sk_buff up to ifindex
+	ctx[10] = uint32(h.ifindex)
+	out := make([]byte, len(pkt)+256)
+	opts := &ebpf.RunOptions{Data: pkt, DataOut: out, Context: ctx}
+	ret, err := p.Run(opts)
+	if err != nil {
+		t.Fatalf("prog.Run (%d bytes): %v", len(pkt), err)
+	}
+	return ret, opts.DataOut
+}
+
+// tuple reads a frame's addresses and ports, and checks its checksums.
+type tuple struct {
+	src, dst netip.AddrPort
+	ttl      uint8
+}
+
+func readTuple(t *testing.T, f []byte) tuple {
+	t.Helper()
+	ip := f[testpkt.EthLen:]
+	if testpkt.Checksum(ip[:testpkt.IPv4Len]) != 0 {
+		t.Errorf("bad IPv4 header checksum in % x", ip[:testpkt.IPv4Len])
+	}
+	var l4sum uint16
+	if ip[9] == 17 {
+		l4sum = binary.BigEndian.Uint16(ip[testpkt.IPv4Len+6:])
+	} else {
+		l4sum = binary.BigEndian.Uint16(ip[testpkt.IPv4Len+16:])
+	}
+	if l4sum != 0 && testpkt.L4Checksum(ip) != 0 {
+		t.Errorf("bad L4 checksum %#04x (proto %d)", l4sum, ip[9])
+	}
+	src := netip.AddrFrom4([4]byte(ip[12:16]))
+	dst := netip.AddrFrom4([4]byte(ip[16:20]))
+	sp := binary.BigEndian.Uint16(ip[20:])
+	dp := binary.BigEndian.Uint16(ip[22:])
+	return tuple{netip.AddrPortFrom(src, sp), netip.AddrPortFrom(dst, dp), ip[8]}
+}
+
+func tcpFrame(src, dst netip.AddrPort, flags uint8) []byte {
+	return testpkt.TCP{DstMAC: hULMAC, SrcMAC: hCliMAC, Src: src.Addr(), Dst: dst.Addr(),
+		SrcPort: src.Port(), DstPort: dst.Port(), Flags: flags, Seq: 1, Payload: []byte("hello")}.Frame()
+}
+
+func udpFrame(src, dst netip.AddrPort) []byte {
+	return testpkt.WithUDPChecksum(testpkt.UDP{DstMAC: hULMAC, SrcMAC: hCliMAC, Src: src.Addr(), Dst: dst.Addr(),
+		SrcPort: src.Port(), DstPort: dst.Port(), Payload: []byte("ping")}.Frame())
+}
+
+func (h *hostDP) drops(t *testing.T, dir uint8, reason uint8) uint64 {
+	t.Helper()
+	var vals []bpf.HostMetricsValue
+	err := h.objs.AnetMetrics.Lookup(bpf.HostMetricsKey{Ifindex: 0, Dir: dir, Reason: reason}, &vals)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, v := range vals {
+		n += v.Packets
+	}
+	return n
+}
+
+// A NodePort connection to a backend on this node: DNAT only (the client
+// address is kept), delivered by the host stack; the backend's reply
+// leaving through the underlay gets the frontend back as its source.
+func TestHostNodePortLocalBackend(t *testing.T) {
+	h := loadHost(t)
+	fe := netip.AddrPortFrom(hNode, 30080)
+	be := netip.AddrPortFrom(hLocalBE, 8080)
+	cli := netip.AddrPortFrom(hClient, 40000)
+	h.frontend(t, hNode, 30080, 6, 0, be)
+
+	ret, out := h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPSyn))
+	if ret != tcActOK {
+		t.Fatalf("SYN verdict %d, want TC_ACT_OK", ret)
+	}
+	if got := readTuple(t, out); got.src != cli || got.dst != be {
+		t.Fatalf("SYN became %v -> %v, want %v -> %v", got.src, got.dst, cli, be)
+	}
+	// Later packets of the connection follow the entry.
+	ret, out = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPAck))
+	if got := readTuple(t, out); ret != tcActOK || got.dst != be {
+		t.Fatalf("ACK: verdict %d, dst %v", ret, got.dst)
+	}
+	// The reply, on egress.
+	ret, out = h.run(t, h.objs.AnetToNetdev, tcpFrame(be, cli, testpkt.TCPSyn|testpkt.TCPAck))
+	if got := readTuple(t, out); ret != tcActOK || got.src != fe || got.dst != cli {
+		t.Fatalf("reply: verdict %d, %v -> %v, want %v -> %v", ret, got.src, got.dst, fe, cli)
+	}
+	// Traffic of no frontend passes untouched.
+	other := netip.AddrPortFrom(hNode, 22)
+	in := tcpFrame(cli, other, testpkt.TCPSyn)
+	ret, out = h.run(t, h.objs.AnetFromNetdev, in)
+	if got := readTuple(t, out); ret != tcActOK || got.dst != other {
+		t.Fatalf("no frontend: verdict %d, dst %v", ret, got.dst)
+	}
+}
+
+// A NodePort connection to a backend on another node: DNAT and SNAT to
+// the node's address and a port of the SNAT range, routed out by the FIB;
+// the reply from the other node is translated back to the client.
+func TestHostNodePortRemoteBackendSNAT(t *testing.T) {
+	// With forwarding on, the FIB helper gives the next hop (and the MACs
+	// when the neighbour is known); with it off, the packet leaves by the
+	// underlay through bpf_redirect_neigh. Both must translate the same.
+	for _, fwd := range []bool{true, false} {
+		t.Run(fmt.Sprintf("forwarding=%v", fwd), func(t *testing.T) { testRemoteSNAT(t, fwd) })
+	}
+}
+
+func testRemoteSNAT(t *testing.T, forwarding bool) {
+	h := loadHostFwd(t, forwarding)
+	fe := netip.AddrPortFrom(hNode, 30081)
+	be := netip.AddrPortFrom(hRemoteBE, 8080)
+	cli := netip.AddrPortFrom(hClient, 40001)
+	h.frontend(t, hNode, 30081, 6, 0, be)
+
+	ret, out := h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPSyn))
+	if ret != tcActRedirect {
+		for r := uint8(1); r < 16; r++ {
+			if n := h.drops(t, 1, r); n > 0 {
+				t.Logf("drops for reason %d: %d", r, n)
+			}
+		}
+		t.Fatalf("SYN verdict %d, want TC_ACT_REDIRECT (out by the FIB)", ret)
+	}
+	got := readTuple(t, out)
+	if got.dst != be || got.src.Addr() != hNode || got.src.Port() < snatMin || got.src.Port() > snatMax {
+		t.Fatalf("SYN became %v -> %v, want %v:[%d-%d] -> %v", got.src, got.dst, hNode, snatMin, snatMax, be)
+	}
+	if got.ttl != 63 {
+		t.Errorf("TTL %d after the hop, want 63", got.ttl)
+	}
+	snat := got.src
+	// The same client again keeps its port and backend.
+	_, out = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPAck))
+	if again := readTuple(t, out); again.src != snat || again.dst != be {
+		t.Fatalf("ACK became %v -> %v, want %v -> %v", again.src, again.dst, snat, be)
+	}
+	// The reply comes back from the other node to the SNAT port.
+	ret, out = h.run(t, h.objs.AnetFromNetdev, tcpFrame(be, snat, testpkt.TCPSyn|testpkt.TCPAck))
+	if ret != tcActRedirect {
+		t.Fatalf("reply verdict %d, want TC_ACT_REDIRECT", ret)
+	}
+	rep := readTuple(t, out)
+	if rep.src != fe || rep.dst != cli {
+		t.Fatalf("reply became %v -> %v, want %v -> %v", rep.src, rep.dst, fe, cli)
+	}
+	// The known neighbour's MAC is written by the program (FIB success).
+	if forwarding && net.HardwareAddr(out[0:6]).String() != hCliMAC.String() {
+		t.Errorf("reply's destination MAC %s, want the client's %s", net.HardwareAddr(out[0:6]), hCliMAC)
+	}
+	if forwarding && net.HardwareAddr(out[6:12]).String() != hULMAC.String() {
+		t.Errorf("reply's source MAC %s, want ul0's %s", net.HardwareAddr(out[6:12]), hULMAC)
+	}
+	// Two clients get two SNAT ports (or the same port, never the same
+	// reply tuple): both replies find their client.
+	cli2 := netip.AddrPortFrom(hClient, 40002)
+	_, out = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli2, fe, testpkt.TCPSyn))
+	snat2 := readTuple(t, out).src
+	if snat2 == snat {
+		t.Fatalf("two connections share the SNAT tuple %v", snat)
+	}
+	_, out = h.run(t, h.objs.AnetFromNetdev, tcpFrame(be, snat2, testpkt.TCPAck))
+	if rep := readTuple(t, out); rep.dst != cli2 {
+		t.Fatalf("second reply goes to %v, want %v", rep.dst, cli2)
+	}
+}
+
+// externalTrafficPolicy Local: only a local backend serves; a frontend
+// whose picked backend is remote drops (counted) rather than SNAT.
+// A frontend with no backend at all drops, counted by reason.
+func TestHostNoBackendDrops(t *testing.T) {
+	h := loadHost(t)
+	cli := netip.AddrPortFrom(hClient, 40003)
+	h.frontend(t, hVIP, 80, 6, 0)
+	ret, _ := h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 80), testpkt.TCPSyn))
+	if ret != tcActShot {
+		t.Fatalf("no backend: verdict %d, want TC_ACT_SHOT", ret)
+	}
+	if n := h.drops(t, 1, 10); n != 1 {
+		t.Errorf("no-service-backend drops %d, want 1", n)
+	}
+	h.frontend(t, hVIP, 81, 6, 1<<2 /* ext local */, netip.AddrPortFrom(hRemoteBE, 8080))
+	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 81), testpkt.TCPSyn))
+	if ret != tcActShot {
+		t.Fatalf("local-only frontend with a remote backend: verdict %d, want TC_ACT_SHOT", ret)
+	}
+	if n := h.drops(t, 1, 10); n != 2 {
+		t.Errorf("no-service-backend drops %d, want 2", n)
+	}
+}
+
+// A UDP flow whose backend left its Service moves to a live one.
+func TestHostUDPFlowMovesOffRemovedBackend(t *testing.T) {
+	h := loadHost(t)
+	fe := netip.AddrPortFrom(hVIP, 53)
+	old := netip.AddrPortFrom(hLocalBE, 5353)
+	cli := netip.AddrPortFrom(hClient, 40004)
+	h.frontend(t, hVIP, 53, 17, 0, old)
+	_, out := h.run(t, h.objs.AnetFromNetdev, udpFrame(cli, fe))
+	if got := readTuple(t, out); got.dst != old {
+		t.Fatalf("UDP went to %v, want %v", got.dst, old)
+	}
+	// The Service's only backend is replaced: new backend ID in slot 1.
+	newBE := netip.AddrPortFrom(netip.MustParseAddr("10.244.1.9"), 5353)
+	if err := h.objs.AnetLb4Backends.Put(uint32(900), bpf.HostLb4Backend{Addr: be32(newBE.Addr()), Port: be16(newBE.Port()), Proto: 17}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.objs.AnetLb4Services.Put(bpf.HostLb4Key{Addr: be32(hVIP), Port: be16(53), Proto: 17, Slot: 1}, bpf.HostLb4Service{BackendId: 900, RevNat: revNatNP}); err != nil {
+		t.Fatal(err)
+	}
+	var oldID uint32 = 100*53%1000 + 1
+	if err := h.objs.AnetLb4Backends.Delete(oldID); err != nil {
+		t.Fatal(err)
+	}
+	_, out = h.run(t, h.objs.AnetFromNetdev, udpFrame(cli, fe))
+	if got := readTuple(t, out); got.dst != newBE {
+		t.Fatalf("after the backend left, UDP went to %v, want %v", got.dst, newBE)
+	}
+}
+
+// Garbage never crashes and never passes translated: truncated headers
+// are counted drops, other protocols pass untouched.
+func TestHostMalformed(t *testing.T) {
+	h := loadHost(t)
+	h.frontend(t, hNode, 30082, 6, 0, netip.AddrPortFrom(hLocalBE, 8080))
+	full := tcpFrame(netip.AddrPortFrom(hClient, 1), netip.AddrPortFrom(hNode, 30082), testpkt.TCPSyn)
+	badIHL := append([]byte(nil), full...)
+	badIHL[testpkt.OffIPv4] = 0x44
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+		want uint32
+	}{
+		{"truncated TCP header", full[:testpkt.EthLen+testpkt.IPv4Len+10], tcActShot},
+		{"IHL below 5", badIHL, tcActShot},
+		{"ARP", testpkt.WhoHas(hCliMAC, hClient, hNode), tcActOK},
+	} {
+		ret, _ := h.run(t, h.objs.AnetFromNetdev, c.pkt)
+		if ret != c.want {
+			t.Errorf("%s: verdict %d, want %d", c.name, ret, c.want)
+		}
+	}
+	if n := h.drops(t, 1, 13); n != 1 {
+		t.Errorf("malformed-l4 drops %d, want 1", n)
+	}
+	if n := h.drops(t, 1, 3); n != 1 {
+		t.Errorf("malformed-ip drops %d, want 1", n)
+	}
+}
