@@ -430,3 +430,42 @@ func TestHostMalformed(t *testing.T) {
 		t.Errorf("malformed-ip drops %d, want 1", n)
 	}
 }
+
+// The collector deletes expired entries and UDP entries of removed
+// backends, and keeps the rest.
+func TestGCConntrack(t *testing.T) {
+	h := loadHost(t)
+	now := Monotonic()
+	put := func(sport uint16, proto uint8, expires uint64, backend uint32) bpf.HostCt4Key {
+		k := bpf.HostCt4Key{Saddr: be32(hClient), Daddr: be32(hNode), Sport: be16(sport), Dport: be16(80), Proto: proto}
+		if err := h.objs.AnetCt4.Put(k, bpf.HostCt4Entry{Expires: expires, BackendId: backend}); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	live := put(1, 6, now+60e9, 1)
+	expired := put(2, 6, now-1, 1)
+	udpGone := put(3, 17, now+60e9, 2)
+	tcpGone := put(4, 6, now+60e9, 2)
+	st, err := GCConntrack(h.objs.AnetCt4, now, func(id uint32) bool { return id == 2 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != (CTStats{Live: 2, Expired: 1, Orphaned: 1}) {
+		t.Errorf("stats %+v, want 2 live, 1 expired, 1 orphaned", st)
+	}
+	var v bpf.HostCt4Entry
+	for k, want := range map[bpf.HostCt4Key]bool{live: true, expired: false, udpGone: false, tcpGone: true} {
+		err := h.objs.AnetCt4.Lookup(k, &v)
+		if (err == nil) != want {
+			t.Errorf("entry sport %d: present=%v, want %v", k.Sport, err == nil, want)
+		}
+	}
+	// Entries the program wrote expire on the same clock: a fresh one is live.
+	h.frontend(t, hNode, 30090, 6, 0, netip.AddrPortFrom(hLocalBE, 8080))
+	h.run(t, h.objs.AnetFromNetdev, tcpFrame(netip.AddrPortFrom(hClient, 5), netip.AddrPortFrom(hNode, 30090), testpkt.TCPSyn))
+	st, err = GCConntrack(h.objs.AnetCt4, Monotonic(), nil)
+	if err != nil || st.Live != 4 || st.Expired != 0 {
+		t.Errorf("after a new connection: %+v %v, want 4 live (2 kept + its 2)", st, err)
+	}
+}
