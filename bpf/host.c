@@ -221,19 +221,32 @@ static __always_inline int route(struct __sk_buff *skb, const struct pkt *p)
 	return ret;
 }
 
-static __always_inline struct lb4_backend *pick_backend(const struct lb4_service *svc, const struct pkt *p, __u32 *id)
+/* pick_backend chooses the backend of a new connection from outside: the
+ * one of the client's address while its session affinity lasts, else a
+ * random active one. */
+static __always_inline struct lb4_backend *pick_backend(const struct lb4_service *svc, const struct pkt *p,
+							 __u32 *id, __u64 now)
 {
 	struct lb4_key key = {
 		.addr = p->daddr, .port = p->dport, .proto = p->proto,
-		.scope = LB_SCOPE_EXTERNAL,
-		.slot = (bpf_get_prandom_u32() % svc->count) + 1,
+		.scope = ANET_SCOPE_EXTERNAL,
 	};
-	struct lb4_service *slot = bpf_map_lookup_elem(&anet_lb4_services, &key);
+	struct lb4_affinity_key akey = {
+		.client = p->saddr, .rev_nat = svc->rev_nat,
+		.scope = ANET_SCOPE_EXTERNAL, .kind = ANET_AFFINITY_ADDR,
+	};
+	__u32 bid = 0;
 
-	if (!slot)
+	if (svc->affinity_timeout)
+		bid = lb4_affinity_backend(&akey, svc, now);
+	if (!bid)
+		bid = lb4_select_backend(&key, svc);
+	if (!bid)
 		return NULL;
-	*id = slot->backend_id;
-	return bpf_map_lookup_elem(&anet_lb4_backends, id);
+	if (svc->affinity_timeout)
+		lb4_affinity_update(&akey, bid, now);
+	*id = bid;
+	return bpf_map_lookup_elem(&anet_lb4_backends, &bid);
 }
 
 /* snat_claim finds a free source port on the node's address for a
@@ -268,9 +281,11 @@ static __always_inline int snat_claim(const struct node_config *cfg, const struc
  * returns TC_ACT_OK when daddr:dport is no frontend. */
 static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 now)
 {
+	/* Traffic from outside the node sees the external scope: the
+	 * frontend's entry of externalTrafficPolicy. */
 	struct lb4_key key = {
 		.addr = p->daddr, .port = p->dport, .proto = p->proto,
-		.scope = LB_SCOPE_EXTERNAL,
+		.scope = ANET_SCOPE_EXTERNAL, .slot = ANET_LB_MASTER_SLOT,
 	};
 	struct lb4_service *svc = bpf_map_lookup_elem(&anet_lb4_services, &key);
 
@@ -279,13 +294,13 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 	if (svc->count == 0)
 		return -DROP_NO_SERVICE_BACKEND;
 	__u32 id = 0;
-	struct lb4_backend *be = pick_backend(svc, p, &id);
+	struct lb4_backend *be = pick_backend(svc, p, &id, now);
 	if (!be)
 		return -DROP_NO_SERVICE_BACKEND;
 	__be32 baddr = be->addr;
 	__be16 bport = be->port;
 	bool local = bpf_map_lookup_elem(&anet_ep_by_ip, &baddr) != NULL;
-	if (!local && (svc->flags & SVC_F_EXT_LOCAL))
+	if (!local && (svc->flags & ANET_SVC_EXT_LOCAL))
 		return -DROP_NO_SERVICE_BACKEND; /* only local endpoints serve it */
 
 	struct ct4_entry orig = {
@@ -348,7 +363,11 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
  * finishes what it serves). */
 static __always_inline bool backend_gone(const struct ct4_entry *e, __u8 proto)
 {
-	return proto == IPPROTO_UDP && !bpf_map_lookup_elem(&anet_lb4_backends, &e->backend_id);
+	if (proto != IPPROTO_UDP)
+		return false;
+	/* Backend IDs are reused: the ID must still name the same address. */
+	const struct lb4_backend *be = bpf_map_lookup_elem(&anet_lb4_backends, &e->backend_id);
+	return !be || be->addr != e->addr || be->port != e->port;
 }
 
 static __always_inline int from_netdev(struct __sk_buff *skb)

@@ -46,6 +46,30 @@ type HostEndpointInfo struct {
 	Identity uint32
 }
 
+type HostLb4Affinity struct {
+	_          structs.HostLayout
+	LastUsedNs uint64
+	BackendId  uint32
+	Pad        uint32
+}
+
+type HostLb4AffinityKey struct {
+	_      structs.HostLayout
+	Client uint64
+	RevNat uint32
+	Scope  uint8
+	Kind   uint8
+	Pad    uint16
+}
+
+type HostLb4AffinityMatch struct {
+	_         structs.HostLayout
+	BackendId uint32
+	RevNat    uint32
+	Scope     uint8
+	Pad       [3]uint8
+}
+
 type HostLb4Backend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -64,10 +88,18 @@ type HostLb4Key struct {
 	Pad   uint16
 }
 
+type HostLb4Revnat struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
 type HostLb4Service struct {
 	_               structs.HostLayout
 	BackendId       uint32
 	Count           uint32
+	Total           uint32
 	RevNat          uint32
 	AffinityTimeout uint32
 	Flags           uint32
@@ -95,6 +127,22 @@ type HostNodeConfig struct {
 	Flags   uint32
 }
 
+type HostSock4Revnat struct {
+	_      structs.HostLayout
+	Addr   uint32
+	Port   uint16
+	Pad    uint16
+	RevNat uint32
+}
+
+type HostSock4RevnatKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   uint32
+	Port   uint16
+	Pad    uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -102,10 +150,14 @@ const (
 	HostMapAnetCt4         = "anet_ct4"
 	HostMapAnetEpByIf      = "anet_ep_by_if"
 	HostMapAnetEpByIp      = "anet_ep_by_ip"
+	HostMapAnetLb4AffMatch = "anet_lb4_aff_match"
+	HostMapAnetLb4Affinity = "anet_lb4_affinity"
 	HostMapAnetLb4Backends = "anet_lb4_backends"
+	HostMapAnetLb4Revnat   = "anet_lb4_revnat"
 	HostMapAnetLb4Services = "anet_lb4_services"
 	HostMapAnetMetrics     = "anet_metrics"
 	HostMapAnetNodeConfig  = "anet_node_config"
+	HostMapAnetSock4Revnat = "anet_sock4_revnat"
 	HostProgAnetFromNetdev = "anet_from_netdev"
 	HostProgAnetToNetdev   = "anet_to_netdev"
 )
@@ -163,10 +215,14 @@ type HostMapSpecs struct {
 	AnetCt4         *ebpf.MapSpec `ebpf:"anet_ct4"`
 	AnetEpByIf      *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
 	AnetEpByIp      *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
+	AnetLb4AffMatch *ebpf.MapSpec `ebpf:"anet_lb4_aff_match"`
+	AnetLb4Affinity *ebpf.MapSpec `ebpf:"anet_lb4_affinity"`
 	AnetLb4Backends *ebpf.MapSpec `ebpf:"anet_lb4_backends"`
+	AnetLb4Revnat   *ebpf.MapSpec `ebpf:"anet_lb4_revnat"`
 	AnetLb4Services *ebpf.MapSpec `ebpf:"anet_lb4_services"`
 	AnetMetrics     *ebpf.MapSpec `ebpf:"anet_metrics"`
 	AnetNodeConfig  *ebpf.MapSpec `ebpf:"anet_node_config"`
+	AnetSock4Revnat *ebpf.MapSpec `ebpf:"anet_sock4_revnat"`
 }
 
 // HostVariableSpecs contains global variables before they are loaded into the kernel.
@@ -198,10 +254,14 @@ type HostMaps struct {
 	AnetCt4         *ebpf.Map `ebpf:"anet_ct4"`
 	AnetEpByIf      *ebpf.Map `ebpf:"anet_ep_by_if"`
 	AnetEpByIp      *ebpf.Map `ebpf:"anet_ep_by_ip"`
+	AnetLb4AffMatch *ebpf.Map `ebpf:"anet_lb4_aff_match"`
+	AnetLb4Affinity *ebpf.Map `ebpf:"anet_lb4_affinity"`
 	AnetLb4Backends *ebpf.Map `ebpf:"anet_lb4_backends"`
+	AnetLb4Revnat   *ebpf.Map `ebpf:"anet_lb4_revnat"`
 	AnetLb4Services *ebpf.Map `ebpf:"anet_lb4_services"`
 	AnetMetrics     *ebpf.Map `ebpf:"anet_metrics"`
 	AnetNodeConfig  *ebpf.Map `ebpf:"anet_node_config"`
+	AnetSock4Revnat *ebpf.Map `ebpf:"anet_sock4_revnat"`
 }
 
 func (m *HostMaps) Close() error {
@@ -209,10 +269,14 @@ func (m *HostMaps) Close() error {
 		m.AnetCt4,
 		m.AnetEpByIf,
 		m.AnetEpByIp,
+		m.AnetLb4AffMatch,
+		m.AnetLb4Affinity,
 		m.AnetLb4Backends,
+		m.AnetLb4Revnat,
 		m.AnetLb4Services,
 		m.AnetMetrics,
 		m.AnetNodeConfig,
+		m.AnetSock4Revnat,
 	)
 }
 

@@ -469,3 +469,40 @@ func TestGCConntrack(t *testing.T) {
 		t.Errorf("after a new connection: %+v %v, want 4 live (2 kept + its 2)", st, err)
 	}
 }
+
+// Session affinity from outside: new connections of one client address go
+// to the backend of its first, whatever their source ports.
+func TestHostAffinityByClientAddress(t *testing.T) {
+	h := loadHost(t)
+	bes := []netip.AddrPort{netip.AddrPortFrom(hLocalBE, 8080), netip.AddrPortFrom(netip.MustParseAddr("10.244.1.6"), 8080)}
+	h.frontend(t, hNode, 30100, 6, 0, bes...)
+	key := bpf.HostLb4Key{Addr: be32(hNode), Port: be16(30100), Proto: 6}
+	if err := h.objs.AnetLb4Services.Put(key, bpf.HostLb4Service{Count: 2, Total: 2, RevNat: revNatNP, AffinityTimeout: 10}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range bes {
+		id := uint32(100*30100%1000 + i + 1)
+		if err := h.objs.AnetLb4AffMatch.Put(bpf.HostLb4AffinityMatch{BackendId: id, RevNat: revNatNP}, uint8(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fe := netip.AddrPortFrom(hNode, 30100)
+	seen := map[netip.AddrPort]int{}
+	for port := uint16(41000); port < 41020; port++ {
+		_, out := h.run(t, h.objs.AnetFromNetdev, tcpFrame(netip.AddrPortFrom(hClient, port), fe, testpkt.TCPSyn))
+		seen[readTuple(t, out).dst]++
+	}
+	if len(seen) != 1 {
+		t.Errorf("one client with affinity reached %v, want one backend", seen)
+	}
+	// Another client may land elsewhere, but sticks too.
+	other := netip.MustParseAddr("192.168.50.2")
+	seen2 := map[netip.AddrPort]int{}
+	for port := uint16(41000); port < 41010; port++ {
+		_, out := h.run(t, h.objs.AnetFromNetdev, tcpFrame(netip.AddrPortFrom(other, port), fe, testpkt.TCPSyn))
+		seen2[readTuple(t, out).dst]++
+	}
+	if len(seen2) != 1 {
+		t.Errorf("second client reached %v, want one backend", seen2)
+	}
+}
