@@ -12,10 +12,46 @@
 #include "lib/common.h"
 #include "lib/eth.h"
 
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 char __license[] __section("license") = "Dual BSD/GPL";
+
+/* Set by the loader (datapath.Options.HostNAT) when a kube-proxy, or any
+ * netfilter NAT, may translate pod traffic in the host stack: anetd with its
+ * own service handling off, beside a kube-proxy. A reply between two pods
+ * of this node then goes through the host stack whenever netfilter
+ * translated its connection, so that the reverse NAT happens; otherwise it
+ * would reach the client straight from the backend's address and be
+ * dropped. Off, the check costs nothing: the verifier removes it. */
+volatile const __u32 ANET_HOST_NAT = 0;
+
+/* The netfilter conntrack lookup from tc (kfuncs, Linux 6.0+). Weak: a
+ * kernel without nf_conntrack loads the programs all the same, and the
+ * check then finds nothing. */
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym __weak;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
+
+#define IPS_SRC_NAT (1UL << 4)
+#define IPS_DST_NAT (1UL << 5)
+#define BPF_F_CURRENT_NETNS (-1)
 
 /* <linux/if_arp.h> pulls in libc headers; the few ARP definitions we need. */
 #define ARPHRD_ETHER 1
@@ -75,6 +111,34 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct endpoi
 	return ret;
 }
 
+/* netfilter_translated says whether the host's conntrack holds a NAT for
+ * this packet's connection (a kube-proxy's DNAT of a Service address, or a
+ * masquerade). */
+static __always_inline bool netfilter_translated(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct bpf_sock_tuple t = {};
+	struct bpf_ct_opts opts = { .netns_id = BPF_F_CURRENT_NETNS, .l4proto = ip4->protocol };
+
+	if (!bpf_skb_ct_lookup || !bpf_ct_release)
+		return false;
+	if (ip4->protocol != IPPROTO_TCP && ip4->protocol != IPPROTO_UDP)
+		return false;
+	__be16 *ports = (void *)ip4 + hdrlen;
+	if ((void *)(ports + 2) > data_end)
+		return false;
+	t.ipv4.saddr = ip4->saddr;
+	t.ipv4.daddr = ip4->daddr;
+	t.ipv4.sport = ports[0];
+	t.ipv4.dport = ports[1];
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
+	if (!ct)
+		return false;
+	bool nat = ct->status & (IPS_SRC_NAT | IPS_DST_NAT);
+	bpf_ct_release(ct);
+	return nat;
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpoint_info *src)
 {
 	void *data = (void *)(long)skb->data;
@@ -109,6 +173,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 	struct endpoint_info *dst = bpf_map_lookup_elem(&anet_ep_by_ip, &daddr);
 	if (!dst)
 		return TC_ACT_OK; /* the node itself, or beyond it: the host stack decides */
+	if (ANET_HOST_NAT && netfilter_translated(skb, ip4, hdrlen))
+		return TC_ACT_OK;
 
 	/* Routed hop between two pods of this node: decrement TTL, rewrite
 	 * L2 and hand the packet straight to the peer's netns. */

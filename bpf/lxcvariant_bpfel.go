@@ -48,6 +48,7 @@ const (
 	LxcMapAnetMetrics        = "anet_metrics"
 	LxcProgAnetFromContainer = "anet_from_container"
 	LxcProgAnetToContainer   = "anet_to_container"
+	LxcVarANET_HOST_NAT      = "ANET_HOST_NAT"
 )
 
 // LoadLxc returns the embedded CollectionSpec for Lxc.
@@ -109,6 +110,7 @@ type LxcMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LxcVariableSpecs struct {
+	ANET_HOST_NAT *ebpf.VariableSpec `ebpf:"ANET_HOST_NAT"`
 }
 
 // LxcObjects contains all objects after they have been loaded into the kernel.
@@ -148,6 +150,7 @@ func (m *LxcMaps) Close() error {
 //
 // It can be passed to LoadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LxcVariables struct {
+	ANET_HOST_NAT *ebpf.Variable `ebpf:"ANET_HOST_NAT"`
 }
 
 // LxcPrograms contains all programs after they have been loaded into the kernel.
