@@ -27,6 +27,7 @@ enum anet_reason {
 	DROP_TTL_EXCEEDED = 7,       /* would be forwarded with TTL 0 */
 	DROP_REDIRECT_FAILED = 8,    /* the kernel refused the redirect */
 	DROP_CSUM_FAILED = 9,       /* the kernel refused a checksum update */
+	DROP_NO_SERVICE_BACKEND = 10, /* a service frontend without an active backend (refused) */
 	__REASON_MAX,
 };
 

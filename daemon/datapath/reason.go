@@ -21,6 +21,7 @@ const (
 	DropTTLExceeded
 	DropRedirectFailed
 	DropCsumFailed
+	DropNoServiceBackend
 	reasonMax
 )
 
@@ -35,20 +36,24 @@ var reasonNames = [...]string{
 	DropTTLExceeded:     "ttl-exceeded",
 	DropRedirectFailed:  "redirect-failed",
 	DropCsumFailed:      "csum-failed",
+	// Counted by the socket hooks, node-wide: a connect() or sendto() to a
+	// service frontend without an active backend, refused (ECONNREFUSED).
+	DropNoServiceBackend: "no-service-backend",
 }
 
 // cNames are the C enumerator names, checked against the header by tests.
 var cNames = [...]string{
-	ReasonForwarded:     "REASON_FORWARDED",
-	DropUnknownEndpoint: "DROP_UNKNOWN_ENDPOINT",
-	DropMalformedL2:     "DROP_MALFORMED_L2",
-	DropMalformedIP:     "DROP_MALFORMED_IP",
-	DropUnsupportedL3:   "DROP_UNSUPPORTED_L3",
-	DropInvalidSource:   "DROP_INVALID_SOURCE",
-	DropMalformedARP:    "DROP_MALFORMED_ARP",
-	DropTTLExceeded:     "DROP_TTL_EXCEEDED",
-	DropRedirectFailed:  "DROP_REDIRECT_FAILED",
-	DropCsumFailed:      "DROP_CSUM_FAILED",
+	ReasonForwarded:      "REASON_FORWARDED",
+	DropUnknownEndpoint:  "DROP_UNKNOWN_ENDPOINT",
+	DropMalformedL2:      "DROP_MALFORMED_L2",
+	DropMalformedIP:      "DROP_MALFORMED_IP",
+	DropUnsupportedL3:    "DROP_UNSUPPORTED_L3",
+	DropInvalidSource:    "DROP_INVALID_SOURCE",
+	DropMalformedARP:     "DROP_MALFORMED_ARP",
+	DropTTLExceeded:      "DROP_TTL_EXCEEDED",
+	DropRedirectFailed:   "DROP_REDIRECT_FAILED",
+	DropCsumFailed:       "DROP_CSUM_FAILED",
+	DropNoServiceBackend: "DROP_NO_SERVICE_BACKEND",
 }
 
 func (r Reason) String() string {

@@ -1,0 +1,188 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Socket-level service load balancing: cgroup v2 sock_addr hooks attached
+ * at anetd's --cgroup-root, so that every process below it (the node's
+ * pods, and host processes placed there) reaches a service's backend
+ * directly. The socket is connected (or the datagram addressed) to the
+ * backend itself: no packet ever carries the service address, and nothing
+ * is translated per packet for these clients.
+ *
+ *   anet_sock4_connect      cgroup/connect4: TCP connect, UDP connect
+ *   anet_sock4_sendmsg      cgroup/sendmsg4: UDP sendto/sendmsg with an address
+ *   anet_sock4_recvmsg      cgroup/recvmsg4: UDP recvfrom/recvmsg: the source
+ *                           address shown is the service's, not the backend's
+ *   anet_sock4_getpeername  cgroup/getpeername4: the same for getpeername()
+ *
+ * An address that is no frontend passes untouched. A frontend without an
+ * active backend refuses at once: connect() and sendto() fail with
+ * ECONNREFUSED (bpf_set_retval, so the caller sees that rather than EPERM)
+ * and the refusal is counted node-wide as no-service-backend.
+ *
+ * Entry points dispatch; helpers return a negative anet_reason to refuse,
+ * and the entry point turns it into one counted refusal.
+ */
+#include "lib/common.h"
+#include "lib/lb.h"
+
+#include <linux/in.h>
+
+char __license[] __section("license") = "Dual BSD/GPL";
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+#define ECONNREFUSED 111
+
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+
+/* The L4 protocol of the socket as the service maps name it, or 0 for one
+ * the hooks leave alone (raw sockets, ICMP "ping" sockets, ...). */
+static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
+{
+	switch (ctx->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_MPTCP: /* an MPTCP connection falls back to, and is served as, TCP */
+		return IPPROTO_TCP;
+	case IPPROTO_UDP:
+		return IPPROTO_UDP;
+	}
+	return 0;
+}
+
+/* Translate a connect() or an addressed send to a frontend into the same to
+ * one of its backends, and remember the backend for the reverse direction.
+ * Returns 0 when done or when there is nothing to do, or a negative
+ * anet_reason to refuse. */
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
+{
+	__u8 proto = sock_proto(ctx);
+
+	if (!proto)
+		return 0;
+	struct lb4_key key = {
+		.addr = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+		.proto = proto,
+	};
+	struct lb4_service *svc = lb4_lookup_service(&key);
+	if (!svc)
+		return 0;
+	/* Copied once: the master entry may be rewritten under us. */
+	struct lb4_service master = *svc;
+	__u32 rev_nat = master.rev_nat, timeout = master.affinity_timeout;
+
+	if (master.count == 0)
+		return -DROP_NO_SERVICE_BACKEND;
+
+	struct lb4_affinity_key akey = {
+		.rev_nat = rev_nat,
+		.scope = key.scope,
+		.kind = ANET_AFFINITY_NETNS,
+	};
+	__u64 now = 0;
+	__u32 backend_id = 0;
+	if (timeout) {
+		/* One network namespace is one pod: the socket layer's
+		 * equivalent of kube-proxy's client address. */
+		akey.client = bpf_get_netns_cookie(ctx);
+		now = bpf_ktime_get_ns();
+		backend_id = lb4_affinity_backend(&akey, &master, now);
+	}
+	if (!backend_id)
+		backend_id = lb4_select_backend(&key, &master);
+	if (!backend_id)
+		return 0; /* the frontend is being deleted right now */
+	struct lb4_backend *be = bpf_map_lookup_elem(&anet_lb4_backends, &backend_id);
+	if (!be)
+		return 0;
+	__be32 be_addr = be->addr;
+	__be16 be_port = be->port;
+	if (timeout)
+		lb4_affinity_update(&akey, backend_id, now);
+
+	struct sock4_revnat_key rkey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = be_addr,
+		.port = be_port,
+	};
+	struct sock4_revnat rval = {
+		.addr = key.addr,
+		.port = key.port,
+		.rev_nat = rev_nat,
+	};
+	/* An LRU map: a full one evicts its oldest entry, never fails for
+	 * room. Without the entry only getpeername()/recvmsg() would show
+	 * the backend; the connection works either way. */
+	bpf_map_update_elem(&anet_sock4_revnat, &rkey, &rval, BPF_ANY);
+
+	ctx->user_ip4 = be_addr;
+	ctx->user_port = (__u32)be_port;
+	return 0;
+}
+
+/* Show the frontend instead of the backend this socket was sent to, when
+ * the frontend still has that address (its reverse-NAT entry says so). */
+static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
+{
+	if (!sock_proto(ctx))
+		return;
+	struct sock4_revnat_key rkey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	struct sock4_revnat *r = bpf_map_lookup_elem(&anet_sock4_revnat, &rkey);
+	if (!r)
+		return;
+	__u32 rev_nat = r->rev_nat;
+	struct lb4_revnat *fe = bpf_map_lookup_elem(&anet_lb4_revnat, &rev_nat);
+	if (!fe || fe->addr != r->addr || fe->port != r->port)
+		return; /* the frontend is gone or moved: show what is true */
+	ctx->user_ip4 = r->addr;
+	ctx->user_port = (__u32)r->port;
+}
+
+/* One refusal path: count it, and make the syscall fail with ECONNREFUSED. */
+static __always_inline int sock4_refuse(int reason)
+{
+	account(ANET_IFINDEX_NODE, DIR_EGRESS, (__u8)-reason, 0);
+	bpf_set_retval(-ECONNREFUSED);
+	return SYS_REJECT;
+}
+
+__section("cgroup/connect4")
+int anet_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	int ret = sock4_xlate_fwd(ctx);
+
+	if (ret < 0)
+		return sock4_refuse(ret);
+	return SYS_PROCEED;
+}
+
+__section("cgroup/sendmsg4")
+int anet_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	int ret = sock4_xlate_fwd(ctx);
+
+	if (ret < 0)
+		return sock4_refuse(ret);
+	return SYS_PROCEED;
+}
+
+__section("cgroup/recvmsg4")
+int anet_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	sock4_xlate_rev(ctx);
+	return SYS_PROCEED;
+}
+
+__section("cgroup/getpeername4")
+int anet_sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	sock4_xlate_rev(ctx);
+	return SYS_PROCEED;
+}
