@@ -67,59 +67,50 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 		.port = (__be16)ctx->user_port,
 		.proto = proto,
 	};
-	struct lb4_service *svc = lb4_lookup_service(&key);
-	if (!svc)
-		return 0;
-	/* Copied once: the master entry may be rewritten under us. */
-	struct lb4_service master = *svc;
-	__u32 rev_nat = master.rev_nat, timeout = master.affinity_timeout;
+	struct lb4_frontend fe;
 
-	if (master.count == 0)
+	if (!lb4_lookup_service(&key, &fe))
+		return 0;
+	if (fe.count == 0)
 		return -DROP_NO_SERVICE_BACKEND;
 
 	struct lb4_affinity_key akey = {
-		.rev_nat = rev_nat,
+		.rev_nat = fe.rev_nat,
 		.scope = key.scope,
 		.kind = ANET_AFFINITY_NETNS,
 	};
+	struct lb4_target t = {};
+	bool found = false;
 	__u64 now = 0;
-	__u32 backend_id = 0;
-	if (timeout) {
+	if (fe.affinity_timeout) {
 		/* One network namespace is one pod: the socket layer's
 		 * equivalent of kube-proxy's client address. */
 		akey.client = bpf_get_netns_cookie(ctx);
 		now = bpf_ktime_get_ns();
-		backend_id = lb4_affinity_backend(&akey, &master, now);
+		found = lb4_affinity_backend(&akey, &fe, now, &t);
 	}
-	if (!backend_id)
-		backend_id = lb4_select_backend(&key, &master);
-	if (!backend_id)
+	if (!found && !lb4_select_backend(&key, &fe, &t))
 		return 0; /* the frontend is being deleted right now */
-	struct lb4_backend *be = bpf_map_lookup_elem(&anet_lb4_backends, &backend_id);
-	if (!be)
-		return 0;
-	__be32 be_addr = be->addr;
-	__be16 be_port = be->port;
-	if (timeout)
-		lb4_affinity_update(&akey, backend_id, now);
+	if (fe.affinity_timeout)
+		lb4_affinity_update(&akey, t.backend_id, now);
 
 	struct sock4_revnat_key rkey = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = be_addr,
-		.port = be_port,
+		.addr = t.addr,
+		.port = t.port,
 	};
 	struct sock4_revnat rval = {
 		.addr = key.addr,
 		.port = key.port,
-		.rev_nat = rev_nat,
+		.rev_nat = fe.rev_nat,
 	};
 	/* An LRU map: a full one evicts its oldest entry, never fails for
 	 * room. Without the entry only getpeername()/recvmsg() would show
 	 * the backend; the connection works either way. */
 	bpf_map_update_elem(&anet_sock4_revnat, &rkey, &rval, BPF_ANY);
 
-	ctx->user_ip4 = be_addr;
-	ctx->user_port = (__u32)be_port;
+	ctx->user_ip4 = t.addr;
+	ctx->user_port = (__u32)t.port;
 	return 0;
 }
 

@@ -48,7 +48,12 @@ type SockLb4AffinityMatch struct {
 }
 
 type SockLb4Backend struct {
-	_     structs.HostLayout
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Id    uint32
 	Addr  uint32
 	Port  uint16
 	Proto uint8
@@ -73,13 +78,20 @@ type SockLb4Revnat struct {
 }
 
 type SockLb4Service struct {
-	_               structs.HostLayout
-	BackendId       uint32
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
 	Count           uint32
 	Total           uint32
 	RevNat          uint32
 	AffinityTimeout uint32
 	Flags           uint32
+	BackendId       uint32
+	BackendAddr     uint32
+	BackendPort     uint16
+	Pad             uint16
 }
 
 type SockMetricsKey struct {

@@ -152,8 +152,10 @@ func deleteKey(m *ebpf.Map, k any) error {
 // first the backends, the reverse-NAT entry, the affinity matches and the
 // slots, then the master that counts them, and only then are the slots
 // above the new total and what the frontend no longer uses removed. A
-// connect() that read the old master meanwhile finds slots and backends
-// that exist (the old ones or the new ones). On an error (ErrMapFull among
+// connect() that read the old master meanwhile finds slots that exist (the
+// old ones or the new ones) or, for one removed under it, slot 1. Entries
+// that exist are rewritten in place under their lock (BPF_F_LOCK): see
+// struct lb4_service for why. On an error (ErrMapFull among
 // them) the master is the old one, still serving, and what was written is
 // accounted to the frontend, removed by its next Put or Delete.
 func (s *ServiceMaps) Put(f service.MapFrontend) error {
@@ -189,8 +191,8 @@ func (s *ServiceMaps) Put(f service.MapFrontend) error {
 	next.slots = len(f.Backends)
 
 	for _, b := range f.Backends {
-		v := bpf.SockLb4Backend{Addr: be32(b.Addr.Addr()), Port: be16(b.Addr.Port()), Proto: uint8(f.Key.Proto), State: uint8(b.State)}
-		if err := s.backends.Put(b.ID, v); err != nil {
+		v := bpf.SockLb4Backend{Id: b.ID, Addr: be32(b.Addr.Addr()), Port: be16(b.Addr.Port()), Proto: uint8(f.Key.Proto), State: uint8(b.State)}
+		if err := s.backends.Update(b.ID, v, ebpf.UpdateLock); err != nil {
 			return mapErr(fmt.Sprintf("frontend %s: writing backend %d", f.Key.Addr, b.ID), err)
 		}
 		next.ids[b.ID] = true
@@ -222,7 +224,8 @@ func (s *ServiceMaps) Put(f service.MapFrontend) error {
 		}
 	}
 	for i, b := range f.Backends {
-		if err := s.services.Put(lbKey(f.Key, i+1), bpf.SockLb4Service{BackendId: b.ID}); err != nil {
+		slot := bpf.SockLb4Service{RevNat: f.RevNat, BackendId: b.ID, BackendAddr: be32(b.Addr.Addr()), BackendPort: be16(b.Addr.Port())}
+		if err := s.services.Update(lbKey(f.Key, i+1), slot, ebpf.UpdateLock); err != nil {
 			st.slots = max(st.slots, i)
 			return mapErr(fmt.Sprintf("frontend %s: writing slot %d", f.Key.Addr, i+1), err)
 		}
@@ -232,7 +235,7 @@ func (s *ServiceMaps) Put(f service.MapFrontend) error {
 		Count: uint32(f.Active), Total: uint32(len(f.Backends)), RevNat: f.RevNat,
 		AffinityTimeout: affinitySeconds(f.Affinity), Flags: uint32(f.Flags),
 	}
-	if err := s.services.Put(lbKey(f.Key, 0), master); err != nil {
+	if err := s.services.Update(lbKey(f.Key, 0), master, ebpf.UpdateLock); err != nil {
 		return mapErr(fmt.Sprintf("frontend %s: writing the frontend", f.Key.Addr), err)
 	}
 
