@@ -13,6 +13,10 @@
  *   anet_sock4_recvmsg      cgroup/recvmsg4: UDP recvfrom/recvmsg: the source
  *                           address shown is the service's, not the backend's
  *   anet_sock4_getpeername  cgroup/getpeername4: the same for getpeername()
+ *   anet_sock6_*            the same four for IPv6 sockets, for IPv4-mapped
+ *                           addresses only (::ffff:a.b.c.d): a dual-stack
+ *                           socket (Java's by default) reaching an IPv4
+ *                           service must not bypass the balancing
  *
  * An address that is no frontend passes untouched. A frontend without an
  * active backend refuses at once: connect() and sendto() fail with
@@ -20,7 +24,7 @@
  * and the refusal is counted node-wide as no-service-backend.
  *
  * Entry points dispatch; helpers return a negative anet_reason to refuse,
- * and the entry point turns it into one counted refusal.
+ * and one refusal path (sock4_refuse) counts it.
  */
 #include "lib/common.h"
 #include "lib/lb.h"
@@ -52,19 +56,19 @@ static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
 	return 0;
 }
 
-/* Translate a connect() or an addressed send to a frontend into the same to
- * one of its backends, and remember the backend for the reverse direction.
- * Returns 0 when done or when there is nothing to do, or a negative
- * anet_reason to refuse. */
-static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
+/* Translate a connect() or an addressed send to a frontend, *addr:*port,
+ * into the same to one of its backends, and remember the backend for the
+ * reverse direction. Returns 1 when *addr and *port were rewritten, 0 when
+ * there is nothing to do, or a negative anet_reason to refuse. */
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __be32 *addr, __be16 *port)
 {
 	__u8 proto = sock_proto(ctx);
 
 	if (!proto)
 		return 0;
 	struct lb4_key key = {
-		.addr = ctx->user_ip4,
-		.port = (__be16)ctx->user_port,
+		.addr = *addr,
+		.port = *port,
 		.proto = proto,
 	};
 	struct lb4_frontend fe;
@@ -109,31 +113,35 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	 * the backend; the connection works either way. */
 	bpf_map_update_elem(&anet_sock4_revnat, &rkey, &rval, BPF_ANY);
 
-	ctx->user_ip4 = t.addr;
-	ctx->user_port = (__u32)t.port;
-	return 0;
+	*addr = t.addr;
+	*port = t.port;
+	return 1;
 }
 
-/* Show the frontend instead of the backend this socket was sent to, when
- * the frontend still has that address (its reverse-NAT entry says so). */
-static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
+/* Show the frontend instead of the backend *addr:*port this socket was sent
+ * to, when the frontend still has that address (its reverse-NAT entry says
+ * so). Returns whether it rewrote them. */
+static __always_inline bool sock4_xlate_rev(struct bpf_sock_addr *ctx, __be32 *addr, __be16 *port)
 {
 	if (!sock_proto(ctx))
-		return;
+		return false;
 	struct sock4_revnat_key rkey = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
-		.port = (__be16)ctx->user_port,
+		.addr = *addr,
+		.port = *port,
 	};
 	struct sock4_revnat *r = bpf_map_lookup_elem(&anet_sock4_revnat, &rkey);
 	if (!r)
-		return;
+		return false;
 	__u32 rev_nat = r->rev_nat;
+	__be32 fe_addr = r->addr;
+	__be16 fe_port = r->port;
 	struct lb4_revnat *fe = bpf_map_lookup_elem(&anet_lb4_revnat, &rev_nat);
-	if (!fe || fe->addr != r->addr || fe->port != r->port)
-		return; /* the frontend is gone or moved: show what is true */
-	ctx->user_ip4 = r->addr;
-	ctx->user_port = (__u32)r->port;
+	if (!fe || fe->addr != fe_addr || fe->port != fe_port)
+		return false; /* the frontend is gone or moved: show what is true */
+	*addr = fe_addr;
+	*port = fe_port;
+	return true;
 }
 
 /* One refusal path: count it, and make the syscall fail with ECONNREFUSED. */
@@ -144,36 +152,115 @@ static __always_inline int sock4_refuse(int reason)
 	return SYS_REJECT;
 }
 
-__section("cgroup/connect4")
-int anet_sock4_connect(struct bpf_sock_addr *ctx)
+/* The IPv4 address of an IPv4-mapped IPv6 address (::ffff:a.b.c.d). */
+static __always_inline bool sock6_mapped(const struct bpf_sock_addr *ctx, __be32 *addr)
 {
-	int ret = sock4_xlate_fwd(ctx);
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff))
+		return false;
+	*addr = ctx->user_ip6[3];
+	return true;
+}
+
+static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx)
+{
+	__be32 addr = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+	int ret = sock4_xlate_fwd(ctx, &addr, &port);
 
 	if (ret < 0)
 		return sock4_refuse(ret);
+	if (ret > 0) {
+		ctx->user_ip4 = addr;
+		ctx->user_port = (__u32)port;
+	}
 	return SYS_PROCEED;
+}
+
+static __always_inline int sock4_rev(struct bpf_sock_addr *ctx)
+{
+	__be32 addr = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+
+	if (sock4_xlate_rev(ctx, &addr, &port)) {
+		ctx->user_ip4 = addr;
+		ctx->user_port = (__u32)port;
+	}
+	return SYS_PROCEED;
+}
+
+static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx)
+{
+	__be32 addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	if (!sock6_mapped(ctx, &addr))
+		return SYS_PROCEED; /* IPv6 services come later */
+	int ret = sock4_xlate_fwd(ctx, &addr, &port);
+	if (ret < 0)
+		return sock4_refuse(ret);
+	if (ret > 0) {
+		ctx->user_ip6[3] = addr;
+		ctx->user_port = (__u32)port;
+	}
+	return SYS_PROCEED;
+}
+
+static __always_inline int sock6_rev(struct bpf_sock_addr *ctx)
+{
+	__be32 addr;
+	__be16 port = (__be16)ctx->user_port;
+
+	if (sock6_mapped(ctx, &addr) && sock4_xlate_rev(ctx, &addr, &port)) {
+		ctx->user_ip6[3] = addr;
+		ctx->user_port = (__u32)port;
+	}
+	return SYS_PROCEED;
+}
+
+__section("cgroup/connect4")
+int anet_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return sock4_fwd(ctx);
 }
 
 __section("cgroup/sendmsg4")
 int anet_sock4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	int ret = sock4_xlate_fwd(ctx);
-
-	if (ret < 0)
-		return sock4_refuse(ret);
-	return SYS_PROCEED;
+	return sock4_fwd(ctx);
 }
 
 __section("cgroup/recvmsg4")
 int anet_sock4_recvmsg(struct bpf_sock_addr *ctx)
 {
-	sock4_xlate_rev(ctx);
-	return SYS_PROCEED;
+	return sock4_rev(ctx);
 }
 
 __section("cgroup/getpeername4")
 int anet_sock4_getpeername(struct bpf_sock_addr *ctx)
 {
-	sock4_xlate_rev(ctx);
-	return SYS_PROCEED;
+	return sock4_rev(ctx);
+}
+
+__section("cgroup/connect6")
+int anet_sock6_connect(struct bpf_sock_addr *ctx)
+{
+	return sock6_fwd(ctx);
+}
+
+__section("cgroup/sendmsg6")
+int anet_sock6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock6_fwd(ctx);
+}
+
+__section("cgroup/recvmsg6")
+int anet_sock6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	return sock6_rev(ctx);
+}
+
+__section("cgroup/getpeername6")
+int anet_sock6_getpeername(struct bpf_sock_addr *ctx)
+{
+	return sock6_rev(ctx);
 }

@@ -143,6 +143,10 @@ const (
 	SockProgAnetSock4Getpeername = "anet_sock4_getpeername"
 	SockProgAnetSock4Recvmsg     = "anet_sock4_recvmsg"
 	SockProgAnetSock4Sendmsg     = "anet_sock4_sendmsg"
+	SockProgAnetSock6Connect     = "anet_sock6_connect"
+	SockProgAnetSock6Getpeername = "anet_sock6_getpeername"
+	SockProgAnetSock6Recvmsg     = "anet_sock6_recvmsg"
+	SockProgAnetSock6Sendmsg     = "anet_sock6_sendmsg"
 )
 
 // LoadSock returns the embedded CollectionSpec for Sock.
@@ -191,6 +195,10 @@ type SockProgramSpecs struct {
 	AnetSock4Getpeername *ebpf.ProgramSpec `ebpf:"anet_sock4_getpeername"`
 	AnetSock4Recvmsg     *ebpf.ProgramSpec `ebpf:"anet_sock4_recvmsg"`
 	AnetSock4Sendmsg     *ebpf.ProgramSpec `ebpf:"anet_sock4_sendmsg"`
+	AnetSock6Connect     *ebpf.ProgramSpec `ebpf:"anet_sock6_connect"`
+	AnetSock6Getpeername *ebpf.ProgramSpec `ebpf:"anet_sock6_getpeername"`
+	AnetSock6Recvmsg     *ebpf.ProgramSpec `ebpf:"anet_sock6_recvmsg"`
+	AnetSock6Sendmsg     *ebpf.ProgramSpec `ebpf:"anet_sock6_sendmsg"`
 }
 
 // SockMapSpecs contains maps before they are loaded into the kernel.
@@ -273,6 +281,10 @@ type SockPrograms struct {
 	AnetSock4Getpeername *ebpf.Program `ebpf:"anet_sock4_getpeername"`
 	AnetSock4Recvmsg     *ebpf.Program `ebpf:"anet_sock4_recvmsg"`
 	AnetSock4Sendmsg     *ebpf.Program `ebpf:"anet_sock4_sendmsg"`
+	AnetSock6Connect     *ebpf.Program `ebpf:"anet_sock6_connect"`
+	AnetSock6Getpeername *ebpf.Program `ebpf:"anet_sock6_getpeername"`
+	AnetSock6Recvmsg     *ebpf.Program `ebpf:"anet_sock6_recvmsg"`
+	AnetSock6Sendmsg     *ebpf.Program `ebpf:"anet_sock6_sendmsg"`
 }
 
 func (p *SockPrograms) Close() error {
@@ -281,6 +293,10 @@ func (p *SockPrograms) Close() error {
 		p.AnetSock4Getpeername,
 		p.AnetSock4Recvmsg,
 		p.AnetSock4Sendmsg,
+		p.AnetSock6Connect,
+		p.AnetSock6Getpeername,
+		p.AnetSock6Recvmsg,
+		p.AnetSock6Sendmsg,
 	)
 }
 

@@ -211,13 +211,18 @@ static __always_inline bool lb4_read_master(const struct lb4_key *key, struct lb
 
 	if (!svc)
 		return false;
+	__u32 backend_id;
+
 	bpf_spin_lock(&svc->lock);
 	fe->count = svc->count;
 	fe->rev_nat = svc->rev_nat;
 	fe->affinity_timeout = svc->affinity_timeout;
 	fe->flags = svc->flags;
+	backend_id = svc->backend_id;
 	bpf_spin_unlock(&svc->lock);
-	return fe->rev_nat != 0; /* 0: a slot entry that took this one's place */
+	/* A master has no backend: otherwise this is a slot that took the
+	 * place of a master deleted under us. */
+	return backend_id == 0 && fe->rev_nat != 0;
 }
 
 /* The master entry of a frontend as a client inside the cluster sees it

@@ -20,6 +20,10 @@ var sockHooks = [...]struct {
 	{ProgSockSendmsg, ebpf.AttachCGroupUDP4Sendmsg},
 	{ProgSockRecvmsg, ebpf.AttachCGroupUDP4Recvmsg},
 	{ProgSockGetpeername, ebpf.AttachCgroupInet4GetPeername},
+	{ProgSock6Connect, ebpf.AttachCGroupInet6Connect},
+	{ProgSock6Sendmsg, ebpf.AttachCGroupUDP6Sendmsg},
+	{ProgSock6Recvmsg, ebpf.AttachCGroupUDP6Recvmsg},
+	{ProgSock6Getpeername, ebpf.AttachCgroupInet6GetPeername},
 }
 
 // SockLinkPin is the pin of a socket hook's cgroup link: named after its
@@ -48,7 +52,8 @@ func CheckCgroup2(dir string) (uint64, error) {
 }
 
 // AttachSocketLB attaches the socket hooks (connect4, sendmsg4, recvmsg4,
-// getpeername4) at the cgroup v2 directory cgroupRoot, so that every
+// getpeername4, and the same four for IPv4-mapped addresses on IPv6
+// sockets) at the cgroup v2 directory cgroupRoot, so that every
 // socket of a process below it is load-balanced, and pins their links
 // under the links directory. Call it after Activate.
 //

@@ -23,10 +23,14 @@ const (
 	ProgFromContainer = bpf.LxcProgAnetFromContainer
 	ProgToContainer   = bpf.LxcProgAnetToContainer
 
-	ProgSockConnect     = bpf.SockProgAnetSock4Connect
-	ProgSockSendmsg     = bpf.SockProgAnetSock4Sendmsg
-	ProgSockRecvmsg     = bpf.SockProgAnetSock4Recvmsg
-	ProgSockGetpeername = bpf.SockProgAnetSock4Getpeername
+	ProgSockConnect      = bpf.SockProgAnetSock4Connect
+	ProgSockSendmsg      = bpf.SockProgAnetSock4Sendmsg
+	ProgSockRecvmsg      = bpf.SockProgAnetSock4Recvmsg
+	ProgSockGetpeername  = bpf.SockProgAnetSock4Getpeername
+	ProgSock6Connect     = bpf.SockProgAnetSock6Connect
+	ProgSock6Sendmsg     = bpf.SockProgAnetSock6Sendmsg
+	ProgSock6Recvmsg     = bpf.SockProgAnetSock6Recvmsg
+	ProgSock6Getpeername = bpf.SockProgAnetSock6Getpeername
 )
 
 // progForDir is the program that runs on an endpoint's host-side veth for
@@ -360,6 +364,11 @@ func (dp *Datapath) programs() map[string]*ebpf.Program {
 		ProgSockSendmsg:     dp.sock.AnetSock4Sendmsg,
 		ProgSockRecvmsg:     dp.sock.AnetSock4Recvmsg,
 		ProgSockGetpeername: dp.sock.AnetSock4Getpeername,
+		// IPv4-mapped addresses on IPv6 sockets.
+		ProgSock6Connect:     dp.sock.AnetSock6Connect,
+		ProgSock6Sendmsg:     dp.sock.AnetSock6Sendmsg,
+		ProgSock6Recvmsg:     dp.sock.AnetSock6Recvmsg,
+		ProgSock6Getpeername: dp.sock.AnetSock6Getpeername,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"sort"
@@ -108,7 +109,10 @@ func sockHelper(netnsPath string) {
 func runOps(req sockReq) sockResp {
 	r := sockResp{Backends: map[string]int{}, Peers: map[string]int{}, From: map[string]int{}, Errors: map[string]int{}}
 	ap := netip.MustParseAddrPort(req.Addr)
-	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if ap.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
 	var lats []int64
 	start := time.Now()
 	for i := 0; req.Duration > 0 && time.Since(start) < req.Duration || req.Duration == 0 && i < req.N; i++ {
@@ -146,8 +150,11 @@ func errnoName(step string, err error) string {
 }
 
 func sockaddrString(sa unix.Sockaddr) string {
-	if s, ok := sa.(*unix.SockaddrInet4); ok {
+	switch s := sa.(type) {
+	case *unix.SockaddrInet4:
 		return netip.AddrPortFrom(netip.AddrFrom4(s.Addr), uint16(s.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(s.Addr), uint16(s.Port)).String()
 	}
 	return fmt.Sprintf("%v", sa)
 }
@@ -190,13 +197,18 @@ func connectFd(fd int, sa unix.Sockaddr) error {
 	return err
 }
 
-// sockOp does one operation; err is "" or "step: ERRNO".
-func sockOp(op string, sa *unix.SockaddrInet4) (backend, peer, from string, lat time.Duration, err string) {
+// sockOp does one operation; err is "" or "step: ERRNO". An IPv6 address
+// takes an IPv6 socket.
+func sockOp(op string, sa unix.Sockaddr) (backend, peer, from string, lat time.Duration, err string) {
 	typ := unix.SOCK_STREAM
 	if op != "tcp" {
 		typ = unix.SOCK_DGRAM
 	}
-	fd, e := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+	family := unix.AF_INET
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		family = unix.AF_INET6
+	}
+	fd, e := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
 	if e != nil {
 		return "", "", "", 0, errnoName("socket", e)
 	}
@@ -698,6 +710,43 @@ func TestSockAffinity(t *testing.T) {
 	}
 }
 
+// IPv6 sockets reaching an IPv4 service by its IPv4-mapped address (what a
+// dual-stack socket does) are balanced too, and see the service as their
+// peer; other IPv6 addresses pass untouched.
+func TestSockMappedIPv6(t *testing.T) {
+	e := newSockEnv(t)
+	e.put(frontend(service.TCP, 80, 0, 1))
+	e.put(frontend(service.UDP, 53, 0, 1))
+	refused := frontend(service.TCP, 81)
+	e.put(refused)
+	mapped := func(port uint16) string { return netip.AddrPortFrom(netip.AddrFrom16(vip.As16()), port).String() }
+
+	r := e.do(sockReq{Op: "tcp", Addr: mapped(80), N: 32})
+	if len(r.Errors) != 0 {
+		t.Fatalf("tcp6: %v", r.Errors)
+	}
+	wantOnly(t, "tcp6 getpeername", r.Peers, mapped(80), 32)
+	if len(r.Backends) != 2 {
+		t.Errorf("tcp6 reached %v, want both backends", r.Backends)
+	}
+	r = e.do(sockReq{Op: "udp", Addr: mapped(53), N: 16})
+	if len(r.Errors) != 0 {
+		t.Fatalf("udp6: %v", r.Errors)
+	}
+	wantOnly(t, "udp6 recvfrom source", r.From, mapped(53), 16)
+	r = e.do(sockReq{Op: "udpconn", Addr: mapped(53), N: 16})
+	if len(r.Errors) != 0 {
+		t.Fatalf("connected udp6: %v", r.Errors)
+	}
+	wantOnly(t, "connected udp6 getpeername", r.Peers, mapped(53), 16)
+	wantOnly(t, "connected udp6 recvfrom source", r.From, mapped(53), 16)
+
+	r = e.do(sockReq{Op: "tcp", Addr: mapped(81), N: 2})
+	wantOnly(t, "tcp6 to a frontend without backends", r.Errors, "connect: ECONNREFUSED", 2)
+	r = e.do(sockReq{Op: "tcp", Addr: "[fd00:96::10]:80", N: 1})
+	wantOnly(t, "tcp6 to an IPv6 address", r.Errors, "connect: ENETUNREACH", 1)
+}
+
 // With two scopes, in-cluster clients (all of the socket hooks') use the
 // internal entry.
 func TestSockInternalScope(t *testing.T) {
@@ -770,6 +819,23 @@ loop:
 func TestSockRestartKeepsHooks(t *testing.T) {
 	e := newSockEnv(t)
 	e.put(frontend(service.TCP, 80, 0, 1))
+	linkIDs := func() map[string]link.ID {
+		out := map[string]link.ID{}
+		for _, h := range sockHooks {
+			lk, err := link.LoadPinnedLink(e.dp.Layout.SockLinkPin(h.prog), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lk.Info()
+			lk.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[h.prog] = info.ID
+		}
+		return out
+	}
+	before := linkIDs()
 	done := make(chan sockResp)
 	go func() { done <- e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), Duration: 3 * time.Second}) }()
 
@@ -805,6 +871,9 @@ func TestSockRestartKeepsHooks(t *testing.T) {
 
 	// The migrated maps were copied: the frontend is served from the new
 	// maps (the new size is in force), by the new programs, each once.
+	if after := linkIDs(); !reflect.DeepEqual(after, before) {
+		t.Errorf("links %v after the restarts, %v before: replaced, not updated", after, before)
+	}
 	m, err := ebpf.LoadPinnedMap(e.dp.Layout.MapPin(bpf.SockMapAnetLb4Services), nil)
 	if err != nil {
 		t.Fatal(err)
