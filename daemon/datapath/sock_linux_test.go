@@ -952,3 +952,31 @@ func TestAttachSocketLBNeedsCgroup2(t *testing.T) {
 		t.Errorf("AttachSocketLB on a plain directory: %v", err)
 	}
 }
+
+// A new cgroup root (the flag changed between runs) moves the hooks: the
+// new root has them, the old one no longer, and connects go on meeting
+// exactly one.
+func TestAttachSocketLBMovesRoot(t *testing.T) {
+	e := newSockEnv(t)
+	e.put(frontend(service.TCP, 80, 0))
+	query := func(dir string) int {
+		cg, err := os.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cg.Close()
+		q, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(q.Programs)
+	}
+	if err := e.dp.AttachSocketLB(e.cgClient); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := query(e.cgRoot), query(e.cgClient); a != 0 || b != 1 {
+		t.Errorf("after the move: %d programs at the old root, %d at the new, want 0 and 1", a, b)
+	}
+	r := e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), N: 4})
+	wantOnly(t, "through the moved hook", r.Backends, ap(backendIPs[0], tcpPort).String(), 4)
+}
