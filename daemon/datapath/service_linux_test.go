@@ -3,12 +3,14 @@ package datapath
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/bpf"
 	"github.com/anet-dev/anet/daemon/service"
@@ -307,5 +309,40 @@ func TestMapNamesDistinct(t *testing.T) {
 	}
 	if len(specs) < 9 {
 		t.Errorf("only %d shared maps: %v", len(specs), specs)
+	}
+}
+
+// How fast frontends are programmed: one op is one Put of a frontend with
+// 5 backends, 40 000 frontends in turn (go test -bench ServiceMapsPut -run ^$).
+func BenchmarkServiceMapsPut(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	root := b.TempDir()
+	if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Unmount(root, unix.MNT_DETACH)
+	dp, err := LoadWith(root, Options{}, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dp.Close()
+	sm, err := dp.ServiceMaps()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n := i % 40000
+		a := netip.AddrFrom4([4]byte{10, 96, byte(n >> 8), byte(n)})
+		f := service.MapFrontend{Key: service.FrontendKey{Addr: netip.AddrPortFrom(a, 80), Proto: service.TCP}, RevNat: uint32(n + 1), Active: 5}
+		for j := 0; j < 5; j++ {
+			f.Backends = append(f.Backends, service.MapBackend{ID: uint32(n*5 + j + 1),
+				Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(j), byte(i)}), 8080), State: service.Ready})
+		}
+		if err := sm.Put(f); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
