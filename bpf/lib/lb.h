@@ -8,8 +8,11 @@
  * and one entry per backend (slots 1..total) in anet_lb4_services. The
  * first `count` slots are the active backends, which take new connections;
  * the slots after them hold the inactive ones (terminating), kept so that
- * lookups by ID still find them. Backends themselves are in
- * anet_lb4_backends by ID, shared by every frontend that uses them.
+ * lookups by ID still find them. A slot carries its backend's ID and
+ * address; backends are also in anet_lb4_backends by ID, shared by every
+ * frontend that uses them (session affinity finds its backend there). A
+ * frontend's active backends with session affinity are listed in
+ * anet_lb4_aff_match, which an affinity entry must match to be followed.
  *
  * Writers keep a live frontend serving at every instant: backends and slots
  * are written before the master that counts them, and slots and backends
