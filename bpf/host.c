@@ -224,34 +224,31 @@ static __always_inline int route(struct __sk_buff *skb, const struct pkt *p)
 /* pick_backend chooses the backend of a new connection from outside: the
  * one of the client's address while its session affinity lasts, else a
  * random active one. */
-static __always_inline struct lb4_backend *pick_backend(const struct lb4_service *svc, const struct pkt *p,
-							 __u32 *id, __u64 now)
+static __always_inline bool pick_backend(const struct lb4_frontend *fe, const struct pkt *p,
+					 struct lb4_target *t, __u64 now)
 {
 	struct lb4_key key = {
 		.addr = p->daddr, .port = p->dport, .proto = p->proto,
 		.scope = ANET_SCOPE_EXTERNAL,
 	};
 	struct lb4_affinity_key akey = {
-		.client = p->saddr, .rev_nat = svc->rev_nat,
+		.client = p->saddr, .rev_nat = fe->rev_nat,
 		.scope = ANET_SCOPE_EXTERNAL, .kind = ANET_AFFINITY_ADDR,
 	};
-	__u32 bid = 0;
+	bool found = false;
 
-	if (svc->affinity_timeout)
-		bid = lb4_affinity_backend(&akey, svc, now);
-	if (!bid)
-		bid = lb4_select_backend(&key, svc);
-	if (!bid)
-		return NULL;
-	if (svc->affinity_timeout)
-		lb4_affinity_update(&akey, bid, now);
-	*id = bid;
-	return bpf_map_lookup_elem(&anet_lb4_backends, &bid);
+	if (fe->affinity_timeout)
+		found = lb4_affinity_backend(&akey, fe, now, t);
+	if (!found && !lb4_select_backend(&key, fe, t))
+		return false;
+	if (fe->affinity_timeout)
+		lb4_affinity_update(&akey, t->backend_id, now);
+	return true;
 }
 
 /* snat_claim finds a free source port on the node's address for a
  * connection to backend be, and claims it by writing the reply entry. */
-static __always_inline int snat_claim(const struct node_config *cfg, const struct lb4_backend *be,
+static __always_inline int snat_claim(const struct node_config *cfg, const struct lb4_target *be,
 				      const struct pkt *p, struct ct4_entry *rev, __be16 *port, __u64 now)
 {
 	__u32 range = (__u32)cfg->snat_max - cfg->snat_min + 1;
@@ -287,28 +284,28 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 		.addr = p->daddr, .port = p->dport, .proto = p->proto,
 		.scope = ANET_SCOPE_EXTERNAL, .slot = ANET_LB_MASTER_SLOT,
 	};
-	struct lb4_service *svc = bpf_map_lookup_elem(&anet_lb4_services, &key);
+	struct lb4_frontend fe;
 
-	if (!svc)
+	if (!lb4_read_master(&key, &fe))
 		return TC_ACT_OK;
-	if (svc->count == 0)
+	if (fe.count == 0)
 		return -DROP_NO_SERVICE_BACKEND;
-	__u32 id = 0;
-	struct lb4_backend *be = pick_backend(svc, p, &id, now);
-	if (!be)
-		return -DROP_NO_SERVICE_BACKEND;
-	__be32 baddr = be->addr;
-	__be16 bport = be->port;
+	struct lb4_target be = {};
+	if (!pick_backend(&fe, p, &be, now))
+		return TC_ACT_OK; /* the frontend is being deleted right now */
+	__u32 id = be.backend_id;
+	__be32 baddr = be.addr;
+	__be16 bport = be.port;
 	bool local = bpf_map_lookup_elem(&anet_ep_by_ip, &baddr) != NULL;
-	if (!local && (svc->flags & ANET_SVC_EXT_LOCAL))
+	if (!local && (fe.flags & ANET_SVC_EXT_LOCAL))
 		return -DROP_NO_SERVICE_BACKEND; /* only local endpoints serve it */
 
 	struct ct4_entry orig = {
-		.addr = baddr, .port = bport, .rev_nat = svc->rev_nat, .backend_id = id,
+		.addr = baddr, .port = bport, .rev_nat = fe.rev_nat, .backend_id = id,
 	};
 	struct ct4_entry rev = {
 		.addr = p->daddr, .port = p->dport, .flags = CT_F_REPLY,
-		.rev_nat = svc->rev_nat, .backend_id = id,
+		.rev_nat = fe.rev_nat, .backend_id = id,
 	};
 	rev.expires = now + ct_lifetime(p->proto, rev.flags);
 	if (local) {
@@ -327,7 +324,7 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 		rev.addr2 = p->saddr;
 		rev.port2 = p->sport;
 		__be16 sport = 0;
-		int err = snat_claim(cfg, be, p, &rev, &sport, now);
+		int err = snat_claim(cfg, &be, p, &rev, &sport, now);
 		if (err < 0)
 			return err;
 		orig.flags |= CT_F_SNAT;
@@ -363,11 +360,12 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
  * finishes what it serves). */
 static __always_inline bool backend_gone(const struct ct4_entry *e, __u8 proto)
 {
+	struct lb4_target t;
+
 	if (proto != IPPROTO_UDP)
 		return false;
 	/* Backend IDs are reused: the ID must still name the same address. */
-	const struct lb4_backend *be = bpf_map_lookup_elem(&anet_lb4_backends, &e->backend_id);
-	return !be || be->addr != e->addr || be->port != e->port;
+	return !lb4_read_backend(e->backend_id, &t) || t.addr != e->addr || t.port != e->port;
 }
 
 static __always_inline int from_netdev(struct __sk_buff *skb)

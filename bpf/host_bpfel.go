@@ -71,7 +71,12 @@ type HostLb4AffinityMatch struct {
 }
 
 type HostLb4Backend struct {
-	_     structs.HostLayout
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Id    uint32
 	Addr  uint32
 	Port  uint16
 	Proto uint8
@@ -96,13 +101,20 @@ type HostLb4Revnat struct {
 }
 
 type HostLb4Service struct {
-	_               structs.HostLayout
-	BackendId       uint32
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
 	Count           uint32
 	Total           uint32
 	RevNat          uint32
 	AffinityTimeout uint32
 	Flags           uint32
+	BackendId       uint32
+	BackendAddr     uint32
+	BackendPort     uint16
+	Pad             uint16
 }
 
 type HostMetricsKey struct {

@@ -23,6 +23,22 @@ func Monotonic() uint64 {
 	return uint64(ts.Nano())
 }
 
+// ctReply is CT_F_REPLY: the entry of a reply direction, whose address is
+// the frontend's (the original direction's entry holds the backend).
+const ctReply = 1 << 0
+
+// replyKey is the key of the reply entry of an original entry.
+func replyKey(k bpf.HostCt4Key, v bpf.HostCt4Entry) bpf.HostCt4Key {
+	r := bpf.HostCt4Key{Saddr: v.Addr, Sport: v.Port, Daddr: k.Saddr, Dport: k.Sport, Proto: k.Proto}
+	if v.Flags&ctSNAT != 0 {
+		r.Daddr, r.Dport = v.Addr2, v.Port2
+	}
+	return r
+}
+
+// ctSNAT is CT_F_SNAT.
+const ctSNAT = 1 << 1
+
 // CTStats is what one collection pass saw.
 type CTStats struct {
 	Live, Expired, Orphaned int
@@ -32,7 +48,7 @@ type CTStats struct {
 // the UDP entries whose backend gone reports gone (a backend removed from
 // its Service: its flows start over on a live one; TCP connections keep
 // theirs until they end).
-func GCConntrack(ct *ebpf.Map, now uint64, gone func(backendID uint32) bool) (CTStats, error) {
+func GCConntrack(ct *ebpf.Map, now uint64, gone func(backendID, addr uint32, port uint16) bool) (CTStats, error) {
 	var (
 		st   CTStats
 		key  bpf.HostCt4Key
@@ -45,9 +61,9 @@ func GCConntrack(ct *ebpf.Map, now uint64, gone func(backendID uint32) bool) (CT
 		case val.Expires < now:
 			st.Expired++
 			dead = append(dead, key)
-		case gone != nil && key.Proto == unix.IPPROTO_UDP && gone(val.BackendId):
+		case gone != nil && key.Proto == unix.IPPROTO_UDP && val.Flags&ctReply == 0 && gone(val.BackendId, val.Addr, val.Port):
 			st.Orphaned++
-			dead = append(dead, key)
+			dead = append(dead, key, replyKey(key, val))
 		default:
 			st.Live++
 		}

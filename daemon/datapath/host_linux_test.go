@@ -9,12 +9,14 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/anet-dev/anet/bpf"
+	"github.com/anet-dev/anet/daemon/service"
 	"github.com/anet-dev/anet/internal/testpkt"
 )
 
@@ -40,7 +42,10 @@ const (
 )
 
 type hostDP struct {
-	objs    bpf.HostObjects
+	dp      *Datapath
+	objs    *bpf.HostObjects
+	sm      *ServiceMaps
+	nextID  uint32
 	ifindex int
 }
 
@@ -104,29 +109,21 @@ func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 			t.Fatal(err)
 		}
 	}
-	spec, err := bpf.LoadHost()
+	dp, err := LoadUnpinned()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	h := &hostDP{ifindex: ul.Attrs().Index}
-	if err := spec.LoadAndAssign(&h.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			t.Fatalf("%+v", ve)
-		}
+	t.Cleanup(func() { dp.Close() })
+	sm, err := dp.ServiceMaps()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.objs.Close() })
-
-	cfg := bpf.HostNodeConfig{Addr: be32(hNode), SnatMin: snatMin, SnatMax: snatMax}
-	if err := h.objs.AnetNodeConfig.Put(uint32(0), cfg); err != nil {
+	h := &hostDP{dp: dp, objs: &dp.host, sm: sm, ifindex: ul.Attrs().Index}
+	if err := dp.SetNodeConfig(hNode, snatMin, snatMax); err != nil {
 		t.Fatal(err)
 	}
 	// hLocalBE is an endpoint of this node.
-	if err := h.objs.AnetEpByIp.Put(be32(hLocalBE), bpf.HostEndpointInfo{Ip: be32(hLocalBE), Ifindex: 99}); err != nil {
+	if err := dp.UpsertEndpoint(Endpoint{IP: hLocalBE, Ifindex: 99, PodMAC: podMAC, HostMAC: hostMAC}); err != nil {
 		t.Fatal(err)
 	}
 	return h
@@ -141,34 +138,24 @@ func mustLink(t *testing.T, name string) netlink.Link {
 	return l
 }
 
-// be32 is an IPv4 address as the maps hold it (network order in memory).
-func be32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
-
-func be16(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-// frontend programs one frontend with the given backends (all active).
-func (h *hostDP) frontend(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags uint32, backends ...netip.AddrPort) {
+// frontend programs one frontend with the given backends (all active)
+// through ServiceMaps, as the reconciler does.
+func (h *hostDP) frontend(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags service.Flags, backends ...netip.AddrPort) {
 	t.Helper()
-	key := bpf.HostLb4Key{Addr: be32(vip), Port: be16(port), Proto: proto}
-	for i, b := range backends {
-		id := uint32(100*uint32(port)%1000 + uint32(i) + 1)
-		if err := h.objs.AnetLb4Backends.Put(id, bpf.HostLb4Backend{Addr: be32(b.Addr()), Port: be16(b.Port()), Proto: proto}); err != nil {
-			t.Fatal(err)
-		}
-		k := key
-		k.Slot = uint16(i + 1)
-		if err := h.objs.AnetLb4Services.Put(k, bpf.HostLb4Service{BackendId: id, RevNat: revNatNP}); err != nil {
-			t.Fatal(err)
-		}
+	h.frontendAff(t, vip, port, proto, flags, 0, backends...)
+}
+
+func (h *hostDP) frontendAff(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags service.Flags, aff time.Duration, backends ...netip.AddrPort) {
+	t.Helper()
+	f := service.MapFrontend{
+		Key:    service.FrontendKey{Addr: netip.AddrPortFrom(vip, port), Proto: service.Proto(proto)},
+		RevNat: uint32(port), Flags: flags, Affinity: aff, Active: len(backends),
 	}
-	if err := h.objs.AnetLb4Services.Put(key, bpf.HostLb4Service{Count: uint32(len(backends)), RevNat: revNatNP, Flags: flags}); err != nil {
+	for _, b := range backends {
+		h.nextID++
+		f.Backends = append(f.Backends, service.MapBackend{ID: h.nextID, Addr: b, State: service.Ready})
+	}
+	if err := h.sm.Put(f); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -362,7 +349,7 @@ func TestHostNoBackendDrops(t *testing.T) {
 	if n := h.drops(t, 1, 10); n != 1 {
 		t.Errorf("no-service-backend drops %d, want 1", n)
 	}
-	h.frontend(t, hVIP, 81, 6, 1<<2 /* ext local */, netip.AddrPortFrom(hRemoteBE, 8080))
+	h.frontend(t, hVIP, 81, 6, service.FlagExtLocal, netip.AddrPortFrom(hRemoteBE, 8080))
 	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 81), testpkt.TCPSyn))
 	if ret != tcActShot {
 		t.Fatalf("local-only frontend with a remote backend: verdict %d, want TC_ACT_SHOT", ret)
@@ -383,18 +370,10 @@ func TestHostUDPFlowMovesOffRemovedBackend(t *testing.T) {
 	if got := readTuple(t, out); got.dst != old {
 		t.Fatalf("UDP went to %v, want %v", got.dst, old)
 	}
-	// The Service's only backend is replaced: new backend ID in slot 1.
+	// The Service's only backend is replaced (a new ID, as the
+	// reconciler gives a new backend).
 	newBE := netip.AddrPortFrom(netip.MustParseAddr("10.244.1.9"), 5353)
-	if err := h.objs.AnetLb4Backends.Put(uint32(900), bpf.HostLb4Backend{Addr: be32(newBE.Addr()), Port: be16(newBE.Port()), Proto: 17}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.objs.AnetLb4Services.Put(bpf.HostLb4Key{Addr: be32(hVIP), Port: be16(53), Proto: 17, Slot: 1}, bpf.HostLb4Service{BackendId: 900, RevNat: revNatNP}); err != nil {
-		t.Fatal(err)
-	}
-	var oldID uint32 = 100*53%1000 + 1
-	if err := h.objs.AnetLb4Backends.Delete(oldID); err != nil {
-		t.Fatal(err)
-	}
+	h.frontend(t, hVIP, 53, 17, 0, newBE)
 	_, out = h.run(t, h.objs.AnetFromNetdev, udpFrame(cli, fe))
 	if got := readTuple(t, out); got.dst != newBE {
 		t.Fatalf("after the backend left, UDP went to %v, want %v", got.dst, newBE)
@@ -447,7 +426,7 @@ func TestGCConntrack(t *testing.T) {
 	expired := put(2, 6, now-1, 1)
 	udpGone := put(3, 17, now+60e9, 2)
 	tcpGone := put(4, 6, now+60e9, 2)
-	st, err := GCConntrack(h.objs.AnetCt4, now, func(id uint32) bool { return id == 2 })
+	st, err := GCConntrack(h.objs.AnetCt4, now, func(id, _ uint32, _ uint16) bool { return id == 2 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +443,7 @@ func TestGCConntrack(t *testing.T) {
 	// Entries the program wrote expire on the same clock: a fresh one is live.
 	h.frontend(t, hNode, 30090, 6, 0, netip.AddrPortFrom(hLocalBE, 8080))
 	h.run(t, h.objs.AnetFromNetdev, tcpFrame(netip.AddrPortFrom(hClient, 5), netip.AddrPortFrom(hNode, 30090), testpkt.TCPSyn))
-	st, err = GCConntrack(h.objs.AnetCt4, Monotonic(), nil)
+	st, err = h.dp.GCConntrack()
 	if err != nil || st.Live != 4 || st.Expired != 0 {
 		t.Errorf("after a new connection: %+v %v, want 4 live (2 kept + its 2)", st, err)
 	}
@@ -475,17 +454,7 @@ func TestGCConntrack(t *testing.T) {
 func TestHostAffinityByClientAddress(t *testing.T) {
 	h := loadHost(t)
 	bes := []netip.AddrPort{netip.AddrPortFrom(hLocalBE, 8080), netip.AddrPortFrom(netip.MustParseAddr("10.244.1.6"), 8080)}
-	h.frontend(t, hNode, 30100, 6, 0, bes...)
-	key := bpf.HostLb4Key{Addr: be32(hNode), Port: be16(30100), Proto: 6}
-	if err := h.objs.AnetLb4Services.Put(key, bpf.HostLb4Service{Count: 2, Total: 2, RevNat: revNatNP, AffinityTimeout: 10}); err != nil {
-		t.Fatal(err)
-	}
-	for i := range bes {
-		id := uint32(100*30100%1000 + i + 1)
-		if err := h.objs.AnetLb4AffMatch.Put(bpf.HostLb4AffinityMatch{BackendId: id, RevNat: revNatNP}, uint8(1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h.frontendAff(t, hNode, 30100, 6, 0, 10*time.Second, bes...)
 	fe := netip.AddrPortFrom(hNode, 30100)
 	seen := map[netip.AddrPort]int{}
 	for port := uint16(41000); port < 41020; port++ {

@@ -27,7 +27,10 @@ import (
 // layoutsName is the pin of the fingerprints map, under the maps directory.
 const layoutsName = "anet_layouts"
 
-type layoutKey [16]byte // a map's name, zero-padded (BPF names have at most 15 bytes)
+// layoutKey is a map's name, zero-padded, cut at 16 bytes: names longer
+// than that (anet_lb4_services) are told apart by their first 16 bytes,
+// which therefore differ for every map (checked by TestMapNamesDistinct).
+type layoutKey [16]byte
 
 func layoutKeyOf(name string) layoutKey {
 	var k layoutKey
@@ -92,23 +95,23 @@ func describeType(b *strings.Builder, t btf.Type, depth int) {
 }
 
 // readLayouts returns the fingerprints recorded by the last Activate, by
-// map name; none when there is no record (a first start, or a build from
-// before fingerprints).
-func readLayouts(l Layout) (map[string][32]byte, error) {
+// map name as recorded (layoutKeyOf: the first 16 bytes); none when there
+// is no record (a first start, or a build from before fingerprints).
+func readLayouts(l Layout) (map[layoutKey][32]byte, error) {
 	m, err := ebpf.LoadPinnedMap(l.MapPin(layoutsName), nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string][32]byte{}, nil
+		return map[layoutKey][32]byte{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", l.MapPin(layoutsName), err)
 	}
 	defer m.Close()
-	out := map[string][32]byte{}
+	out := map[layoutKey][32]byte{}
 	var k layoutKey
 	var v [32]byte
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out[strings.TrimRight(string(k[:]), "\x00")] = v
+		out[k] = v
 	}
 	return out, it.Err()
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -21,6 +22,15 @@ import (
 const (
 	ProgFromContainer = bpf.LxcProgAnetFromContainer
 	ProgToContainer   = bpf.LxcProgAnetToContainer
+
+	ProgSockConnect      = bpf.SockProgAnetSock4Connect
+	ProgSockSendmsg      = bpf.SockProgAnetSock4Sendmsg
+	ProgSockRecvmsg      = bpf.SockProgAnetSock4Recvmsg
+	ProgSockGetpeername  = bpf.SockProgAnetSock4Getpeername
+	ProgSock6Connect     = bpf.SockProgAnetSock6Connect
+	ProgSock6Sendmsg     = bpf.SockProgAnetSock6Sendmsg
+	ProgSock6Recvmsg     = bpf.SockProgAnetSock6Recvmsg
+	ProgSock6Getpeername = bpf.SockProgAnetSock6Getpeername
 )
 
 // progForDir is the program that runs on an endpoint's host-side veth for
@@ -38,8 +48,13 @@ type Datapath struct {
 	// EndpointAttach is how Wire attaches the programs to a new endpoint:
 	// ModeTC (the default) or ModeTCX. See Wire.
 	EndpointAttach string
-	objs           bpf.LxcObjects
-	log            *slog.Logger
+	objs           bpf.LxcObjects  // the pod veth programs (lxc.c)
+	sock           bpf.SockObjects // the socket hooks (sock.c)
+	host           bpf.HostObjects // the underlay device's programs (host.c)
+	// One handle per map pinned by name, shared by every collection that
+	// defines it (each holds a clone of it).
+	shared map[string]*ebpf.Map
+	log    *slog.Logger
 
 	// Between Load and Activate: the maps to pin at Activate (new ones,
 	// and those that replace a pinned map of another layout) and the
@@ -54,6 +69,10 @@ type Datapath struct {
 
 	barrierMu sync.Mutex
 	barrier   *progBarrier
+
+	svcOnce sync.Once
+	svc     *ServiceMaps
+	svcErr  error
 }
 
 // CheckBPFFS returns a clear error unless dir is a directory on a bpf
@@ -91,21 +110,132 @@ var refills = map[string]refill{
 	bpf.LxcMapAnetEpByIp:  refillRecords,
 	bpf.LxcMapAnetEpByIf:  refillRecords,
 	bpf.LxcMapAnetMetrics: refillCopy,
+	// The service maps are copied: the service reconciler rewrites every
+	// frontend after its first sync anyway, and until then the copy keeps
+	// serving what the last run programmed.
+	bpf.SockMapAnetLb4Services: refillCopy,
+	bpf.SockMapAnetLb4Backends: refillCopy,
+	bpf.SockMapAnetLb4Revnat:   refillCopy,
+	bpf.SockMapAnetLb4Affinity: refillCopy,
+	bpf.SockMapAnetLb4AffMatch: refillCopy,
+	bpf.SockMapAnetSock4Revnat: refillCopy,
+	// Conntrack is copied so that translated connections survive an
+	// upgrade; the node's config is rewritten by anetd at start.
+	bpf.HostMapAnetCt4:        refillCopy,
+	bpf.HostMapAnetNodeConfig: refillCopy,
 }
 
-// Load loads the programs against the maps pinned under root, so that
-// endpoints and counters survive a restart, and against new maps where
-// there is no pin yet or where a pinned map's layout differs from this
-// build's (an upgrade that changed a map): such a map is migrated, never
-// refused. Load changes nothing a packet sees: the old programs keep
-// running with the old maps. The caller then fills the maps that are
-// rebuilt from records (UpsertEndpoint for every endpoint) and calls
-// Activate, which swaps everything in at once.
+// collection is one eBPF object (one C entry file) that Load loads against
+// the shared maps.
+type collection struct {
+	name string
+	spec *ebpf.CollectionSpec
+	objs any // *bpf.LxcObjects, *bpf.SockObjects
+}
+
+func (dp *Datapath) collections() ([]collection, error) {
+	lxc, err := bpf.LoadLxc()
+	if err != nil {
+		return nil, fmt.Errorf("loading eBPF spec lxc: %w", err)
+	}
+	sock, err := bpf.LoadSock()
+	if err != nil {
+		return nil, fmt.Errorf("loading eBPF spec sock: %w", err)
+	}
+	host, err := bpf.LoadHost()
+	if err != nil {
+		return nil, fmt.Errorf("loading eBPF spec host: %w", err)
+	}
+	return []collection{{"lxc", lxc, &dp.objs}, {"sock", sock, &dp.sock}, {"host", host, &dp.host}}, nil
+}
+
+// setConstants sets the programs' load-time constants from opts.
+func setConstants(colls []collection, opts Options) error {
+	for _, c := range colls {
+		if v, ok := c.spec.Variables["ANET_HOST_NAT"]; ok && opts.HostNAT {
+			if err := v.Set(uint32(1)); err != nil {
+				return fmt.Errorf("setting ANET_HOST_NAT in %s: %w", c.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// sharedSpecs sizes the maps as opts says and returns every map pinned by
+// name, once: a map that several objects define (from the same header)
+// must be defined alike in all of them.
+func sharedSpecs(colls []collection, opts Options) (map[string]*ebpf.MapSpec, error) {
+	sizes := opts.withDefaults().sizes()
+	out := map[string]*ebpf.MapSpec{}
+	from := map[string]string{}
+	for _, c := range colls {
+		for name, ms := range c.spec.Maps {
+			if n, ok := sizes[name]; ok {
+				ms.MaxEntries = n
+			}
+			if ms.Pinning != ebpf.PinByName {
+				continue
+			}
+			// The loader pins, at Activate: a pin is what other
+			// processes (anet-cni, a later anetd) take for the live map.
+			ms.Pinning = ebpf.PinNone
+			first, ok := out[name]
+			if !ok {
+				out[name], from[name] = ms, c.name
+				continue
+			}
+			if first.Type != ms.Type || first.KeySize != ms.KeySize || first.ValueSize != ms.ValueSize ||
+				first.MaxEntries != ms.MaxEntries || first.Flags != ms.Flags || fingerprint(first) != fingerprint(ms) {
+				return nil, fmt.Errorf("map %s is defined differently in %s and %s", name, from[name], c.name)
+			}
+		}
+	}
+	return out, nil
+}
+
+// loadCollections loads every collection against the shared maps.
+func loadCollections(colls []collection, shared map[string]*ebpf.Map) error {
+	cache := btf.NewCache()
+	for _, c := range colls {
+		repl := map[string]*ebpf.Map{}
+		for name := range c.spec.Maps {
+			if m, ok := shared[name]; ok {
+				repl[name] = m
+			}
+		}
+		opts := &ebpf.CollectionOptions{MapReplacements: repl, Cache: cache}
+		if err := c.spec.LoadAndAssign(c.objs, opts); err != nil {
+			var ve *ebpf.VerifierError
+			if errors.As(err, &ve) {
+				return fmt.Errorf("loading eBPF programs of %s: %+v", c.name, ve)
+			}
+			return fmt.Errorf("loading eBPF programs of %s: %w", c.name, err)
+		}
+	}
+	return nil
+}
+
+// Load loads the programs with the default map sizes; see LoadWith.
+func Load(root string, log *slog.Logger) (*Datapath, error) {
+	return LoadWith(root, Options{}, log)
+}
+
+// LoadWith loads the programs of every entry file (pod veth, socket hooks)
+// against one set of maps, those pinned under root, so that endpoints,
+// counters and services survive a restart, and new maps where there is no
+// pin yet or where a pinned map's layout differs from this build's (an
+// upgrade that changed a map, or a size changed by opts): such a map is
+// migrated, never refused. A map that several entry files define is made
+// once and handed to each (a MapReplacement). Load changes nothing a packet
+// or a socket sees: the old programs keep running with the old maps. The
+// caller then fills the maps that are rebuilt from records (UpsertEndpoint
+// for every endpoint) and calls Activate, which swaps everything in at
+// once.
 //
 // The two phases exist so that no packet ever meets a new program with an
 // empty map: a migrated endpoint map is complete before any program that
 // reads it is attached anywhere.
-func Load(root string, log *slog.Logger) (*Datapath, error) {
+func LoadWith(root string, opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := CheckBPFFS(root); err != nil {
 		return nil, err
 	}
@@ -115,75 +245,66 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 			return nil, fmt.Errorf("creating %s: %w", d, err)
 		}
 	}
-	spec, err := bpf.LoadLxc()
+	dp := &Datapath{Layout: l, log: log, shared: map[string]*ebpf.Map{}, replaced: map[string]*ebpf.Map{},
+		layouts: map[string][32]byte{}, sameSize: map[string]bool{}}
+	colls, err := dp.collections()
 	if err != nil {
-		return nil, fmt.Errorf("loading eBPF spec: %w", err)
+		return nil, err
 	}
-	dp := &Datapath{Layout: l, log: log, replaced: map[string]*ebpf.Map{}, layouts: map[string][32]byte{}, sameSize: map[string]bool{}}
+	if err := setConstants(colls, opts); err != nil {
+		return nil, err
+	}
+	specs, err := sharedSpecs(colls, opts)
+	if err != nil {
+		return nil, err
+	}
 	recorded, err := readLayouts(l)
 	if err != nil {
 		return nil, err
 	}
-	reuse := map[string]*ebpf.Map{}
-	defer func() {
-		for _, m := range reuse {
-			m.Close() // the collection holds clones
-		}
-	}()
 	fail := func(err error) (*Datapath, error) {
 		for _, m := range dp.replaced {
 			m.Close()
 		}
+		for _, m := range dp.shared {
+			m.Close()
+		}
 		return nil, err
 	}
-	for name, ms := range spec.Maps {
-		if ms.Pinning != ebpf.PinByName {
-			continue
-		}
-		// The loader pins, at Activate: a pin is what other processes
-		// (anet-cni, a later anetd) take for the live map.
-		ms.Pinning = ebpf.PinNone
-		pinned, err := ebpf.LoadPinnedMap(l.MapPin(name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			dp.layouts[name] = fingerprint(ms)
-			dp.toPin = append(dp.toPin, name)
-			continue
-		}
-		if err != nil {
-			return fail(fmt.Errorf("opening pinned map %s: %w", l.MapPin(name), err))
-		}
+	for name, ms := range specs {
 		fp := fingerprint(ms)
 		dp.layouts[name] = fp
-		if diff := ms.Compatible(pinned); diff != nil {
-			log.Info("pinned map has another layout than this build; migrating it", "map", name, "change", diff)
-			dp.replaced[name] = pinned
+		pinned, err := ebpf.LoadPinnedMap(l.MapPin(name), nil)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			dp.toPin = append(dp.toPin, name)
-			continue
+		case err != nil:
+			return fail(fmt.Errorf("opening pinned map %s: %w", l.MapPin(name), err))
+		default:
+			if diff := ms.Compatible(pinned); diff != nil {
+				log.Info("pinned map has another layout than this build; migrating it", "map", name, "change", diff)
+				dp.replaced[name] = pinned
+				dp.toPin = append(dp.toPin, name)
+			} else if old, ok := recorded[layoutKeyOf(name)]; ok && old != fp {
+				log.Info("pinned map has another layout than this build (same sizes, other fields); migrating it", "map", name)
+				dp.replaced[name] = pinned
+				dp.sameSize[name] = true
+				dp.toPin = append(dp.toPin, name)
+			} else {
+				dp.shared[name] = pinned
+				continue
+			}
 		}
-		if old, ok := recorded[name]; ok && old != fp {
-			log.Info("pinned map has another layout than this build (same sizes, other fields); migrating it", "map", name)
-			dp.replaced[name] = pinned
-			dp.sameSize[name] = true
-			dp.toPin = append(dp.toPin, name)
-			continue
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return fail(fmt.Errorf("creating map %s: %w", name, err))
 		}
-		reuse[name] = pinned
+		dp.shared[name] = m
 	}
-	opts := &ebpf.CollectionOptions{MapReplacements: reuse}
-	if err := spec.LoadAndAssign(&dp.objs, opts); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return fail(fmt.Errorf("loading eBPF programs: %+v", ve))
-		}
-		return fail(fmt.Errorf("loading eBPF programs: %w", err))
+	if err := loadCollections(colls, dp.shared); err != nil {
+		return fail(err)
 	}
 	maps := dp.maps()
-	for _, name := range dp.toPin {
-		if maps[name] == nil {
-			dp.Close()
-			return nil, fmt.Errorf("map %s of the spec has no handle in the datapath (add it to Datapath.maps)", name)
-		}
-	}
 	for name, old := range dp.replaced {
 		switch refills[name] {
 		case refillRecords:
@@ -209,8 +330,9 @@ func Load(root string, log *slog.Logger) (*Datapath, error) {
 // next start completes whatever point a crash interrupts: first the new
 // maps take the place of the old pins (an atomic rename each), then the
 // programs' pins, then every endpoint's TCX link is moved to the new
-// programs with link.Update and every tc filter is replaced: each is an
-// atomic swap of program and, with it, of the maps it uses. Devices that
+// programs with link.Update, every tc filter is replaced and the socket
+// hooks' cgroup links are updated (see AttachSocketLB): each is an atomic
+// swap of program and, with it, of the maps it uses. Devices that
 // vanished meanwhile are skipped and their pins removed. Activate is done
 // once; later calls do nothing.
 func (dp *Datapath) Activate() error {
@@ -237,6 +359,12 @@ func (dp *Datapath) Activate() error {
 	if err := dp.updateTCFilters(); err != nil {
 		return err
 	}
+	if err := dp.updateSocketLinks(); err != nil {
+		return err
+	}
+	if err := dp.updateNetdevLinks(); err != nil {
+		return err
+	}
 	for name, m := range dp.replaced {
 		dp.log.Info("map migrated", "map", name)
 		m.Close()
@@ -257,18 +385,24 @@ func (dp *Datapath) Migrating() []string {
 
 func (dp *Datapath) programs() map[string]*ebpf.Program {
 	return map[string]*ebpf.Program{
-		ProgFromContainer: dp.objs.AnetFromContainer,
-		ProgToContainer:   dp.objs.AnetToContainer,
+		ProgFromContainer:   dp.objs.AnetFromContainer,
+		ProgToContainer:     dp.objs.AnetToContainer,
+		ProgSockConnect:     dp.sock.AnetSock4Connect,
+		ProgSockSendmsg:     dp.sock.AnetSock4Sendmsg,
+		ProgSockRecvmsg:     dp.sock.AnetSock4Recvmsg,
+		ProgSockGetpeername: dp.sock.AnetSock4Getpeername,
+		// IPv4-mapped addresses on IPv6 sockets.
+		ProgSock6Connect:     dp.sock.AnetSock6Connect,
+		ProgSock6Sendmsg:     dp.sock.AnetSock6Sendmsg,
+		ProgSock6Recvmsg:     dp.sock.AnetSock6Recvmsg,
+		ProgSock6Getpeername: dp.sock.AnetSock6Getpeername,
+		ProgFromNetdev:       dp.host.AnetFromNetdev,
+		ProgToNetdev:         dp.host.AnetToNetdev,
 	}
 }
 
-func (dp *Datapath) maps() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{
-		bpf.LxcMapAnetEpByIp:  dp.objs.AnetEpByIp,
-		bpf.LxcMapAnetEpByIf:  dp.objs.AnetEpByIf,
-		bpf.LxcMapAnetMetrics: dp.objs.AnetMetrics,
-	}
-}
+// maps are the shared maps by name, one handle each.
+func (dp *Datapath) maps() map[string]*ebpf.Map { return dp.shared }
 
 // pinner is a program or a map.
 type pinner interface {
@@ -408,30 +542,43 @@ func (dp *Datapath) Close() error {
 	for _, m := range dp.replaced {
 		m.Close()
 	}
+	for _, m := range dp.shared {
+		m.Close()
+	}
 	if dp.barrier != nil {
 		dp.barrier.close()
 	}
-	return dp.objs.Close()
+	return errors.Join(dp.objs.Close(), dp.sock.Close(), dp.host.Close())
 }
 
 // LoadUnpinned loads the programs with fresh maps of their own, pinned
 // nowhere and attached to nothing: for BPF_PROG_TEST_RUN tests and
 // benchmarks, never for a node.
 func LoadUnpinned() (*Datapath, error) {
-	spec, err := bpf.LoadLxc()
+	dp := &Datapath{log: slog.Default(), shared: map[string]*ebpf.Map{}}
+	colls, err := dp.collections()
 	if err != nil {
-		return nil, fmt.Errorf("loading eBPF spec: %w", err)
+		return nil, err
 	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
+	specs, err := sharedSpecs(colls, Options{})
+	if err != nil {
+		return nil, err
 	}
-	dp := &Datapath{log: slog.Default()}
-	if err := spec.LoadAndAssign(&dp.objs, nil); err != nil {
-		return nil, fmt.Errorf("loading eBPF programs: %w", err)
+	for name, ms := range specs {
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			dp.Close()
+			return nil, fmt.Errorf("creating map %s: %w", name, err)
+		}
+		dp.shared[name] = m
+	}
+	if err := loadCollections(colls, dp.shared); err != nil {
+		dp.Close()
+		return nil, err
 	}
 	return dp, nil
 }
 
 // Program returns one of the loaded programs by name (ProgFromContainer,
-// ProgToContainer), or nil.
+// ProgToContainer, ProgSock*), or nil.
 func (dp *Datapath) Program(name string) *ebpf.Program { return dp.programs()[name] }

@@ -374,7 +374,7 @@ func TestLoadMigratesSameSizeLayoutChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{bpf.LxcMapAnetEpByIf, bpf.LxcMapAnetMetrics, bpf.LxcMapAnetEpByIp} {
-		if rec[name] != fingerprint(spec.Maps[name]) {
+		if rec[layoutKeyOf(name)] != fingerprint(spec.Maps[name]) {
 			t.Errorf("recorded fingerprint of %s is not this build's after Activate", name)
 		}
 	}

@@ -3,11 +3,16 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/anet-dev/anet/bpf"
 )
 
 // The node's underlay device carries bpf/host.c's programs, attached with
@@ -99,4 +104,88 @@ func DetachNetdev(l Layout, ifname string) error {
 		lk.Close() // the last reference: the link goes
 	}
 	return errors.Join(errs...)
+}
+
+// Program names of the underlay device.
+const (
+	ProgFromNetdev = bpf.HostProgAnetFromNetdev
+	ProgToNetdev   = bpf.HostProgAnetToNetdev
+)
+
+// AttachNetdev hangs this run's underlay programs on ifname (see the
+// package function AttachNetdev).
+func (dp *Datapath) AttachNetdev(ifname string) error {
+	return AttachNetdev(dp.Layout, ifname, dp.host.AnetFromNetdev, dp.host.AnetToNetdev)
+}
+
+// DetachNetdev removes the underlay programs from ifname.
+func (dp *Datapath) DetachNetdev(ifname string) error { return DetachNetdev(dp.Layout, ifname) }
+
+// updateNetdevLinks moves every pinned underlay link to this run's
+// programs (Activate). A link whose device is gone is removed.
+func (dp *Datapath) updateNetdevLinks() error {
+	entries, err := os.ReadDir(dp.Layout.NetdevLinksDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		pin := filepath.Join(dp.Layout.NetdevLinksDir(), e.Name())
+		prog := dp.host.AnetFromNetdev
+		if strings.HasSuffix(e.Name(), "_egress") {
+			prog = dp.host.AnetToNetdev
+		}
+		lk, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			dp.log.Warn("unusable underlay link pin; removing it", "pin", pin, "err", err)
+			_ = os.Remove(pin)
+			continue
+		}
+		err = lk.Update(prog)
+		lk.Close()
+		if gone(err) || errors.Is(err, unix.ENOLINK) {
+			dp.log.Info("underlay device of a pinned link is gone; removing the pin", "pin", pin)
+			_ = os.Remove(pin)
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("updating underlay link %s: %w", pin, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SetNodeConfig tells the underlay programs the node's address (the SNAT
+// source for backends on other nodes) and the SNAT port range. Ports of the
+// range must not be used by the node's own sockets: keep it outside
+// net.ipv4.ip_local_port_range.
+func (dp *Datapath) SetNodeConfig(addr netip.Addr, snatMin, snatMax uint16) error {
+	if !addr.Is4() {
+		return fmt.Errorf("node address %s: only IPv4 is served", addr)
+	}
+	if snatMin == 0 || snatMax < snatMin {
+		return fmt.Errorf("SNAT port range %d-%d is empty", snatMin, snatMax)
+	}
+	cfg := bpf.HostNodeConfig{Addr: be32(addr), SnatMin: snatMin, SnatMax: snatMax}
+	if err := dp.host.AnetNodeConfig.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("writing the node config: %w", err)
+	}
+	return nil
+}
+
+// GCConntrack runs one collection of the conntrack table (see the package
+// function): expired entries, and UDP flows whose backend left (the
+// backend ID no longer names the address the flow was sent to).
+func (dp *Datapath) GCConntrack() (CTStats, error) {
+	backends := dp.shared[bpf.SockMapAnetLb4Backends]
+	return GCConntrack(dp.host.AnetCt4, Monotonic(), func(id uint32, addr uint32, port uint16) bool {
+		var b bpf.SockLb4Backend
+		if err := backends.Lookup(id, &b); err != nil {
+			return true
+		}
+		return b.Addr != addr || b.Port != port
+	})
 }

@@ -30,16 +30,19 @@ const (
 )
 
 var reasonNames = [...]string{
-	ReasonForwarded:      "forwarded",
-	DropUnknownEndpoint:  "unknown-endpoint",
-	DropMalformedL2:      "malformed-l2",
-	DropMalformedIP:      "malformed-ip",
-	DropUnsupportedL3:    "unsupported-l3",
-	DropInvalidSource:    "invalid-source",
-	DropMalformedARP:     "malformed-arp",
-	DropTTLExceeded:      "ttl-exceeded",
-	DropRedirectFailed:   "redirect-failed",
-	DropCsumFailed:       "csum-failed",
+	ReasonForwarded:     "forwarded",
+	DropUnknownEndpoint: "unknown-endpoint",
+	DropMalformedL2:     "malformed-l2",
+	DropMalformedIP:     "malformed-ip",
+	DropUnsupportedL3:   "unsupported-l3",
+	DropInvalidSource:   "invalid-source",
+	DropMalformedARP:    "malformed-arp",
+	DropTTLExceeded:     "ttl-exceeded",
+	DropRedirectFailed:  "redirect-failed",
+	DropCsumFailed:      "csum-failed",
+	// Counted node-wide: a connect() or sendto() to a service frontend
+	// without an active backend, refused (ECONNREFUSED) by the socket
+	// hooks, or a packet from outside to one, dropped on the underlay.
 	DropNoServiceBackend: "no-service-backend",
 	DropNoSNATPort:       "no-snat-port",
 	DropFIBFailed:        "fib-failed",
