@@ -104,7 +104,7 @@ func Build(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node Node) (d 
 
 	// Sorted by name, so that which of two copies of an endpoint wins
 	// does not depend on the informer's order.
-	eps = slices.Clone(eps)
+	eps = slices.DeleteFunc(slices.Clone(eps), func(s *discoveryv1.EndpointSlice) bool { return s == nil })
 	slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
 	localReady := map[netip.Addr]bool{}
 	seen := map[FrontendKey]bool{}
@@ -295,7 +295,7 @@ func backends(portName string, proto Proto, eps []*discoveryv1.EndpointSlice, no
 	byAddr := map[netip.AddrPort]int{}
 	var out []Backend
 	for _, s := range eps {
-		if s == nil || s.AddressType != discoveryv1.AddressTypeIPv4 {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 {
 			continue // IPv6 and FQDN slices: not served (yet)
 		}
 		port := -1

@@ -170,18 +170,18 @@ func TestBuild(t *testing.T) {
 			name: "states as kube-proxy reads them",
 			svc:  svc("web"),
 			slices: []*discoveryv1.EndpointSlice{slice("web", "web-a", web,
-				ep("10.244.1.1", "n1", conds(nil, nil, nil)),  // nil ready: ready
-				ep("10.244.1.2", "n1", conds(no, yes, yes)),   // serving, terminating
-				ep("10.244.1.3", "n1", conds(no, no, yes)),    // terminating
-				ep("10.244.1.4", "n1", conds(no, nil, nil)),   // not ready: serving nil means not serving
-				ep("10.244.1.5", "n1", conds(yes, nil, yes)),  // ready wins
-				ep("10.244.1.6", "n1", conds(no, nil, yes)),   // terminating, serving nil (= ready = false)
-				ep("10.244.1.7", "n1", conds(no, yes, nil)),   // serving but not terminating: not usable
-				ep("fd00::7", "n1"),                           // not IPv4 in an IPv4 slice: a problem
-				discoveryv1.Endpoint{Addresses: []string{}},   // no address: ignored
-				ep("10.244.1.256", "n1"),                      // malformed: a problem
+				ep("10.244.1.1", "n1", conds(nil, nil, nil)), // nil ready: ready
+				ep("10.244.1.2", "n1", conds(no, yes, yes)),  // serving, terminating
+				ep("10.244.1.3", "n1", conds(no, no, yes)),   // terminating
+				ep("10.244.1.4", "n1", conds(no, nil, nil)),  // not ready: serving nil means not serving
+				ep("10.244.1.5", "n1", conds(yes, nil, yes)), // ready wins
+				ep("10.244.1.6", "n1", conds(no, nil, yes)),  // terminating, serving nil (= ready = false)
+				ep("10.244.1.7", "n1", conds(no, yes, nil)),  // serving but not terminating: not usable
+				ep("fd00::7", "n1"),                          // not IPv4 in an IPv4 slice: a problem
+				discoveryv1.Endpoint{Addresses: []string{}},  // no address: ignored
+				ep("10.244.1.256", "n1"),                     // malformed: a problem
 			)},
-			want: []string{"ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080(ready),10.244.1.2:8080(serving),10.244.1.3:8080(terminating),10.244.1.4:8080(not-ready),10.244.1.5:8080(ready),10.244.1.6:8080(terminating),10.244.1.7:8080(not-ready)"},
+			want:     []string{"ClusterIP 10.96.0.10:80/TCP -> 10.244.1.1:8080(ready),10.244.1.2:8080(serving),10.244.1.3:8080(terminating),10.244.1.4:8080(not-ready),10.244.1.5:8080(ready),10.244.1.6:8080(terminating),10.244.1.7:8080(not-ready)"},
 			problems: []string{`"fd00::7" is not an IPv4 address`, `"10.244.1.256" is not an IPv4 address`},
 		},
 		{
