@@ -60,7 +60,7 @@ func (m *MemMap) Put(f MapFrontend) error {
 			return fmt.Errorf("frontend %s: backend %s has ID 0", f.Key.Addr, b.Addr)
 		}
 	}
-	if o, ok := m.fe[f.Key]; ok {
+	if o, ok := m.fe[f.Key]; ok && m.rn[o.RevNat] == f.Key {
 		delete(m.rn, o.RevNat)
 	}
 	f.Backends = slices.Clone(f.Backends)
@@ -80,7 +80,9 @@ func (m *MemMap) Delete(k FrontendKey) error {
 		}
 	}
 	if o, ok := m.fe[k]; ok {
-		delete(m.rn, o.RevNat)
+		if m.rn[o.RevNat] == k {
+			delete(m.rn, o.RevNat)
+		}
 		delete(m.fe, k)
 	}
 	m.Deletes++
@@ -98,6 +100,18 @@ func (m *MemMap) Dump() ([]MapFrontend, error) {
 	}
 	slices.SortFunc(out, func(a, b MapFrontend) int { return compareKeys(a.Key, b.Key) })
 	return out, nil
+}
+
+// Seed puts frontends in the map as they are, unchecked: what a previous
+// run (or a corrupted map) left, for tests of adoption.
+func (m *MemMap) Seed(fs ...MapFrontend) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, f := range fs {
+		f.Backends = slices.Clone(f.Backends)
+		m.fe[f.Key] = f
+		m.rn[f.RevNat] = f.Key
+	}
 }
 
 // Get returns what the map holds for k.
