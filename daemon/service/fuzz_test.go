@@ -101,4 +101,3 @@ func FuzzBuild(f *testing.F) {
 		}
 	})
 }
-
