@@ -119,6 +119,8 @@ type Reconciler struct {
 	queue  []string
 	queued map[string]bool
 	kick   chan struct{}
+
+	inSync chan struct{} // closed by Run after the first prune
 }
 
 type hcNote struct {
@@ -151,7 +153,7 @@ func NewReconciler(m Map, node Node, opts Options, log *slog.Logger) *Reconciler
 		revnats: newIDAlloc("RevNat indexes", opts.MaxFrontends),
 		ids:     newIDAlloc("backend IDs", opts.MaxBackends),
 		idOf:    map[backendKey]uint32{}, keyOf: map[uint32]backendKey{}, refs: map[uint32]int{},
-		queued: map[string]bool{}, kick: make(chan struct{}, 1),
+		queued: map[string]bool{}, kick: make(chan struct{}, 1), inSync: make(chan struct{}),
 	}
 }
 

@@ -633,8 +633,14 @@ func TestRun(t *testing.T) {
 	if _, updated := h.counts(); updated != 0 {
 		t.Error("healthy-updated before the first full sync")
 	}
+	select {
+	case <-r.InSync():
+		t.Fatal("in sync before the informers synced")
+	default:
+	}
 	close(synced)
 	eventually(t, "stale frontend pruned", func() bool { _, ok := m.Get(stale); return !ok })
+	<-r.InSync()
 	eventually(t, "health updated", func() bool { _, u := h.counts(); return u > 0 })
 
 	// A failing write is retried by the loop.

@@ -94,6 +94,7 @@ func (r *Reconciler) Run(ctx context.Context, src Source, synced <-chan struct{}
 			r.Prune()
 			synced = nil
 			r.log.Info("service frontends in sync with the API", "services", r.services(), "pending", r.Pending())
+			close(r.inSync)
 		}
 		pending := r.Pending() > 0 || len(failedKeys) > 0
 		switch {
@@ -121,6 +122,11 @@ func (r *Reconciler) Run(ctx context.Context, src Source, synced <-chan struct{}
 		}
 	}
 }
+
+// InSync is closed once Run has served every Service the informers
+// listed and pruned what none wants (writes that failed are still being
+// retried then: see Pending).
+func (r *Reconciler) InSync() <-chan struct{} { return r.inSync }
 
 func closed(c <-chan struct{}) bool {
 	select {
