@@ -35,6 +35,7 @@ import (
 	"github.com/anet-dev/anet/daemon/health"
 	"github.com/anet-dev/anet/daemon/ipam"
 	"github.com/anet-dev/anet/daemon/k8s"
+	"github.com/anet-dev/anet/daemon/kubeproxy"
 	"github.com/anet-dev/anet/daemon/proxyhealth"
 	"github.com/anet-dev/anet/daemon/routing"
 	"github.com/anet-dev/anet/daemon/service"
@@ -68,6 +69,7 @@ type config struct {
 	// passed yet) and the reconciler's ID ranges.
 	lbServicesMax uint32
 	lbBackendsMax uint32
+	purgeKubeProxy bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -87,6 +89,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.enableServices, "enable-services", true, "with an API: serve Services (ClusterIP, NodePort, LoadBalancer, ExternalIPs) in place of kube-proxy")
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 directory where the socket-level service hooks attach (they apply to every process below it); when it is a cgroup v1 layout, its unified/ subdirectory is used if that is cgroup v2")
 	fs.StringVar(&c.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "with services: address of kube-proxy's health endpoint (/healthz, /livez), for load balancers and tools that probe it (empty: off)")
+	fs.BoolVar(&c.purgeKubeProxy, "purge-kube-proxy-rules", false, "remove the iptables chains and nftables table a kube-proxy left in the node (kubelet's chains stay); without it they are only reported. Stop kube-proxy first, or it writes them again")
 	servicesMax := fs.Uint("lb-services-max", service.DefaultMaxFrontends, "size of the service frontend map (frontends: address, port and protocol, of every Service)")
 	backendsMax := fs.Uint("lb-backends-max", service.DefaultMaxBackends, "size of the service backend map (distinct backend addresses, ports and protocols)")
 	if err := fs.Parse(args); err != nil {
@@ -282,6 +285,7 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	ready.Store(true) // the socket API serves CNI from here on
+	go legacyKubeProxy(ctx, cfg.purgeKubeProxy, log)
 
 	if kc != nil {
 		table, err := routing.NewTable(log)
@@ -463,6 +467,33 @@ func serveProxyHealth(ctx context.Context, ph *proxyhealth.Server, addr string, 
 		case <-time.After(5 * time.Second):
 		}
 	}
+}
+
+// legacyKubeProxy reports the rules a kube-proxy left in the node and,
+// with purge, removes them.
+func legacyKubeProxy(ctx context.Context, purge bool, log *slog.Logger) {
+	found, err := kubeproxy.Find(ctx)
+	if err != nil {
+		log.Warn("looking for a kube-proxy's rules", "err", err)
+	}
+	if len(found.Skipped) > 0 {
+		log.Debug("cannot look for a kube-proxy's rules with tools that are not installed", "missing", found.Skipped)
+	}
+	if found.Empty() {
+		log.Debug("no kube-proxy rules in this node")
+		return
+	}
+	if !purge {
+		log.Warn("a kube-proxy's rules are in this node: they translate Service traffic before anet does; once kube-proxy is stopped, start anetd with --purge-kube-proxy-rules to remove them",
+			"found", found.Summary())
+		return
+	}
+	log.Info("removing a kube-proxy's rules (--purge-kube-proxy-rules)", "found", found.Summary())
+	if err := kubeproxy.Purge(ctx); err != nil {
+		log.Error("removing a kube-proxy's rules", "err", err)
+		return
+	}
+	log.Info("kube-proxy's rules removed")
 }
 
 // nodeDevices is the endpoint manager's view of the node's links.
