@@ -67,8 +67,8 @@ type config struct {
 	healthzAddr    string // kube-proxy's health endpoint
 	// Sizes of the service maps, for the datapath's load options (not
 	// passed yet) and the reconciler's ID ranges.
-	lbServicesMax uint32
-	lbBackendsMax uint32
+	lbServicesMax  uint32
+	lbBackendsMax  uint32
 	purgeKubeProxy bool
 }
 
