@@ -236,9 +236,33 @@ func TestAnetdServices(t *testing.T) {
 		return nil
 	})
 
-	// A restart serves what is there again.
+	// A restart serves what is there again; with --purge-kube-proxy-rules
+	// it removes what a kube-proxy left (and not kubelet's chains).
 	n.stopAnetd()
+	n.sh("iptables-nft", "-t", "nat", "-N", "KUBE-SERVICES")
+	n.sh("iptables-nft", "-t", "nat", "-N", "KUBE-SVC-TEST")
+	n.sh("iptables-nft", "-t", "nat", "-A", "OUTPUT", "-j", "KUBE-SERVICES")
+	n.sh("iptables-nft", "-t", "nat", "-A", "KUBE-SERVICES", "-j", "KUBE-SVC-TEST")
+	n.sh("iptables-nft", "-t", "filter", "-N", "KUBE-FIREWALL")
+	n.sh("iptables-nft", "-t", "filter", "-A", "INPUT", "-j", "KUBE-FIREWALL")
+	n.sh("nft", "add", "table", "ip", "kube-proxy")
+	n.args = []string{"--purge-kube-proxy-rules"}
 	n.startAnetd()
+	n.eventually(30*time.Second, "kube-proxy's rules purged", func() error {
+		if !strings.Contains(n.log.String(), "kube-proxy's rules removed") {
+			return fmt.Errorf("not logged")
+		}
+		return nil
+	})
+	if out := n.sh("iptables-nft", "-t", "nat", "-S"); strings.Contains(out, "KUBE-") {
+		t.Errorf("kube-proxy's chains left:\n%s", out)
+	}
+	if out := n.sh("iptables-nft", "-t", "filter", "-S"); !strings.Contains(out, "-A INPUT -j KUBE-FIREWALL") {
+		t.Errorf("kubelet's chain removed:\n%s", out)
+	}
+	if out := n.sh("nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
+		t.Errorf("nftables table left: %s", out)
+	}
 	n.waitFrontends(ctx, "default", "dns", fmt.Sprintf("ClusterIP external %s:53 UDP:", dns.Spec.ClusterIP))
 	n.eventually(30*time.Second, "ready after the restart", func() error {
 		code, body, err := n.health("/readyz")
