@@ -156,3 +156,9 @@ func (c *Client) GC(ctx context.Context, r GCRequest) (*GCResult, error) {
 	var g GCResult
 	return &g, c.do(ctx, http.MethodPost, "/v1/gc", r, &g)
 }
+
+// ListServices returns every service frontend anetd programs.
+func (c *Client) ListServices(ctx context.Context) ([]ServiceFrontend, error) {
+	var fs []ServiceFrontend
+	return fs, c.do(ctx, http.MethodGet, "/v1/services", nil, &fs)
+}

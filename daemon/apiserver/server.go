@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
@@ -20,10 +21,11 @@ import (
 
 // Server answers the socket API from the endpoint manager.
 type Server struct {
-	eps    *endpoint.Manager
-	status func() api.Status
-	log    *slog.Logger
-	srv    *http.Server
+	eps      *endpoint.Manager
+	status   func() api.Status
+	log      *slog.Logger
+	srv      *http.Server
+	services atomic.Pointer[func() []api.ServiceFrontend]
 }
 
 // New returns a server; status reports anetd's readiness and facts.
@@ -38,6 +40,7 @@ func New(eps *endpoint.Manager, status func() api.Status, log *slog.Logger) *Ser
 	mux.HandleFunc("DELETE /v1/endpoints/{containerID}/{ifName}", s.ready(s.deleteEndpoint))
 	mux.HandleFunc("POST /v1/gc", s.ready(s.gc))
 	mux.HandleFunc("POST /v1/endpoints", s.ready(s.addEndpoint))
+	mux.HandleFunc("GET /v1/services", s.ready(s.listServices))
 	// A client that stalls mid-request holds a goroutine and what fds it
 	// sent: bound the time it may take to send its headers.
 	s.srv = &http.Server{Handler: mux, ConnContext: api.WithConn, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
@@ -211,4 +214,22 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.reply(w, res)
+}
+
+// SetServices makes GET /v1/services answer with what list returns (the
+// service reconciler's snapshot). Until it is called the answer is 404:
+// this anetd does not serve Services.
+func (s *Server) SetServices(list func() []api.ServiceFrontend) { s.services.Store(&list) }
+
+func (s *Server) listServices(w http.ResponseWriter, r *http.Request) {
+	list := s.services.Load()
+	if list == nil || *list == nil {
+		s.fail(w, r, fmt.Errorf("%w: this anetd does not serve Services (standalone, --enable-services=false, or no service map)", api.ErrNotFound))
+		return
+	}
+	fs := (*list)()
+	if fs == nil {
+		fs = []api.ServiceFrontend{}
+	}
+	s.reply(w, fs)
 }

@@ -2,7 +2,9 @@
 // Nodes, Namespaces, Pods (of this node only), Services, EndpointSlices and
 // NetworkPolicies, the node's pod CIDR and addresses from its Node object,
 // the node's NetworkUnavailable condition, native routes to the other
-// nodes' pod CIDRs, and the collection of endpoints whose pod is gone.
+// nodes' pod CIDRs, the collection of endpoints whose pod is gone, and for
+// the service proxy the Services and EndpointSlices themselves (listers
+// and change events: what they mean is package service's business).
 //
 // It never flushes anything because a watch broke: informers keep their
 // caches through an API outage and relist when it is back, routes change
@@ -61,6 +63,8 @@ type Client struct {
 	podFactory informers.SharedInformerFactory
 	nodes      cache.SharedIndexInformer
 	pods       cache.SharedIndexInformer
+	services   cache.SharedIndexInformer
+	slices     cache.SharedIndexInformer
 	synced     []cache.InformerSynced
 }
 
@@ -91,12 +95,19 @@ func newClient(cs kubernetes.Interface, node string, log *slog.Logger) *Client {
 		}))
 	c.nodes = c.factory.Core().V1().Nodes().Informer()
 	c.pods = c.podFactory.Core().V1().Pods().Informer()
+	c.services = c.factory.Core().V1().Services().Informer()
+	c.slices = c.factory.Discovery().V1().EndpointSlices().Informer()
+	// A Service's slices by the Service's key, so that looking them up
+	// does not scan every slice of the namespace.
+	if err := c.slices.AddIndexers(cache.Indexers{sliceServiceIndex: sliceServiceKeys}); err != nil {
+		panic(err) // only when the informer runs already or the index exists: a bug here
+	}
 	// Watched now so that their caches are warm for the features that use
-	// them (services, policy); nothing reads them yet.
+	// them (policy); nothing reads them yet.
 	others := []cache.SharedIndexInformer{
 		c.factory.Core().V1().Namespaces().Informer(),
-		c.factory.Core().V1().Services().Informer(),
-		c.factory.Discovery().V1().EndpointSlices().Informer(),
+		c.services,
+		c.slices,
 		c.factory.Networking().V1().NetworkPolicies().Informer(),
 	}
 	c.synced = []cache.InformerSynced{c.nodes.HasSynced, c.pods.HasSynced}

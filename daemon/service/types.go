@@ -61,12 +61,19 @@ func (k Kind) String() string {
 // (serving but terminating) only when no endpoint of the frontend is ready;
 // Terminating ones (neither ready nor serving) take none, and connections
 // already open to any of them go on.
+//
+// NotReady (not ready and not terminating: starting, or failing its
+// readiness probe) takes no new connections either. It exists only in the
+// desired state and the API, so that users are not told such a pod is
+// terminating; the maps never hold it: the map view writes it as
+// Terminating, which means the same to the datapath.
 type BackendState uint8
 
 const (
 	Ready BackendState = iota + 1
 	Serving
 	Terminating
+	NotReady
 )
 
 func (s BackendState) String() string {
@@ -77,6 +84,8 @@ func (s BackendState) String() string {
 		return "serving"
 	case Terminating:
 		return "terminating"
+	case NotReady:
+		return "not-ready"
 	}
 	return "state(" + itoa(int(s)) + ")"
 }

@@ -19,8 +19,9 @@ import (
 const usage = `usage: anetctl [--socket PATH] COMMAND
 
 commands:
-  status                 anetd's state on this node
+  status                  anetd's state on this node
   endpoint list [-o json] the node's endpoints and their counters
+  service list [-o json]  the Service frontends anetd programs, with their backends
 `
 
 func main() {
@@ -54,6 +55,12 @@ func run(args []string, out io.Writer) error {
 			return fmt.Errorf("-o: unknown format %q (table or json)", *format)
 		}
 		return endpointList(ctx, c, out, *format)
+	case len(rest) >= 2 && (rest[0] == "service" || rest[0] == "svc") && rest[1] == "list":
+		format, err := outputFormat("service list", rest[2:])
+		if err != nil {
+			return err
+		}
+		return serviceList(ctx, c, out, format)
 	}
 	fs.Usage()
 	return errors.New("unknown command")
@@ -128,4 +135,72 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+func outputFormat(cmd string, args []string) (string, error) {
+	lf := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	format := lf.String("o", "table", "output format: table or json")
+	if err := lf.Parse(args); err != nil {
+		return "", err
+	}
+	if lf.NArg() > 0 {
+		return "", fmt.Errorf("%s: unexpected arguments %v", cmd, lf.Args())
+	}
+	if *format != "table" && *format != "json" {
+		return "", fmt.Errorf("-o: unknown format %q (table or json)", *format)
+	}
+	return *format, nil
+}
+
+// serviceList prints one line per frontend: the Service (and its port's
+// name), the kind of address (with "local" for a traffic policy Local,
+// "in-cluster" for what pods see of an externalTrafficPolicy Local
+// address), the address, the protocol and the backends with their states,
+// those taking new connections first.
+func serviceList(ctx context.Context, c *api.Client, out io.Writer, format string) error {
+	fs, err := c.ListServices(ctx)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(fs)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SERVICE\tKIND\tFRONTEND\tPROTO\tBACKENDS")
+	for _, f := range fs {
+		name := f.Namespace + "/" + f.Name
+		if f.Port != "" {
+			name += ":" + f.Port
+		}
+		kind := f.Kind
+		if f.ExternalLocal || f.InternalLocal {
+			kind += " local"
+		}
+		if f.Scope == "internal" {
+			kind += " (in-cluster)"
+		}
+		var bs []string
+		for _, b := range f.Backends {
+			bs = append(bs, fmt.Sprintf("%s (%s)", b.Address, b.State))
+		}
+		backends := strings.Join(bs, ", ")
+		if f.Active == 0 {
+			if backends == "" {
+				backends = "none: refused"
+			} else {
+				backends = "none usable, refused: " + backends
+			}
+		}
+		if !f.Programmed {
+			why := "pending"
+			if f.Error != "" {
+				why = f.Error
+			}
+			backends = "NOT PROGRAMMED (" + why + "): " + backends
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", name, kind, f.Address, f.Protocol, backends)
+	}
+	return w.Flush()
 }

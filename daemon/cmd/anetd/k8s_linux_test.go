@@ -95,6 +95,7 @@ type k8sNode struct {
 	socket string
 	bin    string
 	bpf    string
+	args   []string // more flags for anetd
 }
 
 func (n *k8sNode) sh(args ...string) string {
@@ -180,10 +181,11 @@ func newK8sNode(t *testing.T) *k8sNode {
 // startAnetd starts anetd in the node netns with --kubeconfig.
 func (n *k8sNode) startAnetd() {
 	n.t.Helper()
-	n.anetd = exec.Command("nsenter", "--net="+n.netns.Path(), "--", n.bin,
+	args := []string{"--net=" + n.netns.Path(), "--", n.bin,
 		"--kubeconfig", n.cp.AdminKubeconfig, "--node-name", n.name,
 		"--bpf-root", n.bpf, "--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket,
-		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug")
+		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug"}
+	n.anetd = exec.Command("nsenter", append(args, n.args...)...)
 	n.anetd.Stdout, n.anetd.Stderr = n.log, n.log
 	if err := n.anetd.Start(); err != nil {
 		n.t.Fatal(err)

@@ -4,9 +4,11 @@
 //
 // With a Kubernetes API (--kubeconfig, or in-cluster when
 // KUBERNETES_SERVICE_HOST is set) it takes the pod CIDR from its Node,
-// routes the other nodes' pod CIDRs, collects endpoints whose pod is gone
-// and sets the Node's NetworkUnavailable=False. Without one (standalone)
-// it runs from --pod-cidr alone.
+// routes the other nodes' pod CIDRs, collects endpoints whose pod is gone,
+// sets the Node's NetworkUnavailable=False and, as the node's service
+// proxy (--enable-services), programs every Service into the datapath's
+// service maps and answers kube-proxy's health endpoints. Without one
+// (standalone) it runs from --pod-cidr alone.
 package main
 
 import (
@@ -24,6 +26,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/apiserver"
@@ -32,7 +35,10 @@ import (
 	"github.com/anet-dev/anet/daemon/health"
 	"github.com/anet-dev/anet/daemon/ipam"
 	"github.com/anet-dev/anet/daemon/k8s"
+	"github.com/anet-dev/anet/daemon/kubeproxy"
+	"github.com/anet-dev/anet/daemon/proxyhealth"
 	"github.com/anet-dev/anet/daemon/routing"
+	"github.com/anet-dev/anet/daemon/service"
 )
 
 // testHoldEnv, set to 1, holds anetd before it restores its endpoints, its
@@ -54,6 +60,16 @@ type config struct {
 	healthAddr string
 	gcGrace    time.Duration
 	attach     string
+
+	// The service proxy (with an API).
+	enableServices bool
+	cgroupRoot     string
+	healthzAddr    string // kube-proxy's health endpoint
+	// Sizes of the service maps, for the datapath's load options (not
+	// passed yet) and the reconciler's ID ranges.
+	lbServicesMax  uint32
+	lbBackendsMax  uint32
+	purgeKubeProxy bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -70,8 +86,23 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.healthAddr, "health-addr", ":9876", "address of the HTTP /healthz and /readyz endpoints (empty: off)")
 	fs.DurationVar(&c.gcGrace, "endpoint-gc-grace", k8s.DefaultGCGrace, "with an API: how old an endpoint must be before it is collected when its pod is gone")
 	fs.StringVar(&c.attach, "endpoint-attach", datapath.ModeTC, "how the programs hang on a new pod's veth: tc (clsact filters; an ADD takes about 0.4 ms for it) or tcx (TCX links; each attach waits for an RCU grace period, about 10 ms, twice per pod)")
+	fs.BoolVar(&c.enableServices, "enable-services", true, "with an API: serve Services (ClusterIP, NodePort, LoadBalancer, ExternalIPs) in place of kube-proxy")
+	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 directory where the socket-level service hooks attach (they apply to every process below it); when it is a cgroup v1 layout, its unified/ subdirectory is used if that is cgroup v2")
+	fs.StringVar(&c.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "with services: address of kube-proxy's health endpoint (/healthz, /livez), for load balancers and tools that probe it (empty: off)")
+	fs.BoolVar(&c.purgeKubeProxy, "purge-kube-proxy-rules", false, "remove the iptables chains and nftables table a kube-proxy left in the node (kubelet's chains stay); without it they are only reported. Stop kube-proxy first, or it writes them again")
+	servicesMax := fs.Uint("lb-services-max", service.DefaultMaxFrontends, "size of the service frontend map (frontends: address, port and protocol, of every Service)")
+	backendsMax := fs.Uint("lb-backends-max", service.DefaultMaxBackends, "size of the service backend map (distinct backend addresses, ports and protocols)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	for name, v := range map[string]uint{"--lb-services-max": *servicesMax, "--lb-backends-max": *backendsMax} {
+		if v == 0 || v > 1<<24 {
+			return nil, fmt.Errorf("%s must be between 1 and %d, got %d", name, 1<<24, v)
+		}
+	}
+	c.lbServicesMax, c.lbBackendsMax = uint32(*servicesMax), uint32(*backendsMax)
+	if !filepath.IsAbs(c.cgroupRoot) {
+		return nil, fmt.Errorf("--cgroup-root must be an absolute path, got %q", c.cgroupRoot)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -139,6 +170,7 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	var kc *k8s.Client
+	var node k8s.NodeInfo
 	podCIDR := cfg.podCIDR
 	if restCfg != nil {
 		if kc, err = k8s.New(restCfg, cfg.nodeName, "anetd/"+version, log); err != nil {
@@ -166,6 +198,7 @@ func run(cfg *config, log *slog.Logger) error {
 				log.Warn("recording the node's pod CIDR", "err", err)
 			}
 		}
+		node = info
 		log.Info("node", "node", cfg.nodeName, "podCIDR", info.PodCIDR, "internalIPs", info.InternalIPs, "fromLastRun", info.Cached)
 		// Traffic to another node's pods leaves through this node's stack
 		// (pod veth -> host routes -> underlay), so the node must forward.
@@ -252,6 +285,7 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	ready.Store(true) // the socket API serves CNI from here on
+	go legacyKubeProxy(ctx, cfg.purgeKubeProxy, log)
 
 	if kc != nil {
 		table, err := routing.NewTable(log)
@@ -259,6 +293,10 @@ func run(cfg *config, log *slog.Logger) error {
 			return err
 		}
 		defer table.Close()
+		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, log)
+		if err != nil {
+			return err
+		}
 		kc.Start(ctx)
 		go kc.CheckPodCIDR(ctx, alloc.CIDR())
 		go kc.WatchAPI(ctx, 5*time.Second)
@@ -277,7 +315,17 @@ func run(cfg *config, log *slog.Logger) error {
 		case <-ctx.Done():
 			return nil
 		}
+		if svcs != nil {
+			hstate.SetReason("programming services")
+			select {
+			case <-svcs.InSync():
+			case <-ctx.Done():
+				return nil
+			}
+		}
 		go kc.KeepNetworkAvailable(ctx)
+	} else if cfg.enableServices {
+		log.Info("no Kubernetes API: no Services to serve")
 	}
 	hstate.SetReady()
 	log.Info("anetd ready", "node", cfg.nodeName, "podCIDR", alloc.CIDR(), "endpoints", eps.Count(),
@@ -298,6 +346,154 @@ func run(cfg *config, log *slog.Logger) error {
 			return nil
 		}
 	}
+}
+
+// The service proxy's connection to the eBPF datapath: one place, here.
+//
+// MERGE POINT (issue 8): the datapath's typed service maps and socket hooks
+// are built beside this work. Until they are merged, serviceMaps is nil and
+// anetd serves no Services (it says so at start). Connect them with:
+//
+//	serviceMaps = func(dp *datapath.Datapath, cfg *config) (service.Map, error) {
+//		return dp.ServiceMaps() // datapath.ServiceMaps; load options get cfg.lbServicesMax and cfg.lbBackendsMax
+//	}
+//	attachSocketLB = func(dp *datapath.Datapath, cgroupRoot string) error {
+//		return dp.AttachSocketLB(cgroupRoot)
+//	}
+var (
+	serviceMaps    func(dp *datapath.Datapath, cfg *config) (service.Map, error)
+	attachSocketLB func(dp *datapath.Datapath, cgroupRoot string) error
+)
+
+// testServiceMapEnv, set to "memory", gives the service reconciler an
+// in-memory map when no datapath map is connected: for tests of the
+// service wiring (informers, reconciler, API, health endpoints) through
+// the real anetd. Never set it on a real node: nothing is served.
+const testServiceMapEnv = "ANETD_TEST_SERVICE_MAP"
+
+// startServices starts anetd's service proxy: the reconciler fed by the
+// Service and EndpointSlice events, kube-proxy's health endpoints and the
+// healthCheckNodePort servers. It returns nil when services are off or no
+// service map is connected.
+func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *k8s.Client, node k8s.NodeInfo,
+	srv *apiserver.Server, log *slog.Logger) (*service.Reconciler, error) {
+	if !cfg.enableServices {
+		log.Info("services off (--enable-services=false): another proxy must serve them")
+		return nil, nil
+	}
+	var m service.Map
+	switch {
+	case serviceMaps != nil:
+		var err error
+		if m, err = serviceMaps(dp, cfg); err != nil {
+			return nil, fmt.Errorf("service maps: %w", err)
+		}
+	case os.Getenv(testServiceMapEnv) == "memory":
+		log.Warn("test only: services programmed into an in-memory map, not the datapath", "env", testServiceMapEnv)
+		m = service.NewMemMap()
+	default:
+		log.Warn("no service map connected to the datapath in this build: Services are not served")
+		return nil, nil
+	}
+	cgroupRoot, err := resolveCgroupRoot(cfg.cgroupRoot)
+	switch {
+	case err != nil && attachSocketLB != nil:
+		return nil, err
+	case err != nil:
+		log.Warn("no cgroup v2 root for the socket-level service hooks", "err", err)
+	case attachSocketLB != nil:
+		if err := attachSocketLB(dp, cgroupRoot); err != nil {
+			return nil, fmt.Errorf("attaching the socket-level service hooks at %s: %w", cgroupRoot, err)
+		}
+		log.Info("socket-level service hooks attached", "cgroupRoot", cgroupRoot)
+	default:
+		log.Info("cgroup v2 root for the socket-level service hooks (not attached in this build)", "cgroupRoot", cgroupRoot)
+	}
+
+	svcLog := log.With("from", "service")
+	ph := proxyhealth.New(proxyhealth.DefaultTimeout, kc.Node)
+	if cfg.healthzAddr != "" {
+		go serveProxyHealth(ctx, ph, cfg.healthzAddr, svcLog)
+	}
+	hcs := proxyhealth.NewServices(func() bool { return ph.Health().Healthy }, svcLog)
+	go hcs.Run(ctx, 5*time.Second)
+	rec := service.NewReconciler(m, service.Node{Name: cfg.nodeName, Addrs: node.InternalIPs}, service.Options{
+		MaxFrontends: cfg.lbServicesMax, MaxBackends: cfg.lbBackendsMax, Health: ph, HealthChecks: hcs,
+	}, svcLog)
+	synced, _, err := kc.OnServiceChange(rec.Enqueue)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := kc.OnNodeChange(func(i k8s.NodeInfo) {
+		rec.SetNode(service.Node{Name: cfg.nodeName, Addrs: i.InternalIPs})
+	}); err != nil {
+		return nil, err
+	}
+	listed := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), synced) {
+			close(listed)
+		}
+	}()
+	go rec.Run(ctx, kc, listed)
+	srv.SetServices(rec.Snapshot)
+	log.Info("service proxy started", "node", cfg.nodeName, "nodeAddresses", node.InternalIPs,
+		"lbServicesMax", cfg.lbServicesMax, "lbBackendsMax", cfg.lbBackendsMax, "healthz", cfg.healthzAddr)
+	return rec, nil
+}
+
+// serveProxyHealth serves kube-proxy's health endpoint, retrying the bind
+// every 5 s while the address is taken (a kube-proxy still running), as
+// kube-proxy does.
+func serveProxyHealth(ctx context.Context, ph *proxyhealth.Server, addr string, log *slog.Logger) {
+	logged := false
+	for {
+		l, err := ph.ListenProxy(addr, log)
+		if err == nil {
+			log.Info("kube-proxy health endpoint serving", "addr", addr)
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = l.Shutdown(sctx)
+			cancel()
+			return
+		}
+		if !logged {
+			log.Error("cannot serve kube-proxy's health endpoint; retrying every 5s", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// legacyKubeProxy reports the rules a kube-proxy left in the node and,
+// with purge, removes them.
+func legacyKubeProxy(ctx context.Context, purge bool, log *slog.Logger) {
+	found, err := kubeproxy.Find(ctx)
+	if err != nil {
+		log.Warn("looking for a kube-proxy's rules", "err", err)
+	}
+	if len(found.Skipped) > 0 {
+		log.Debug("cannot look for a kube-proxy's rules with tools that are not installed", "missing", found.Skipped)
+	}
+	if found.Empty() {
+		log.Debug("no kube-proxy rules in this node")
+		return
+	}
+	if !purge {
+		log.Warn("a kube-proxy's rules are in this node: they translate Service traffic before anet does; once kube-proxy is stopped, start anetd with --purge-kube-proxy-rules to remove them",
+			"found", found.Summary())
+		return
+	}
+	log.Info("removing a kube-proxy's rules (--purge-kube-proxy-rules)", "found", found.Summary())
+	if err := kubeproxy.Purge(ctx); err != nil {
+		log.Error("removing a kube-proxy's rules", "err", err)
+		return
+	}
+	log.Info("kube-proxy's rules removed")
 }
 
 // nodeDevices is the endpoint manager's view of the node's links.

@@ -60,3 +60,77 @@ func TestStartErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParseServiceFlags(t *testing.T) {
+	c, err := parseFlags([]string{"--pod-cidr", "10.0.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.enableServices || c.cgroupRoot != "/sys/fs/cgroup" || c.healthzAddr != "0.0.0.0:10256" ||
+		c.lbServicesMax != 327680 || c.lbBackendsMax != 262144 {
+		t.Errorf("defaults: %+v", c)
+	}
+	c, err = parseFlags([]string{"--pod-cidr", "10.0.0.0/24", "--enable-services=false", "--cgroup-root", "/mnt/cg/node1",
+		"--healthz-bind-address", "", "--lb-services-max", "65536", "--lb-backends-max", "1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.enableServices || c.cgroupRoot != "/mnt/cg/node1" || c.healthzAddr != "" || c.lbServicesMax != 65536 || c.lbBackendsMax != 1000 {
+		t.Errorf("parsed: %+v", c)
+	}
+	for want, args := range map[string][]string{
+		"--lb-services-max must be": {"--lb-services-max", "0"},
+		"--lb-backends-max must be": {"--lb-backends-max", "99999999"},
+		"--cgroup-root must be an":  {"--cgroup-root", "sys/fs/cgroup"},
+	} {
+		if _, err := parseFlags(append([]string{"--pod-cidr", "10.0.0.0/24"}, args...)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %v, want %q", args, err, want)
+		}
+	}
+}
+
+// TestResolveCgroupRoot: a cgroup v2 mount is taken as it is (and a
+// directory below it); a v1 layout (a tmpfs) with a v2 unified/ below it
+// gives unified/; anything else is an error.
+func TestResolveCgroupRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts); CI runs as root")
+	}
+	dir := t.TempDir()
+	v2 := filepath.Join(dir, "v2")
+	v1 := filepath.Join(dir, "v1")
+	for _, d := range []string{v2, v1} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Private mounts, detached at the end, in the test's own directory.
+	if err := unix.Mount("none", v2, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mounting cgroup2: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(v2, unix.MNT_DETACH) })
+	if err := unix.Mount("tmpfs", v1, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(v1, unix.MNT_DETACH) })
+	unified := filepath.Join(v1, "unified")
+	if err := os.Mkdir(unified, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := resolveCgroupRoot(v2); err != nil || got != v2 {
+		t.Errorf("v2 mount: %q %v", got, err)
+	}
+	if _, err := resolveCgroupRoot(v1); err == nil || !strings.Contains(err.Error(), "not in a cgroup v2 hierarchy") {
+		t.Errorf("v1 layout without unified: %v", err)
+	}
+	if err := unix.Mount("none", unified, "cgroup2", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(unified, unix.MNT_DETACH) })
+	if got, err := resolveCgroupRoot(v1); err != nil || got != unified {
+		t.Errorf("v1 layout with unified: %q %v", got, err)
+	}
+	if _, err := resolveCgroupRoot(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing path accepted")
+	}
+}
