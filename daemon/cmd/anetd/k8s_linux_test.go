@@ -96,6 +96,7 @@ type k8sNode struct {
 	bin    string
 	bpf    string
 	args   []string // more flags for anetd
+	cgroup string   // --cgroup-root
 }
 
 func (n *k8sNode) sh(args ...string) string {
@@ -135,6 +136,23 @@ func newK8sNode(t *testing.T) *k8sNode {
 	n.sh("ip", "addr", "add", "10.77.0.1/24", "dev", "fab0")
 	n.sh("ip", "link", "set", "fab0", "up")
 	n.sh("ip", "link", "set", "fab1", "up")
+	// The socket hooks' cgroup v2 subtree, in a hierarchy mounted here
+	// (never the machine's root: the hooks apply to all below it).
+	cg2 := filepath.Join(n.dir, "cgroup2")
+	if err := os.MkdirAll(cg2, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", cg2, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mounting cgroup2: %v", err)
+	}
+	n.cgroup = filepath.Join(cg2, "anetd-k8s-"+filepath.Base(n.dir))
+	if err := os.Mkdir(n.cgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = os.Remove(n.cgroup)
+		_ = unix.Unmount(cg2, unix.MNT_DETACH)
+	})
 	bpf := filepath.Join(n.dir, "bpf")
 	if err := os.MkdirAll(bpf, 0o700); err != nil {
 		t.Fatal(err)
@@ -184,7 +202,8 @@ func (n *k8sNode) startAnetd() {
 	args := []string{"--net=" + n.netns.Path(), "--", n.bin,
 		"--kubeconfig", n.cp.AdminKubeconfig, "--node-name", n.name,
 		"--bpf-root", n.bpf, "--state-dir", filepath.Join(n.dir, "state"), "--socket", n.socket,
-		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug"}
+		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug",
+		"--cgroup-root", n.cgroup}
 	n.anetd = exec.Command("nsenter", append(args, n.args...)...)
 	n.anetd.Stdout, n.anetd.Stderr = n.log, n.log
 	if err := n.anetd.Start(); err != nil {

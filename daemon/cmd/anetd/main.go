@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -65,11 +66,14 @@ type config struct {
 	enableServices bool
 	cgroupRoot     string
 	healthzAddr    string // kube-proxy's health endpoint
-	// Sizes of the service maps, for the datapath's load options (not
-	// passed yet) and the reconciler's ID ranges.
+	// Sizes of the service maps (the datapath's load options) and the
+	// reconciler's ID ranges.
 	lbServicesMax  uint32
 	lbBackendsMax  uint32
 	purgeKubeProxy bool
+	// The per-packet translation on the underlay device(s).
+	devices          []string
+	snatMin, snatMax uint16
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -90,6 +94,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 directory where the socket-level service hooks attach (they apply to every process below it); when it is a cgroup v1 layout, its unified/ subdirectory is used if that is cgroup v2")
 	fs.StringVar(&c.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "with services: address of kube-proxy's health endpoint (/healthz, /livez), for load balancers and tools that probe it (empty: off)")
 	fs.BoolVar(&c.purgeKubeProxy, "purge-kube-proxy-rules", false, "remove the iptables chains and nftables table a kube-proxy left in the node (kubelet's chains stay); without it they are only reported. Stop kube-proxy first, or it writes them again")
+	devices := fs.String("devices", "", "with services: the underlay device(s) that carry NodePort, ExternalIP and LoadBalancer traffic from outside, comma-separated (default: the device holding the node's InternalIP)")
+	snatRange := fs.String("snat-port-range", "61000-65535", "with services: source ports for connections from outside that a backend on another node serves (SNAT to the node's address); keep it outside net.ipv4.ip_local_port_range and the NodePort range")
 	servicesMax := fs.Uint("lb-services-max", service.DefaultMaxFrontends, "size of the service frontend map (frontends: address, port and protocol, of every Service)")
 	backendsMax := fs.Uint("lb-backends-max", service.DefaultMaxBackends, "size of the service backend map (distinct backend addresses, ports and protocols)")
 	if err := fs.Parse(args); err != nil {
@@ -101,6 +107,17 @@ func parseFlags(args []string) (*config, error) {
 		}
 	}
 	c.lbServicesMax, c.lbBackendsMax = uint32(*servicesMax), uint32(*backendsMax)
+	if *devices != "" {
+		for _, d := range strings.Split(*devices, ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				c.devices = append(c.devices, d)
+			}
+		}
+	}
+	var err error
+	if c.snatMin, c.snatMax, err = parsePortRange(*snatRange); err != nil {
+		return nil, fmt.Errorf("--snat-port-range: %w", err)
+	}
 	if !filepath.IsAbs(c.cgroupRoot) {
 		return nil, fmt.Errorf("--cgroup-root must be an absolute path, got %q", c.cgroupRoot)
 	}
@@ -223,7 +240,12 @@ func run(cfg *config, log *slog.Logger) error {
 	// Load, fill, Activate: maps whose layout changed since the last run
 	// are rebuilt (the endpoint maps by Restore, below) before any new
 	// program is attached.
-	dp, err := datapath.Load(cfg.bpfRoot, log)
+	// Beside another service proxy (services off), the pod programs send
+	// packets of connections netfilter translated through the host stack.
+	dp, err := datapath.LoadWith(cfg.bpfRoot, datapath.Options{
+		ServiceMapSize: cfg.lbServicesMax, RevNatMapSize: cfg.lbServicesMax, BackendMapSize: cfg.lbBackendsMax,
+		HostNAT: kc != nil && !cfg.enableServices,
+	}, log)
 	if err != nil {
 		return err
 	}
@@ -349,20 +371,14 @@ func run(cfg *config, log *slog.Logger) error {
 }
 
 // The service proxy's connection to the eBPF datapath: one place, here.
-//
-// MERGE POINT (issue 8): the datapath's typed service maps and socket hooks
-// are built beside this work. Until they are merged, serviceMaps is nil and
-// anetd serves no Services (it says so at start). Connect them with:
-//
-//	serviceMaps = func(dp *datapath.Datapath, cfg *config) (service.Map, error) {
-//		return dp.ServiceMaps() // datapath.ServiceMaps; load options get cfg.lbServicesMax and cfg.lbBackendsMax
-//	}
-//	attachSocketLB = func(dp *datapath.Datapath, cgroupRoot string) error {
-//		return dp.AttachSocketLB(cgroupRoot)
-//	}
+// Tests of the wiring alone replace serviceMaps (see testServiceMapEnv).
 var (
-	serviceMaps    func(dp *datapath.Datapath, cfg *config) (service.Map, error)
-	attachSocketLB func(dp *datapath.Datapath, cgroupRoot string) error
+	serviceMaps = func(dp *datapath.Datapath, cfg *config) (service.Map, error) {
+		return dp.ServiceMaps()
+	}
+	attachSocketLB = func(dp *datapath.Datapath, cgroupRoot string) error {
+		return dp.AttachSocketLB(cgroupRoot)
+	}
 )
 
 // testServiceMapEnv, set to "memory", gives the service reconciler an
@@ -382,32 +398,26 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 		return nil, nil
 	}
 	var m service.Map
-	switch {
-	case serviceMaps != nil:
+	if os.Getenv(testServiceMapEnv) == "memory" {
+		// Nothing reaches the datapath: no hooks, no underlay programs.
+		log.Warn("test only: services programmed into an in-memory map, not the datapath", "env", testServiceMapEnv)
+		m = service.NewMemMap()
+	} else {
 		var err error
 		if m, err = serviceMaps(dp, cfg); err != nil {
 			return nil, fmt.Errorf("service maps: %w", err)
 		}
-	case os.Getenv(testServiceMapEnv) == "memory":
-		log.Warn("test only: services programmed into an in-memory map, not the datapath", "env", testServiceMapEnv)
-		m = service.NewMemMap()
-	default:
-		log.Warn("no service map connected to the datapath in this build: Services are not served")
-		return nil, nil
-	}
-	cgroupRoot, err := resolveCgroupRoot(cfg.cgroupRoot)
-	switch {
-	case err != nil && attachSocketLB != nil:
-		return nil, err
-	case err != nil:
-		log.Warn("no cgroup v2 root for the socket-level service hooks", "err", err)
-	case attachSocketLB != nil:
+		cgroupRoot, err := resolveCgroupRoot(cfg.cgroupRoot)
+		if err != nil {
+			return nil, err
+		}
 		if err := attachSocketLB(dp, cgroupRoot); err != nil {
 			return nil, fmt.Errorf("attaching the socket-level service hooks at %s: %w", cgroupRoot, err)
 		}
 		log.Info("socket-level service hooks attached", "cgroupRoot", cgroupRoot)
-	default:
-		log.Info("cgroup v2 root for the socket-level service hooks (not attached in this build)", "cgroupRoot", cgroupRoot)
+		if err := startUnderlay(ctx, cfg, dp, node, log); err != nil {
+			return nil, err
+		}
 	}
 
 	svcLog := log.With("from", "service")
