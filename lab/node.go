@@ -161,7 +161,11 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 			return err
 		}
 	}
-	l.say("%s: containerd up, images imported (%s)", n.Name, strings.Join([]string{images.PauseImage, images.TestServerImage}, ", "))
+	var names []string
+	for _, img := range imgs {
+		names = append(names, strings.TrimSuffix(filepath.Base(img), ".tar"))
+	}
+	l.say("%s: containerd up, images imported (%s)", n.Name, strings.Join(names, ", "))
 
 	// kubelet
 	kcfg := filepath.Join(n.Dir, "kubelet-config.yaml")
