@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -164,7 +165,8 @@ func (l *Lab) StartKubeProxy(node, mode string) error {
 	return nil
 }
 
-// StopKubeProxy stops a node's kube-proxy (SIGTERM, then SIGKILL). With
+// StopKubeProxy stops a node's kube-proxy (SIGTERM, then SIGKILL) and
+// drops its record. With
 // cleanup it then runs `kube-proxy --cleanup` in the node, which removes
 // the rules of every mode (iptables, ipvs, nftables) that kube-proxy
 // leaves behind; without, they stay, as a kube-proxy that was removed from
@@ -174,8 +176,16 @@ func (l *Lab) StopKubeProxy(node string, cleanup bool) error {
 	if !ok {
 		return fmt.Errorf("no node %q in this lab", node)
 	}
-	if _, ok := l.Component(n.Name + "/kube-proxy"); ok {
-		if err := l.Kill(n.Name+"/kube-proxy", syscall.SIGTERM); err != nil {
+	name := n.Name + "/kube-proxy"
+	if _, ok := l.Component(name); ok {
+		if err := l.Kill(name, syscall.SIGTERM); err != nil {
+			return err
+		}
+		// Gone for good (StartKubeProxy records a new one): the record
+		// goes too.
+		if err := l.st.update(func(s *State) {
+			s.Procs = slices.DeleteFunc(s.Procs, func(p Proc) bool { return p.Name == name })
+		}); err != nil {
 			return err
 		}
 	}

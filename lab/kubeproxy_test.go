@@ -84,11 +84,15 @@ func TestKubeProxy(t *testing.T) {
 		out, _ := inNode("nft", "list", "tables")
 		t.Errorf("no kube-proxy nftables table in %s after kube-proxy started: %s", n.Name, out)
 	}
+	p, _ = l.Component(n.Name + "/kube-proxy")
 	if err := l.StopKubeProxy(n.Name, true); err != nil {
 		t.Fatal(err)
 	}
-	if l.Running(n.Name + "/kube-proxy") {
-		t.Error("kube-proxy still runs after StopKubeProxy")
+	if p.alive() {
+		t.Errorf("kube-proxy (pid %d) still runs after StopKubeProxy", p.PID)
+	}
+	if p, ok := l.Component(n.Name + "/kube-proxy"); ok {
+		t.Errorf("kube-proxy still recorded after StopKubeProxy: %+v (alive %v)", p, p.alive())
 	}
 	if hasTable() {
 		t.Error("kube-proxy's cleanup left its nftables table")
