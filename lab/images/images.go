@@ -308,6 +308,9 @@ func CoreDNSRef(version string) string {
 // is newer than bin already, and returns its path. Calls on the same dir
 // are serialized as BuildTestImages' are.
 func BuildCoreDNSImage(bin, version, dir string) (string, error) {
+	if filepath.Base(bin) != "coredns" {
+		return "", fmt.Errorf("%s: the CoreDNS binary must be named coredns (the image's /coredns)", bin)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -323,9 +326,6 @@ func BuildCoreDNSImage(bin, version, dir string) (string, error) {
 	out := filepath.Join(dir, "coredns-"+strings.TrimPrefix(version, "v")+".tar")
 	if t, err := os.Stat(out); err == nil && t.ModTime().After(st.ModTime()) {
 		return out, nil
-	}
-	if filepath.Base(bin) != "coredns" {
-		return "", fmt.Errorf("%s: the CoreDNS binary must be named coredns (the image's /coredns)", bin)
 	}
 	if err := BuildBinaryImage(bin, CoreDNSRef(version), []string{"/coredns"}, out); err != nil {
 		return "", err
