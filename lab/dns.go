@@ -86,25 +86,41 @@ func (l *Lab) corednsBinary(ctx context.Context) (bin, version string, err error
 // is recorded before it is made.
 func (l *Lab) routePodCIDRs(ctx context.Context) error {
 	cpNS := l.Name + "-cp"
-	for _, n := range l.Nodes {
-		var cidr string
-		if err := waitFor(ctx, 90*time.Second, func() error {
-			c, err := l.PodCIDR(n.Name)
-			if err == nil && c == "" {
-				err = fmt.Errorf("node %s has no pod CIDR yet", n.Name)
+	routed := map[string]bool{}
+	err := waitFor(ctx, 90*time.Second, func() error {
+		nl, err := l.nodes()
+		if err != nil {
+			return err
+		}
+		cidrs := map[string]string{}
+		for _, it := range nl.Items {
+			cidrs[it.Metadata.Name] = it.Spec.PodCIDR
+		}
+		var missing []string
+		for _, n := range l.Nodes {
+			if routed[n.Name] {
+				continue
 			}
-			cidr = c
-			return err
-		}); err != nil {
-			return err
+			if cidrs[n.Name] == "" {
+				missing = append(missing, n.Name)
+				continue
+			}
+			r := Route{Netns: cpNS, Dst: cidrs[n.Name], Via: n.Address}
+			if err := l.st.update(func(s *State) { s.Routes = append(s.Routes, r) }); err != nil {
+				return err
+			}
+			if _, err := run("ip", "-n", r.Netns, "route", "replace", r.Dst, "via", r.Via); err != nil {
+				return err
+			}
+			routed[n.Name] = true
 		}
-		r := Route{Netns: cpNS, Dst: cidr, Via: n.Address}
-		if err := l.st.update(func(s *State) { s.Routes = append(s.Routes, r) }); err != nil {
-			return err
+		if len(missing) > 0 {
+			return fmt.Errorf("node(s) %s have no pod CIDR yet", strings.Join(missing, ", "))
 		}
-		if _, err := run("ip", "-n", r.Netns, "route", "replace", r.Dst, "via", r.Via); err != nil {
-			return err
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("routes to the pod CIDRs: %w", err)
 	}
 	l.say("control plane routes back to the pod CIDRs via the nodes")
 	return nil
