@@ -24,6 +24,9 @@
 // anet-install. Pods are created by kubelet through containerd, which calls
 // anet-cni, as on a real node. The pause and anet-testserver images are
 // built locally (lab/images) and imported into every node's containerd.
+// With Options.DNS the cluster runs CoreDNS, built from its Go module, as
+// the kube-dns Service (dns.go); the control plane's namespace routes back
+// to the nodes' pod CIDRs, so that pods reach the API server.
 //
 // Every thing the lab makes is recorded in <Dir>/state.json before or right
 // after it is made, so that DownDir removes all of it (processes by
@@ -596,7 +599,6 @@ func (l *Lab) PodCgroup(namespace, pod string) (string, error) {
 
 // podTarget is where Exec puts a command: a container of a pod.
 type podTarget struct {
-	name   string // the container's
 	cgroup string // its cgroup v2 directory
 	netns  string // /proc/PID/ns/net of one of its processes
 }
@@ -679,7 +681,7 @@ func (l *Lab) podContainer(namespace, pod string) (*podTarget, error) {
 	if len(pids) == 0 {
 		return nil, fmt.Errorf("pod %s/%s: container %s has no process in %s", namespace, pod, container, dir)
 	}
-	return &podTarget{name: container, cgroup: dir, netns: fmt.Sprintf("/proc/%d/ns/net", pids[0])}, nil
+	return &podTarget{cgroup: dir, netns: fmt.Sprintf("/proc/%d/ns/net", pids[0])}, nil
 }
 
 // ExecCmd returns a command that runs a program of the machine in a pod as
