@@ -19,6 +19,7 @@ type binaries struct {
 	anetd, cni, install, anetctl string
 	loopback                     string // the reference loopback plugin: containerd 1.6 calls it for every sandbox
 	k8s                          string // directory of kubelet, kubectl, kube-apiserver, ..., etcd
+	coredns, corednsVersion      string // with Options.DNS only
 }
 
 // FindRepoRoot finds anet's source tree upwards from the working
@@ -112,6 +113,12 @@ func (l *Lab) binaries(ctx context.Context) (*binaries, error) {
 	for _, n := range []string{"kubelet", "kubectl"} {
 		if !isFile(filepath.Join(b.k8s, n)) {
 			return nil, fmt.Errorf("no %s in %s", n, b.k8s)
+		}
+	}
+	if l.opts.DNS {
+		var err error
+		if b.coredns, b.corednsVersion, err = l.corednsBinary(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return b, nil

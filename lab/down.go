@@ -119,6 +119,17 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 	}
 	say("processes stopped")
 
+	// Routes, newest first (a namespace that is gone took its routes).
+	for _, r := range slices.Backward(s.Routes) {
+		if _, err := os.Stat("/run/netns/" + r.Netns); err != nil {
+			continue
+		}
+		if routeExists(r) {
+			if _, err := run("ip", "-n", r.Netns, "route", "del", r.Dst, "via", r.Via); err != nil {
+				keep(err)
+			}
+		}
+	}
 	// Mounts, newest first.
 	for _, m := range slices.Backward(s.Mounts) {
 		keep(unmountAll(m))
@@ -167,6 +178,12 @@ func downState(st *stateStore, cp *controlplane.ControlPlane, progress io.Writer
 	}
 	say("lab down in %.1fs", time.Since(t0).Seconds())
 	return nil
+}
+
+// routeExists tells whether r is in its namespace's main table.
+func routeExists(r Route) bool {
+	out, err := run("ip", "-n", r.Netns, "-4", "route", "show", "exact", r.Dst, "via", r.Via)
+	return err == nil && out != ""
 }
 
 // mountsBelow lists the mount points at or under dir.

@@ -24,6 +24,9 @@
 // anet-install. Pods are created by kubelet through containerd, which calls
 // anet-cni, as on a real node. The pause and anet-testserver images are
 // built locally (lab/images) and imported into every node's containerd.
+// With Options.DNS the cluster runs CoreDNS, built from its Go module, as
+// the kube-dns Service (dns.go); the control plane's namespace routes back
+// to the nodes' pod CIDRs, so that pods reach the API server.
 //
 // Every thing the lab makes is recorded in <Dir>/state.json before or right
 // after it is made, so that DownDir removes all of it (processes by
@@ -44,6 +47,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/anet-dev/anet/lab/controlplane"
@@ -111,6 +115,13 @@ type Options struct {
 	// must be before anetd collects it when its pod is gone. 0: anetd's
 	// default (30 s).
 	EndpointGCGrace time.Duration
+
+	// DNS deploys the cluster DNS (CoreDNS, built from its Go module by
+	// scripts/coredns-binary.sh, as the kube-dns Service on the tenth
+	// address of ServiceCIDR, kubelet's clusterDNS) and waits for it to be
+	// ready as part of Up (see dns.go). `anet-lab up` turns it on unless
+	// --dns=false.
+	DNS bool
 }
 
 // Lab is a running lab.
@@ -243,7 +254,11 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 
 func (l *Lab) up(ctx context.Context) error {
 	o := l.opts
-	l.say("lab %q in %s: %d node(s), CNI %s", o.Name, o.Dir, o.Nodes, o.CNI)
+	dns := "no cluster DNS"
+	if o.DNS {
+		dns = "cluster DNS"
+	}
+	l.say("lab %q in %s: %d node(s), CNI %s, %s", o.Name, o.Dir, o.Nodes, o.CNI, dns)
 	if err := ensureRuntime(l.say); err != nil {
 		return err
 	}
@@ -308,6 +323,14 @@ func (l *Lab) up(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var dnsRef string
+	if o.DNS {
+		tarball, ref, err := l.buildDNSImage(bins.coredns, bins.corednsVersion)
+		if err != nil {
+			return err
+		}
+		imgs, dnsRef = append(imgs, tarball), ref
+	}
 	for i := range l.Nodes {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -327,6 +350,14 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	if err := l.WaitNodesReady(ctx, 3*time.Minute); err != nil {
 		return err
+	}
+	if err := l.routePodCIDRs(ctx); err != nil {
+		return err
+	}
+	if o.DNS {
+		if err := l.deployDNS(ctx, dnsRef); err != nil {
+			return err
+		}
 	}
 	if err := l.st.update(func(s *State) { s.Ready = true }); err != nil {
 		return err
@@ -546,55 +577,148 @@ func (l *Lab) nodeLogTails(names []string) string {
 }
 
 // PodNetns returns the path of a pod's network namespace as seen from the
-// machine's mount namespace (/proc/PID/ns/net of one of its processes).
+// machine's mount namespace (/proc/PID/ns/net of its container's process).
 func (l *Lab) PodNetns(namespace, pod string) (string, error) {
-	out, err := l.Kubectl("get", "pod", "-n", namespace, pod, "-o", "jsonpath={.metadata.uid} {.spec.nodeName}")
+	c, err := l.podContainer(namespace, pod)
 	if err != nil {
 		return "", err
 	}
-	f := strings.Fields(out)
-	if len(f) != 2 {
-		return "", fmt.Errorf("pod %s/%s is not scheduled yet", namespace, pod)
-	}
-	uid, nodeName := f[0], f[1]
-	n, ok := l.Node(nodeName)
-	if !ok {
-		return "", fmt.Errorf("pod %s/%s runs on %s, not a node of this lab", namespace, pod, nodeName)
-	}
-	// kubelet (cgroupfs driver) puts a pod at
-	// <cgroupRoot>/kubepods[/<qos>]/pod<uid>/<container>.
-	var pid int
-	root := filepath.Join("/sys/fs/cgroup/pids", n.CgroupName, "kubepods")
-	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() || d.Name() != "pod"+uid || pid != 0 {
-			return nil
-		}
-		if pids := pidsInCgroup(p); len(pids) > 0 {
-			pid = pids[0]
-		}
-		return filepath.SkipDir
-	})
-	if pid == 0 {
-		return "", fmt.Errorf("pod %s/%s (uid %s) has no process on %s", namespace, pod, uid, nodeName)
-	}
-	return fmt.Sprintf("/proc/%d/ns/net", pid), nil
+	return c.netns, nil
 }
 
-// ExecCmd returns a command that runs a program of the machine inside a
-// pod's network namespace (like `ip netns exec`, for a pod).
+// PodCgroup returns the cgroup v2 directory (under State.CgroupV2Mount) of
+// a pod's container: the one `kubectl exec` without -c picks (the
+// kubectl.kubernetes.io/default-container annotation, else the first).
+func (l *Lab) PodCgroup(namespace, pod string) (string, error) {
+	c, err := l.podContainer(namespace, pod)
+	if err != nil {
+		return "", err
+	}
+	return c.cgroup, nil
+}
+
+// podTarget is where Exec puts a command: a container of a pod.
+type podTarget struct {
+	cgroup string // its cgroup v2 directory
+	netns  string // /proc/PID/ns/net of one of its processes
+}
+
+// podContainer finds a pod's default container (see PodCgroup) in the
+// cgroup v2 hierarchy. kubelet (cgroupfs driver, cgroupsPerQOS) gives a pod
+// the parent <cgroupRoot>/kubepods[/<qos>]/pod<uid>, and runc makes and
+// joins <parent>/<container ID> in every hierarchy, the v2 one included
+// (DESIGN.md), where the node's socket-level hooks see it.
+func (l *Lab) podContainer(namespace, pod string) (*podTarget, error) {
+	out, err := l.Kubectl("get", "pod", "-n", namespace, pod, "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var p struct {
+		Metadata struct {
+			UID         string            `json:"uid"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+		Spec struct {
+			NodeName   string `json:"nodeName"`
+			Containers []struct {
+				Name string `json:"name"`
+			} `json:"containers"`
+		} `json:"spec"`
+		Status struct {
+			ContainerStatuses []struct {
+				Name        string `json:"name"`
+				ContainerID string `json:"containerID"`
+			} `json:"containerStatuses"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", namespace, pod, err)
+	}
+	if p.Spec.NodeName == "" {
+		return nil, fmt.Errorf("pod %s/%s is not scheduled yet", namespace, pod)
+	}
+	n, ok := l.Node(p.Spec.NodeName)
+	if !ok {
+		return nil, fmt.Errorf("pod %s/%s runs on %s, not a node of this lab", namespace, pod, p.Spec.NodeName)
+	}
+	container := p.Metadata.Annotations["kubectl.kubernetes.io/default-container"]
+	if container == "" && len(p.Spec.Containers) > 0 {
+		container = p.Spec.Containers[0].Name
+	}
+	id := ""
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Name == container {
+			_, id, _ = strings.Cut(cs.ContainerID, "://")
+		}
+	}
+	if id == "" {
+		return nil, fmt.Errorf("pod %s/%s: container %q has not started", namespace, pod, container)
+	}
+	cg2 := l.st.get().CgroupV2Mount
+	if cg2 == "" {
+		return nil, errors.New("the lab has no cgroup v2 mount")
+	}
+	var dir string
+	root := filepath.Join(cg2, n.CgroupName, "kubepods")
+	_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || dir != "" {
+			return nil
+		}
+		if d.Name() == "pod"+p.Metadata.UID {
+			dir = filepath.Join(path, id)
+			return filepath.SkipAll
+		}
+		// kubepods/<qos>/pod<uid>: no deeper.
+		if rel, _ := filepath.Rel(root, path); strings.Count(rel, "/") >= 1 {
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	if dir == "" {
+		return nil, fmt.Errorf("pod %s/%s (uid %s) has no cgroup under %s", namespace, pod, p.Metadata.UID, root)
+	}
+	pids := pidsInCgroup(dir)
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("pod %s/%s: container %s has no process in %s", namespace, pod, container, dir)
+	}
+	return &podTarget{cgroup: dir, netns: fmt.Sprintf("/proc/%d/ns/net", pids[0])}, nil
+}
+
+// ExecCmd returns a command that runs a program of the machine in a pod as
+// `kubectl exec` runs one in its container, as far as networking goes: in
+// the pod's network namespace (nsenter) and in the container's cgroup v2
+// (born there, clone3 with CLONE_INTO_CGROUP), so that the node's
+// socket-level hooks (cgroup/connect4 and the others, attached at the
+// node's subtree) apply to it as to the pod's own processes. Its mount
+// namespace, and its cgroup v1 memberships, stay the machine's.
+//
+// The command holds the cgroup's directory open until it is garbage
+// collected (SysProcAttr.CgroupFD must stay valid until Start).
 func (l *Lab) ExecCmd(namespace, pod string, argv ...string) (*exec.Cmd, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command")
 	}
-	p, err := l.PodNetns(namespace, pod)
+	c, err := l.podContainer(namespace, pod)
 	if err != nil {
 		return nil, err
 	}
-	return exec.Command("nsenter", append([]string{"--net=" + p, "--"}, argv...)...), nil
+	cg, err := os.Open(c.cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("opening the cgroup of %s/%s: %w", namespace, pod, err)
+	}
+	// A context that never ends, so that Cancel may be set: it is never
+	// called, and holds the directory for as long as the command lives.
+	cmd := exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + c.netns, "--"}, argv...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	cmd.Cancel = func() error {
+		_ = cg.Close()
+		return cmd.Process.Kill()
+	}
+	return cmd, nil
 }
 
-// Exec runs a program of the machine inside a pod's network namespace and
-// returns its combined output.
+// Exec runs a program of the machine in a pod (see ExecCmd) and returns its
+// combined output.
 func (l *Lab) Exec(namespace, pod string, argv ...string) (string, error) {
 	cmd, err := l.ExecCmd(namespace, pod, argv...)
 	if err != nil {

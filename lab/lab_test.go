@@ -35,7 +35,9 @@ func TestMain(m *testing.M) {
 	// A short collection grace: the endpoint collector acts within the
 	// tests, so a test that a pod keeps its endpoint (static pods) or that
 	// the runtime's DEL removed it (TestDeployment) means something.
-	os.Exit(RunShared(m, Options{Nodes: 2, EndpointGCGrace: gcGrace}))
+	// The cluster DNS as in any cluster (TestClusterDNS; tests reaching
+	// Services by name).
+	os.Exit(RunShared(m, Options{Nodes: 2, EndpointGCGrace: gcGrace, DNS: true}))
 }
 
 // gcGrace is the shared lab's anetd --endpoint-gc-grace.
@@ -179,42 +181,67 @@ func pods(t *testing.T, l *Lab, selector string) []pod {
 	return ps
 }
 
-// nodeLeftovers lists what a node holds of pods: anet veths, endpoints in
-// anetd, link pins, address allocations, entries of the pinned maps.
-func nodeLeftovers(l *Lab, n *NodeRec) []string {
-	var out []string
+// nodeHoldings lists what a node holds of pods: anet veths, link pins,
+// endpoints and allocations in anetd, entries of the pinned maps (as
+// "map NAME" with a count).
+func nodeHoldings(n *NodeRec) (items map[string]int, errs []string) {
+	items = map[string]int{}
 	links, err := run("ip", "-n", n.Netns, "-o", "link", "show")
 	if err != nil {
-		return []string{err.Error()}
+		return nil, []string{err.Error()}
 	}
 	for _, line := range strings.Split(links, "\n") {
 		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "anet") {
-			out = append(out, "link "+strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"))
+			items["link "+strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")] = 1
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	st, err := api.NewClient(n.Socket).Status(ctx)
 	if err != nil {
-		out = append(out, "anetd: "+err.Error())
-	} else if st.Endpoints != 0 || st.Allocated != 0 {
-		out = append(out, fmt.Sprintf("anetd: %d endpoint(s), %d address(es) allocated", st.Endpoints, st.Allocated))
+		errs = append(errs, "anetd: "+err.Error())
+	} else {
+		items["anetd endpoints"], items["anetd allocations"] = st.Endpoints, st.Allocated
 	}
 	pins, err := os.ReadDir(filepath.Join(n.BPFRoot, "links"))
 	if err != nil && !os.IsNotExist(err) {
-		out = append(out, "link pins: "+err.Error())
+		errs = append(errs, "link pins: "+err.Error())
 	}
 	for _, p := range pins {
-		out = append(out, "link pin "+p.Name())
+		items["link pin "+p.Name()] = 1
 	}
 	entries, err := testnode.MapEntries(n.BPFRoot)
 	if err != nil {
-		out = append(out, err.Error())
+		errs = append(errs, err.Error())
 	}
-	for _, name := range slices.Sorted(maps.Keys(entries)) {
-		if entries[name] > 0 {
-			out = append(out, fmt.Sprintf("map %s: %d entries", name, entries[name]))
+	for name, c := range entries {
+		items["map "+name] = c
+	}
+	return items, errs
+}
+
+// nodeLeftovers lists what a node holds of pods beyond what it held in
+// base (nodeHoldings before the test: the cluster DNS's pod, say).
+func nodeLeftovers(n *NodeRec, base map[string]int) []string {
+	items, out := nodeHoldings(n)
+	for _, k := range slices.Sorted(maps.Keys(items)) {
+		if items[k] > base[k] {
+			out = append(out, fmt.Sprintf("%s: %d (%d before)", k, items[k], base[k]))
 		}
+	}
+	return out
+}
+
+// holdingsOf is nodeHoldings of every node, failing the test on an error.
+func holdingsOf(t *testing.T, l *Lab) map[string]map[string]int {
+	t.Helper()
+	out := map[string]map[string]int{}
+	for i := range l.Nodes {
+		items, errs := nodeHoldings(&l.Nodes[i])
+		if len(errs) > 0 {
+			t.Fatalf("%s: %v", l.Nodes[i].Name, errs)
+		}
+		out[l.Nodes[i].Name] = items
 	}
 	return out
 }
@@ -230,6 +257,7 @@ func connect(l *Lab, from, addr string) (string, error) {
 // delete after which the runtime's CNI DEL has left nothing on the nodes.
 func TestDeployment(t *testing.T) {
 	l := SharedLab(t)
+	base := holdingsOf(t, l)
 	if err := l.Apply(webManifest); err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +396,7 @@ func TestDeployment(t *testing.T) {
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
 		if err := waitFor(context.Background(), time.Minute, func() error {
-			if left := nodeLeftovers(l, n); len(left) > 0 {
+			if left := nodeLeftovers(n, base[n.Name]); len(left) > 0 {
 				return fmt.Errorf("%v", left)
 			}
 			return nil
@@ -593,6 +621,7 @@ func (s *tcpStream) flowing(t *testing.T, when string) {
 // each other.
 func TestRestarts(t *testing.T) {
 	l := SharedLab(t)
+	base := holdingsOf(t, l)
 	if err := l.Apply(echoManifest); err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +704,8 @@ func TestRestarts(t *testing.T) {
 			t.Errorf("pod %s is new: the restarts replaced a pod", a.Name)
 		}
 	}
-	// One allocation per pod on each node: the kubelet restart did not
+	// One allocation per pod on each node (beyond those of the pods that
+	// were there before, the cluster DNS's): the kubelet restart did not
 	// wire a sandbox twice.
 	for _, p := range after {
 		n, _ := l.Node(p.Node)
@@ -685,8 +715,10 @@ func TestRestarts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Allocated != 1 || st.Endpoints != 1 {
-			t.Errorf("%s: %d allocation(s), %d endpoint(s); want 1 each", p.Node, st.Allocated, st.Endpoints)
+		b := base[p.Node]
+		if st.Allocated != b["anetd allocations"]+1 || st.Endpoints != b["anetd endpoints"]+1 {
+			t.Errorf("%s: %d allocation(s), %d endpoint(s); want 1 each beyond the %d and %d before",
+				p.Node, st.Allocated, st.Endpoints, b["anetd allocations"], b["anetd endpoints"])
 		}
 	}
 	probe("after kubelet restart on " + n2)

@@ -161,7 +161,11 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 			return err
 		}
 	}
-	l.say("%s: containerd up, images imported (%s)", n.Name, strings.Join([]string{images.PauseImage, images.TestServerImage}, ", "))
+	var names []string
+	for _, img := range imgs {
+		names = append(names, strings.TrimSuffix(filepath.Base(img), ".tar"))
+	}
+	l.say("%s: containerd up, images imported (%s)", n.Name, strings.Join(names, ", "))
 
 	// kubelet
 	kcfg := filepath.Join(n.Dir, "kubelet-config.yaml")
@@ -356,8 +360,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 //     taint the nodes).
 //   - resolvConf has no nameserver: pods do not resolve through the
 //     machine's DNS. clusterDNS is the conventional tenth address of the
-//     service range (no DNS server runs there yet; it silences kubelet's
-//     MissingClusterDNS events and gives pods a cluster-style resolv.conf).
+//     service range, the kube-dns Service's (with Options.DNS, dns.go;
+//     without, it still gives pods a cluster-style resolv.conf and
+//     silences kubelet's MissingClusterDNS events).
 //   - Node status every 5 s (default 10 s) and at least every minute: after
 //     the API server was down, nodes that the controller manager marked
 //     NotReady are Ready again sooner.

@@ -35,6 +35,7 @@ type State struct {
 	Procs    []Proc    `json:"procs"`    // started processes
 	Cgroups  []string  `json:"cgroups"`  // cgroup directories made (their subtrees go too)
 	Sysctls  []Sysctl  `json:"sysctls"`  // values raised, with the old value
+	Routes   []Route   `json:"routes"`   // routes added in the lab's namespaces
 	HostDirs []string  `json:"hostDirs"` // directories made outside Dir by older labs (removed when empty); none now
 	Nodes    []NodeRec `json:"nodes"`
 
@@ -48,6 +49,16 @@ type State struct {
 	CgroupV2Mount    string `json:"cgroupV2Mount,omitempty"`
 	AnetBinDir       string `json:"anetBinDir,omitempty"`
 	KubernetesBinDir string `json:"kubernetesBinDir,omitempty"`
+	// ClusterDNS is the kube-dns Service's address, once the cluster DNS
+	// is deployed (Options.DNS).
+	ClusterDNS string `json:"clusterDNS,omitempty"`
+}
+
+// Route is a route the lab added in one of its network namespaces.
+type Route struct {
+	Netns string `json:"netns"` // name under /run/netns
+	Dst   string `json:"dst"`   // a prefix
+	Via   string `json:"via"`
 }
 
 // Proc is a process the lab started. Before a signal is sent, the PID must

@@ -25,7 +25,17 @@ func (l *Lab) Status(w io.Writer) error {
 		state = "NOT READY (coming up, or left by a failed or killed `up`)"
 	}
 	fmt.Fprintf(w, "lab %q in %s: %s, created %s\n", s.Name, s.Dir, state, s.Created.Local().Format(time.RFC3339))
-	fmt.Fprintf(w, "apiserver %s (kubectl: anet-lab kubectl -- ARGS)\n\n", s.APIServerURL)
+	fmt.Fprintf(w, "apiserver %s (kubectl: anet-lab kubectl -- ARGS)\n", s.APIServerURL)
+	if s.ClusterDNS != "" {
+		dns := "not ready"
+		if ready, pod, err := l.dnsReady(); err != nil {
+			dns = err.Error()
+		} else if ready {
+			dns = "ready (" + pod + ")"
+		}
+		fmt.Fprintf(w, "cluster DNS: Service kube-system/kube-dns at %s, CoreDNS %s\n", s.ClusterDNS, dns)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "COMPONENT\tPID\tSTATE\tDETAIL")
 	for _, p := range s.Procs {

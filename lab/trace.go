@@ -50,6 +50,11 @@ func Leftovers(s *State) []string {
 	for _, m := range mountsBelow(s.Dir) {
 		out = append(out, "mount "+m)
 	}
+	for _, r := range s.Routes {
+		if exists("netns", "/run/netns/"+r.Netns) && routeExists(r) {
+			out = append(out, fmt.Sprintf("route %s via %s in %s", r.Dst, r.Via, r.Netns))
+		}
+	}
 	for _, p := range s.Procs {
 		if p.alive() {
 			out = append(out, fmt.Sprintf("process %s (pid %d)", p.Name, p.PID))

@@ -25,6 +25,11 @@ declare -A need=(
 	[flock]=util-linux
 	[python3]=python3-minimal
 	[strace]=strace
+	# coreos/go-iptables drives the iptables binary (anetd's purge of a
+	# legacy kube-proxy's rules, the lab's kube-proxy); nft for its
+	# nftables mode and for looking at what it wrote.
+	[iptables]=iptables
+	[nft]=nftables
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -46,6 +46,9 @@ snapshot | sort >"$before"
 stage "Kubernetes binaries $(cat scripts/k8s/VERSION) (built from Go modules on first use, then cached)"
 scripts/k8s-binaries.sh >/dev/null
 
+stage "CoreDNS for the lab's cluster DNS (built from its Go module on first use, then cached)"
+scripts/coredns-binary.sh >/dev/null
+
 stage "unit and node tests (race detector on; real eBPF programs, anetd, anet-cni and netns)"
 go test -race -count=1 -timeout 30m ./...
 

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -293,4 +294,41 @@ func lockDir(dir string) (unlock func(), err error) {
 		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// CoreDNSRef is the ref of the lab's CoreDNS image of a version ("1.15.0"):
+// anet-coredns:1.15.0.
+func CoreDNSRef(version string) string {
+	return "anet-coredns:" + strings.TrimPrefix(version, "v")
+}
+
+// BuildCoreDNSImage writes dir/coredns-<version>.tar, the image
+// CoreDNSRef(version) of the CoreDNS binary bin (a static build of
+// scripts/coredns-binary.sh) with the entrypoint ["/coredns"], unless it
+// is newer than bin already, and returns its path. Calls on the same dir
+// are serialized as BuildTestImages' are.
+func BuildCoreDNSImage(bin, version, dir string) (string, error) {
+	if filepath.Base(bin) != "coredns" {
+		return "", fmt.Errorf("%s: the CoreDNS binary must be named coredns (the image's /coredns)", bin)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	st, err := os.Stat(bin)
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "coredns-"+strings.TrimPrefix(version, "v")+".tar")
+	if t, err := os.Stat(out); err == nil && t.ModTime().After(st.ModTime()) {
+		return out, nil
+	}
+	if err := BuildBinaryImage(bin, CoreDNSRef(version), []string{"/coredns"}, out); err != nil {
+		return "", err
+	}
+	return out, nil
 }

@@ -345,3 +345,57 @@ func TestBuildTestImages(t *testing.T) {
 	}
 	checkImage(t, pause, PauseRef, []string{"/anet-testserver", "pause"}, bin)
 }
+
+func TestBuildCoreDNSImage(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(t.TempDir(), "coredns")
+	if err := copyFile(tinyBinary(t), bin); err != nil {
+		t.Fatal(err)
+	}
+	if got := CoreDNSRef("v1.15.0"); got != "anet-coredns:1.15.0" {
+		t.Errorf("CoreDNSRef(v1.15.0) = %q", got)
+	}
+	out, err := BuildCoreDNSImage(bin, "1.15.0", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != filepath.Join(dir, "coredns-1.15.0.tar") {
+		t.Errorf("tarball %s", out)
+	}
+	checkImage(t, out, "anet-coredns:1.15.0", []string{"/coredns"}, bin)
+
+	// Up to date: not rewritten; older than the binary: rebuilt.
+	st, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := BuildCoreDNSImage(bin, "1.15.0", dir); err != nil {
+		t.Fatal(err)
+	}
+	if st2, err := os.Stat(out); err != nil || !st2.ModTime().Equal(st.ModTime()) {
+		t.Errorf("an up-to-date tarball was rewritten (%v)", err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(out, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := BuildCoreDNSImage(bin, "1.15.0", dir); err != nil {
+		t.Fatal(err)
+	}
+	if st3, err := os.Stat(out); err != nil || !st3.ModTime().After(old) {
+		t.Errorf("a stale tarball was not rebuilt (%v)", err)
+	}
+
+	// A binary of another name would not be /coredns in the image.
+	if _, err := BuildCoreDNSImage(tinyBinary(t), "1.15.0", t.TempDir()); err == nil {
+		t.Error("a binary not named coredns was accepted")
+	}
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}

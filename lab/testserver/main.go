@@ -1,10 +1,12 @@
 // Command anet-testserver is the workload of anet's test lab, in the spirit
 // of Kubernetes' agnhost: one small static binary (standard library only)
-// that serves, probes and pauses.
+// that serves, probes and pauses (the standard library, and golang.org/x/net's
+// DNS message parser for the dns probe).
 //
 //	anet-testserver                      serve with the defaults below
 //	anet-testserver serve [--http ADDR] [--tcp-echo ADDR] [--udp-echo ADDR]
 //	anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /]
+//	anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
 //	anet-testserver pause
 //
 // serve answers HTTP on --http (default :8080): "GET /" returns
@@ -23,6 +25,13 @@
 // body is copied to stdout), 1 otherwise with the reason on stderr, 2 for a
 // usage error. The UDP probe sends exactly one datagram (no retransmission)
 // so that tests counting packets, verdicts or policy-log entries see one.
+//
+// dns resolves a name and prints {"name","server","rcode","authoritative",
+// "addresses","ms"} as JSON: with --server by one UDP query for its A
+// records to that server (exit status 0 for any answer, whatever its
+// rcode; the name is taken as fully qualified), without it through the
+// pod's own resolver (/etc/resolv.conf, as kubelet wrote it: exit status 0
+// when the name resolved). 1 when no answer came within the timeout.
 //
 // pause is the pod sandbox's process: it waits for SIGTERM or SIGINT and
 // exits 0; as PID 1 it also reaps the zombies reparented to it. The pause
@@ -43,6 +52,7 @@ const usage = `usage:
   anet-testserver                      (same as "serve" with the defaults)
   anet-testserver serve [--http :8080] [--tcp-echo :8081] [--udp-echo :8081]
   anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /]
+  anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
   anet-testserver pause
 `
 
@@ -66,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serveMain(ctx, stop, args, stderr)
 	case "connect":
 		return connectMain(args, stdout, stderr)
+	case "dns":
+		return dnsMain(args, stdout, stderr)
 	case "pause":
 		if len(args) != 0 {
 			fmt.Fprintf(stderr, "anet-testserver pause: unexpected arguments %q\n", args)
