@@ -198,9 +198,9 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 
 // startAnetd starts the node's anetd. It speaks to the API server
 // (--kubeconfig): its pod CIDR comes from the Node, and it routes the other
-// nodes' pod CIDRs. anetd has no --cgroup-root flag yet (it attaches no
-// cgroup hooks); once it has, pass <cgroup2>/<n.CgroupName> here, where
-// runc puts the node's pods.
+// nodes' pod CIDRs. Its socket-level service hooks hang at
+// <cgroup2>/<n.CgroupName>, where runc puts the node's pods (and where
+// `anet-lab exec` starts its commands), and on no other node's.
 func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	n.HealthAddr = n.Address + ":9876"
 	nodes := append([]NodeRec(nil), l.Nodes...)
@@ -208,7 +208,8 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 		return err
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
-		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr}
+		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr,
+		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName)}
 	if l.opts.EndpointGCGrace > 0 {
 		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
 	}
