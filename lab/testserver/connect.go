@@ -27,6 +27,9 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	address := fs.String("address", "", "destination HOST:PORT")
 	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
 	path := fs.String("path", "/", "request path of the http probe")
+	hold := fs.Duration("hold", 0, "tcp only: keep the connection open this long, echoing a line every 100 ms (the tcp-echo listener answers); any lost or late echo fails")
+	repeat := fs.Int("repeat", 1, "probe this many times, each with its own --timeout and a new connection; the first failure ends the run")
+	interval := fs.Duration("interval", 0, "with --repeat: pause between probes")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -49,25 +52,82 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	if !strings.HasPrefix(*path, "/") {
 		return usageErr("--path must start with /")
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	var err error
+	if *hold < 0 || (*hold > 0 && *protocol != "tcp") {
+		return usageErr("--hold needs --protocol tcp and a positive duration")
+	}
+	if *repeat < 1 || *interval < 0 {
+		return usageErr("--repeat must be at least 1 and --interval not negative")
+	}
 	switch *protocol {
-	case "tcp":
-		err = probeTCP(ctx, *address)
-	case "udp":
-		err = probeUDP(ctx, *address)
-	case "http":
-		err = probeHTTP(ctx, *address, *path, stdout)
+	case "tcp", "udp", "http":
 	default:
 		return usageErr("unknown --protocol %q (want tcp, udp or http)", *protocol)
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "anet-testserver connect: %s %s: %v\n", *protocol, *address, err)
-		return 1
+
+	for i := range *repeat {
+		if i > 0 && *interval > 0 {
+			time.Sleep(*interval)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		var err error
+		switch {
+		case *hold > 0:
+			err = holdTCP(ctx, *address, *hold, *timeout, stdout)
+		case *protocol == "tcp":
+			err = probeTCP(ctx, *address)
+		case *protocol == "udp":
+			err = probeUDP(ctx, *address)
+		case *protocol == "http":
+			err = probeHTTP(ctx, *address, *path, stdout)
+		}
+		cancel()
+		if err != nil {
+			if *repeat > 1 {
+				fmt.Fprintf(stderr, "anet-testserver connect: %s %s: probe %d of %d: %v\n", *protocol, *address, i+1, *repeat, err)
+			} else {
+				fmt.Fprintf(stderr, "anet-testserver connect: %s %s: %v\n", *protocol, *address, err)
+			}
+			return 1
+		}
 	}
 	return 0
+}
+
+// holdTCP connects, prints "connected <local> <peer>" (the peer as
+// getpeername shows it), then for d sends a numbered line every 100 ms and
+// reads it back from the echo server: an open connection that keeps
+// working, for tests of what must not break it. Each echo must come within
+// timeout of its line.
+func holdTCP(ctx context.Context, address string, d, timeout time.Duration, stdout io.Writer) error {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "tcp", address)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "connected %s %s\n", c.LocalAddr(), c.RemoteAddr())
+	buf := make([]byte, 64)
+	end := time.Now().Add(d)
+	n := 0
+	for time.Now().Before(end) {
+		line := fmt.Sprintf("line %d\n", n)
+		if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(c, line); err != nil {
+			return fmt.Errorf("after %d echoes: send: %w", n, err)
+		}
+		if _, err := io.ReadFull(c, buf[:len(line)]); err != nil {
+			return fmt.Errorf("after %d echoes: receive: %w", n, err)
+		}
+		if string(buf[:len(line)]) != line {
+			return fmt.Errorf("after %d echoes: got %q back for %q", n, buf[:len(line)], line)
+		}
+		n++
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(stdout, "held %s with %d echoes\n", d, n)
+	return nil
 }
 
 func probeTCP(ctx context.Context, address string) error {

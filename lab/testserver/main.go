@@ -5,7 +5,7 @@
 //
 //	anet-testserver                      serve with the defaults below
 //	anet-testserver serve [--http ADDR] [--tcp-echo ADDR] [--udp-echo ADDR]
-//	anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /]
+//	anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /] [--hold 10s] [--repeat N --interval 50ms]
 //	anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
 //	anet-testserver pause
 //
@@ -51,7 +51,7 @@ import (
 const usage = `usage:
   anet-testserver                      (same as "serve" with the defaults)
   anet-testserver serve [--http :8080] [--tcp-echo :8081] [--udp-echo :8081]
-  anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /]
+  anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /] [--hold 10s] [--repeat N --interval 50ms]
   anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
   anet-testserver pause
 `

@@ -455,3 +455,31 @@ func TestPauseReapsAsPID1(t *testing.T) {
 		t.Fatalf("pause (PID 1) exited %d after SIGTERM, want 0", status)
 	}
 }
+
+// --hold keeps one connection echoing; --repeat makes new connections and
+// stops at the first failure.
+func TestConnectHoldAndRepeat(t *testing.T) {
+	ls := startServe(t, loopbackArgs...)
+	status, out, errOut := connect("--protocol", "tcp", "--address", ls["tcp-echo"], "--hold", "500ms")
+	if status != 0 || !strings.Contains(out, "connected ") || !strings.Contains(out, "held 500ms with") {
+		t.Fatalf("hold: status %d, stdout %q, stderr %q", status, out, errOut)
+	}
+	if status, out, errOut = connect("--protocol", "http", "--address", ls["http"], "--repeat", "5", "--interval", "10ms"); status != 0 {
+		t.Fatalf("repeat: status %d, stderr %q", status, errOut)
+	}
+	if n := strings.Count(out, `"pod"`); n != 5 {
+		t.Errorf("repeat printed %d answers, want 5: %q", n, out)
+	}
+	// Holding a connection to a port that does not echo fails.
+	if status, _, _ = connect("--protocol", "tcp", "--address", ls["http"], "--hold", "300ms", "--timeout", "200ms"); status != 1 {
+		t.Errorf("hold against a server that does not echo: status %d, want 1", status)
+	}
+	closed := closedPort(t)
+	status, _, errOut = connect("--protocol", "tcp", "--address", closed, "--repeat", "3")
+	if status != 1 || !strings.Contains(errOut, "probe 1 of 3") {
+		t.Errorf("repeat against a closed port: status %d, stderr %q", status, errOut)
+	}
+	if status, _, _ = connect("--protocol", "udp", "--address", ls["udp-echo"], "--hold", "1s"); status != 2 {
+		t.Errorf("--hold with udp: status %d, want 2 (usage)", status)
+	}
+}
