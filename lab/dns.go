@@ -10,12 +10,10 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"text/template"
 	"time"
 
-	"github.com/anet-dev/anet/lab/controlplane"
 	"github.com/anet-dev/anet/lab/images"
 )
 
@@ -45,8 +43,6 @@ func (l *Lab) dnsManifest(image, clusterIP string) (string, error) {
 		"Image":     image,
 		"ClusterIP": clusterIP,
 		"Domain":    ClusterDomain,
-		"APIHost":   ControlPlaneIP,
-		"APIPort":   strconv.Itoa(controlplane.APIServerPort),
 		"Hosts":     hosts,
 	})
 	return b.String(), err

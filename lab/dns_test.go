@@ -202,7 +202,6 @@ func TestClusterDNS(t *testing.T) {
 // (kubelet's resolv.conf: nameserver the kube-dns Service, the cluster's
 // search list), and asks the Service address directly.
 func TestClusterDNSByServiceIP(t *testing.T) {
-	t.Skip("needs the service datapath (issue 8)")
 	l := SharedLab(t)
 	c := testPod(t, l, "dns-svc-client", NodeName(1))
 	kubernetesIP := netip.MustParsePrefix(DefaultServiceCIDR).Addr().Next().String()
