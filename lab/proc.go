@@ -118,6 +118,10 @@ func spawn(name, netnsPath, mntns, logPath string, argv ...string) (Proc, error)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
+	// iptables-legacy (anetd looks for a legacy kube-proxy's rules with
+	// it) takes its lock at /run/xtables.lock, a file of the machine:
+	// the lab's processes use one in the lab's directory instead.
+	cmd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+filepath.Join(filepath.Dir(filepath.Dir(logPath)), "xtables.lock"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return Proc{}, fmt.Errorf("starting %s: %w", name, err)

@@ -34,7 +34,7 @@ snapshot() {
 	ip route show table all | sed -E "s/ expires [^ ]+//; s/^/route /"
 	ip netns list 2>/dev/null | awk '{print "netns " $1}'
 	awk '{print "mount " $2 " " $3}' /proc/self/mounts
-	for p in /var/lib/cni /etc/cni /opt/cni /run/anet /var/lib/anet /sys/fs/bpf/anet /var/log/network /run/mount; do
+	for p in /var/lib/cni /etc/cni /opt/cni /run/anet /var/lib/anet /sys/fs/bpf/anet /var/log/network /run/mount /run/xtables.lock; do
 		if [ -e "$p" ]; then find "$p" -maxdepth 3 | sed 's/^/path /'; fi
 	done
 }

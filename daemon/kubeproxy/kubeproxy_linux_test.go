@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -181,6 +182,9 @@ func listing(n netnsRun) string {
 // purges them, leaving the rest exactly as a netns that never had a
 // kube-proxy.
 func TestFindAndPurge(t *testing.T) {
+	// iptables-legacy's lock is /run/xtables.lock, a file of the machine:
+	// this test's commands use one of its own.
+	t.Setenv("XTABLES_LOCKFILE", filepath.Join(t.TempDir(), "xtables.lock"))
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (a network namespace, iptables); CI runs as root")
 	}

@@ -205,6 +205,9 @@ func (n *k8sNode) startAnetd() {
 		"--health-addr", "127.0.0.1:9876", "--endpoint-gc-grace", "3s", "--log-level", "debug",
 		"--cgroup-root", n.cgroup}
 	n.anetd = exec.Command("nsenter", append(args, n.args...)...)
+	// iptables-legacy (anetd's look for a kube-proxy's rules) locks
+	// /run/xtables.lock, a file of the machine, unless told otherwise.
+	n.anetd.Env = append(os.Environ(), "XTABLES_LOCKFILE="+filepath.Join(n.dir, "xtables.lock"))
 	n.anetd.Stdout, n.anetd.Stderr = n.log, n.log
 	if err := n.anetd.Start(); err != nil {
 		n.t.Fatal(err)
