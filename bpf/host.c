@@ -59,6 +59,7 @@ struct pkt {
 	__u8 proto;
 	bool syn_only; /* TCP SYN without ACK: a new connection */
 	bool closing;  /* TCP FIN or RST */
+	bool rejected; /* answered for a frontend without backends (counted as a drop) */
 	__u32 l4off;
 	__u32 csumoff; /* of the L4 checksum */
 };
@@ -103,6 +104,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->l4off = ETH_HLEN + hdrlen;
 	p->syn_only = false;
 	p->closing = false;
+	p->rejected = false;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + p->l4off;
 		if ((void *)(th + 1) > data_end)
@@ -221,6 +223,148 @@ static __always_inline int route(struct __sk_buff *skb, const struct pkt *p)
 	return ret;
 }
 
+/* A frontend without a usable backend refuses a new connection from
+ * outside as kube-proxy's REJECT rule does: a TCP SYN gets a reset, a UDP
+ * datagram an ICMP port unreachable, sent back out by the device it came
+ * in on. Anything else (IPv4 options, a TCP segment that is no SYN) is
+ * only dropped. Either way the packet is counted as no-service-backend. */
+
+/* fold turns a 32-bit one's complement sum into a checksum. */
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	__u8 tmp[ETH_ALEN];
+
+	mac_copy(tmp, eth->h_source);
+	mac_copy(eth->h_source, eth->h_dest);
+	mac_copy(eth->h_dest, tmp);
+}
+
+/* ip_reply fills a 20-byte IPv4 header from src to dst. */
+static __always_inline void ip_reply(struct iphdr *ip4, __be32 src, __be32 dst, __u8 proto, __u16 totlen)
+{
+	ip4->version = 4;
+	ip4->ihl = 5;
+	ip4->tos = 0;
+	ip4->tot_len = bpf_htons(totlen);
+	ip4->id = 0;
+	ip4->frag_off = bpf_htons(0x4000); /* DF */
+	ip4->ttl = 64;
+	ip4->protocol = proto;
+	ip4->check = 0;
+	ip4->saddr = src;
+	ip4->daddr = dst;
+	ip4->check = fold(bpf_csum_diff(NULL, 0, (__be32 *)ip4, sizeof(*ip4), 0));
+}
+
+static __always_inline int reject_tcp(struct __sk_buff *skb, const struct pkt *p)
+{
+	const __u32 len = ETH_HLEN + sizeof(struct iphdr) + sizeof(struct tcphdr);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip4 = data + ETH_HLEN;
+
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl != 5 || !p->syn_only)
+		return -DROP_NO_SERVICE_BACKEND;
+	struct tcphdr *th = (void *)(ip4 + 1);
+	if ((void *)(th + 1) > data_end)
+		return -DROP_MALFORMED_L4;
+	/* The SYN's sequence number plus its length (SYN counts one). */
+	__u32 ack = bpf_ntohl(th->seq) + 1 + (bpf_ntohs(ip4->tot_len) - sizeof(*ip4) - th->doff * 4);
+	if (bpf_skb_change_tail(skb, len, 0) < 0)
+		return -DROP_NO_SERVICE_BACKEND;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	ip4 = data + ETH_HLEN;
+	th = (void *)(ip4 + 1);
+	if ((void *)(th + 1) > data_end)
+		return -DROP_NO_SERVICE_BACKEND;
+	swap_macs(eth);
+	ip_reply(ip4, p->daddr, p->saddr, IPPROTO_TCP, sizeof(*ip4) + sizeof(*th));
+	__builtin_memset(th, 0, sizeof(*th));
+	th->source = p->dport;
+	th->dest = p->sport;
+	th->ack_seq = bpf_htonl(ack);
+	th->doff = 5;
+	th->rst = 1;
+	th->ack = 1;
+	/* The checksum over the pseudo-header and the header. */
+	struct {
+		__be32 saddr, daddr;
+		__u8 zero, proto;
+		__be16 len;
+	} ph = { .saddr = p->daddr, .daddr = p->saddr, .proto = IPPROTO_TCP, .len = bpf_htons(sizeof(*th)) };
+	__u32 sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)th, sizeof(*th), sum);
+	th->check = fold(sum);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The ICMP message quotes the datagram's IP header and first 8 bytes. */
+#define ICMP_QUOTE (sizeof(struct iphdr) + 8)
+
+struct icmp_unreach {
+	__u8 type;
+	__u8 code;
+	__be16 check;
+	__be32 unused;
+};
+
+static __always_inline int reject_udp(struct __sk_buff *skb, const struct pkt *p)
+{
+	const __u32 room = sizeof(struct iphdr) + sizeof(struct icmp_unreach);
+	const __u32 len = ETH_HLEN + room + ICMP_QUOTE;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip4 = data + ETH_HLEN;
+
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl != 5)
+		return -DROP_NO_SERVICE_BACKEND;
+	if (skb->len < ETH_HLEN + ICMP_QUOTE)
+		return -DROP_MALFORMED_L4;
+	/* Room for the new IP and ICMP headers between the Ethernet header
+	 * and the datagram, then the datagram cut to what is quoted. */
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return -DROP_NO_SERVICE_BACKEND;
+	if (bpf_skb_change_tail(skb, len, 0) < 0)
+		return -DROP_NO_SERVICE_BACKEND;
+	if (bpf_skb_pull_data(skb, len) < 0)
+		return -DROP_NO_SERVICE_BACKEND;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	ip4 = data + ETH_HLEN;
+	struct icmp_unreach *ic = (void *)(ip4 + 1);
+	__u8 *quote = (void *)(ic + 1);
+	if ((void *)quote + ICMP_QUOTE > data_end)
+		return -DROP_NO_SERVICE_BACKEND;
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	swap_macs(eth);
+	ip_reply(ip4, p->daddr, p->saddr, IPPROTO_ICMP, room + ICMP_QUOTE);
+	ic->type = 3; /* destination unreachable */
+	ic->code = 3; /* port unreachable */
+	ic->check = 0;
+	ic->unused = 0;
+	__u32 sum = bpf_csum_diff(NULL, 0, (__be32 *)ic, sizeof(*ic) + ICMP_QUOTE, 0);
+	ic->check = fold(sum);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int reject(struct __sk_buff *skb, struct pkt *p)
+{
+	p->rejected = true;
+	if (p->proto == IPPROTO_TCP)
+		return reject_tcp(skb, p);
+	return reject_udp(skb, p);
+}
+
 /* pick_backend chooses the backend of a new connection from outside: the
  * one of the client's address while its session affinity lasts, else a
  * random active one. */
@@ -288,8 +432,13 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 
 	if (!lb4_read_master(&key, &fe))
 		return TC_ACT_OK;
-	if (fe.count == 0)
+	/* kube-proxy drops, rather than refuses, what an externalTrafficPolicy
+	 * Local frontend cannot serve here: a load balancer's health check
+	 * steers clients to the nodes that can. */
+	if (fe.count == 0 && (fe.flags & ANET_SVC_EXT_LOCAL))
 		return -DROP_NO_SERVICE_BACKEND;
+	if (fe.count == 0)
+		return reject(skb, p);
 	struct lb4_target be = {};
 	if (!pick_backend(&fe, p, &be, now))
 		return TC_ACT_OK; /* the frontend is being deleted right now */
@@ -368,7 +517,7 @@ static __always_inline bool backend_gone(const struct ct4_entry *e, __u8 proto)
 	return !lb4_read_backend(e->backend_id, &t) || t.addr != e->addr || t.port != e->port;
 }
 
-static __always_inline int from_netdev(struct __sk_buff *skb)
+static __always_inline int from_netdev(struct __sk_buff *skb, bool *rejected)
 {
 	struct pkt p;
 	int ret = parse(skb, &p);
@@ -403,8 +552,11 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 		bpf_map_delete_elem(&anet_ct4, &key);
 		e = NULL;
 	}
-	if (!e)
-		return new_conn(skb, &p, now);
+	if (!e) {
+		ret = new_conn(skb, &p, now);
+		*rejected = p.rejected;
+		return ret;
+	}
 
 	/* A later packet of a translated connection. */
 	__be32 baddr = e->addr, saddr = e->addr2;
@@ -457,12 +609,15 @@ __section("tc")
 int anet_from_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
-	int ret = from_netdev(skb);
+	bool rejected = false;
+	int ret = from_netdev(skb, &rejected);
 
 	if (ret < 0) {
 		account(ANET_IFINDEX_NODE, DIR_INGRESS, (__u8)-ret, len);
 		return TC_ACT_SHOT;
 	}
+	if (rejected) /* answered with a reset or an ICMP error */
+		account(ANET_IFINDEX_NODE, DIR_INGRESS, DROP_NO_SERVICE_BACKEND, len);
 	return ret;
 }
 

@@ -335,29 +335,82 @@ func testRemoteSNAT(t *testing.T, forwarding bool) {
 	}
 }
 
-// externalTrafficPolicy Local: only a local backend serves; a frontend
-// whose picked backend is remote drops (counted) rather than SNAT.
-// A frontend with no backend at all drops, counted by reason.
-func TestHostNoBackendDrops(t *testing.T) {
+// A frontend with no backend refuses as kube-proxy's REJECT does: a TCP
+// SYN gets a reset and a UDP datagram an ICMP port unreachable, back out
+// of the device; both counted as no-service-backend. An
+// externalTrafficPolicy Local frontend with no local backend drops.
+func TestHostNoBackendRefuses(t *testing.T) {
 	h := loadHost(t)
 	cli := netip.AddrPortFrom(hClient, 40003)
+	fe := netip.AddrPortFrom(hVIP, 80)
 	h.frontend(t, hVIP, 80, 6, 0)
-	ret, _ := h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 80), testpkt.TCPSyn))
-	if ret != tcActShot {
-		t.Fatalf("no backend: verdict %d, want TC_ACT_SHOT", ret)
+	syn := tcpFrame(cli, fe, testpkt.TCPSyn) // seq 1, 5 bytes of payload
+	ret, out := h.run(t, h.objs.AnetFromNetdev, syn)
+	if ret != tcActRedirect {
+		t.Fatalf("no backend, TCP SYN: verdict %d, want TC_ACT_REDIRECT (a reset back)", ret)
 	}
-	if n := h.drops(t, 1, 10); n != 1 {
-		t.Errorf("no-service-backend drops %d, want 1", n)
+	out = out[:testpkt.EthLen+testpkt.IPv4Len+20]
+	if got := readTuple(t, out); got.src != fe || got.dst != cli {
+		t.Fatalf("reset %v -> %v, want %v -> %v", got.src, got.dst, fe, cli)
 	}
-	h.frontend(t, hVIP, 81, 6, service.FlagExtLocal, netip.AddrPortFrom(hRemoteBE, 8080))
-	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 81), testpkt.TCPSyn))
-	if ret != tcActShot {
-		t.Fatalf("local-only frontend with a remote backend: verdict %d, want TC_ACT_SHOT", ret)
+	tcp := out[testpkt.EthLen+testpkt.IPv4Len:]
+	if flags := tcp[13]; flags != testpkt.TCPRst|testpkt.TCPAck {
+		t.Errorf("reset flags %#x, want RST|ACK", flags)
+	}
+	if ack := binary.BigEndian.Uint32(tcp[8:]); ack != 1+1+5 {
+		t.Errorf("reset acks %d, want the SYN's seq + 1 + its 5 bytes = 7", ack)
+	}
+	if !bytesEqual(out[0:6], hCliMAC) || !bytesEqual(out[6:12], hULMAC) {
+		t.Errorf("reset MACs %x -> %x, want the SYN's swapped", out[6:12], out[0:6])
+	}
+
+	h.frontend(t, hVIP, 53, 17, 0)
+	dgram := udpFrame(cli, netip.AddrPortFrom(hVIP, 53))
+	ret, out = h.run(t, h.objs.AnetFromNetdev, dgram)
+	if ret != tcActRedirect {
+		t.Fatalf("no backend, UDP: verdict %d, want TC_ACT_REDIRECT (an ICMP error back)", ret)
+	}
+	ip := out[testpkt.EthLen:]
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if total != 20+8+28 {
+		t.Fatalf("ICMP error of %d bytes, want 56", total)
+	}
+	ip = ip[:total]
+	if testpkt.Checksum(ip[:20]) != 0 || ip[9] != 1 {
+		t.Errorf("ICMP error's IP header %x: bad checksum or not ICMP", ip[:20])
+	}
+	if netip.AddrFrom4([4]byte(ip[12:16])) != hVIP || netip.AddrFrom4([4]byte(ip[16:20])) != hClient {
+		t.Errorf("ICMP error %x -> %x, want from the frontend to the client", ip[12:16], ip[16:20])
+	}
+	icmp := ip[20:]
+	if icmp[0] != 3 || icmp[1] != 3 || testpkt.Checksum(icmp) != 0 {
+		t.Errorf("ICMP type %d code %d (checksum ok: %v), want 3/3 (port unreachable)", icmp[0], icmp[1], testpkt.Checksum(icmp) == 0)
+	}
+	if !bytesEqual(icmp[8:8+28], dgram[testpkt.EthLen:testpkt.EthLen+28]) {
+		t.Errorf("ICMP error quotes %x, want the datagram's IP header and first 8 bytes %x", icmp[8:36], dgram[testpkt.EthLen:testpkt.EthLen+28])
 	}
 	if n := h.drops(t, 1, 10); n != 2 {
-		t.Errorf("no-service-backend drops %d, want 2", n)
+		t.Errorf("no-service-backend count %d, want 2", n)
+	}
+
+	// A TCP segment that is no SYN is only dropped.
+	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPAck))
+	if ret != tcActShot {
+		t.Errorf("no backend, TCP ACK: verdict %d, want TC_ACT_SHOT", ret)
+	}
+	// externalTrafficPolicy Local with no local backend: dropped, as
+	// kube-proxy does.
+	h.frontend(t, hVIP, 81, 6, service.FlagExtLocal)
+	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 81), testpkt.TCPSyn))
+	if ret != tcActShot {
+		t.Fatalf("local-only frontend without local backends: verdict %d, want TC_ACT_SHOT", ret)
+	}
+	if n := h.drops(t, 1, 10); n != 4 {
+		t.Errorf("no-service-backend count %d, want 4", n)
 	}
 }
+
+func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // A UDP flow whose backend left its Service moves to a live one.
 func TestHostUDPFlowMovesOffRemovedBackend(t *testing.T) {
