@@ -16,7 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/anet-dev/anet/bpf"
-	"github.com/anet-dev/anet/daemon/service"
+	"github.com/anet-dev/anet/daemon/service/lb"
 	"github.com/anet-dev/anet/internal/testpkt"
 )
 
@@ -140,20 +140,20 @@ func mustLink(t *testing.T, name string) netlink.Link {
 
 // frontend programs one frontend with the given backends (all active)
 // through ServiceMaps, as the reconciler does.
-func (h *hostDP) frontend(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags service.Flags, backends ...netip.AddrPort) {
+func (h *hostDP) frontend(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags lb.Flags, backends ...netip.AddrPort) {
 	t.Helper()
 	h.frontendAff(t, vip, port, proto, flags, 0, backends...)
 }
 
-func (h *hostDP) frontendAff(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags service.Flags, aff time.Duration, backends ...netip.AddrPort) {
+func (h *hostDP) frontendAff(t *testing.T, vip netip.Addr, port uint16, proto uint8, flags lb.Flags, aff time.Duration, backends ...netip.AddrPort) {
 	t.Helper()
-	f := service.MapFrontend{
-		Key:    service.FrontendKey{Addr: netip.AddrPortFrom(vip, port), Proto: service.Proto(proto)},
+	f := lb.MapFrontend{
+		Key:    lb.FrontendKey{Addr: netip.AddrPortFrom(vip, port), Proto: lb.Proto(proto)},
 		RevNat: uint32(port), Flags: flags, Affinity: aff, Active: len(backends),
 	}
 	for _, b := range backends {
 		h.nextID++
-		f.Backends = append(f.Backends, service.MapBackend{ID: h.nextID, Addr: b, State: service.Ready})
+		f.Backends = append(f.Backends, lb.MapBackend{ID: h.nextID, Addr: b, State: lb.Ready})
 	}
 	if err := h.sm.Put(f); err != nil {
 		t.Fatal(err)
@@ -400,7 +400,7 @@ func TestHostNoBackendRefuses(t *testing.T) {
 	}
 	// externalTrafficPolicy Local with no local backend: dropped, as
 	// kube-proxy does.
-	h.frontend(t, hVIP, 81, 6, service.FlagExtLocal)
+	h.frontend(t, hVIP, 81, 6, lb.FlagExtLocal)
 	ret, _ = h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, netip.AddrPortFrom(hVIP, 81), testpkt.TCPSyn))
 	if ret != tcActShot {
 		t.Fatalf("local-only frontend without local backends: verdict %d, want TC_ACT_SHOT", ret)

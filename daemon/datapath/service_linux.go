@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/bpf"
-	"github.com/anet-dev/anet/daemon/service"
+	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
 // ErrMapFull is wrapped by the errors of ServiceMaps when a map has no
@@ -26,7 +26,7 @@ var ErrMapFull = errors.New("eBPF map full")
 const maxSlots = math.MaxUint16
 
 // ServiceMaps is the typed wrapper of the service maps (bpf/lib/lb.h),
-// the Linux implementation of service.Map, for IPv4 frontends and
+// the Linux implementation of lb.Map, for IPv4 frontends and
 // backends. anetd is the maps' only writer; ServiceMaps keeps an index of
 // what each frontend holds (built from the maps when it is made, so after
 // a restart too) to know which backends, reverse-NAT and affinity-match
@@ -35,7 +35,7 @@ type ServiceMaps struct {
 	mu                                   sync.Mutex
 	services, backends, revnat, affMatch *ebpf.Map
 
-	fe       map[service.FrontendKey]*feState
+	fe       map[lb.FrontendKey]*feState
 	backRefs refs[uint32]
 	revRefs  refs[uint32]
 	matchRef refs[bpf.SockLb4AffinityMatch]
@@ -69,7 +69,7 @@ func (r refs[K]) drop(k K) bool {
 	return false
 }
 
-var _ service.Map = (*ServiceMaps)(nil)
+var _ lb.Map = (*ServiceMaps)(nil)
 
 // ServiceMaps returns the service maps' wrapper (one per Datapath). Made
 // the first time, it reads what the maps hold and prunes what no frontend
@@ -83,7 +83,7 @@ func (dp *Datapath) ServiceMaps() (*ServiceMaps, error) {
 			backends: dp.shared[bpf.SockMapAnetLb4Backends],
 			revnat:   dp.shared[bpf.SockMapAnetLb4Revnat],
 			affMatch: dp.shared[bpf.SockMapAnetLb4AffMatch],
-			fe:       map[service.FrontendKey]*feState{},
+			fe:       map[lb.FrontendKey]*feState{},
 			backRefs: refs[uint32]{}, revRefs: refs[uint32]{}, matchRef: refs[bpf.SockLb4AffinityMatch]{},
 		}
 		if s.services == nil || s.backends == nil || s.revnat == nil || s.affMatch == nil {
@@ -112,22 +112,22 @@ func addrOf(a uint32, p uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4(b), binary.BigEndian.Uint16(pb[:]))
 }
 
-func lbKey(k service.FrontendKey, slot int) bpf.SockLb4Key {
+func lbKey(k lb.FrontendKey, slot int) bpf.SockLb4Key {
 	return bpf.SockLb4Key{
 		Addr: be32(k.Addr.Addr()), Port: be16(k.Addr.Port()),
 		Proto: uint8(k.Proto), Scope: uint8(k.Scope), Slot: uint16(slot),
 	}
 }
 
-func frontendOf(k bpf.SockLb4Key) service.FrontendKey {
-	return service.FrontendKey{Addr: addrOf(k.Addr, k.Port), Proto: service.Proto(k.Proto), Scope: service.Scope(k.Scope)}
+func frontendOf(k bpf.SockLb4Key) lb.FrontendKey {
+	return lb.FrontendKey{Addr: addrOf(k.Addr, k.Port), Proto: lb.Proto(k.Proto), Scope: lb.Scope(k.Scope)}
 }
 
-func checkKey(k service.FrontendKey) error {
+func checkKey(k lb.FrontendKey) error {
 	if !k.Addr.Addr().Is4() {
 		return fmt.Errorf("frontend %s: only IPv4 frontends are served by the datapath", k.Addr)
 	}
-	if k.Proto != service.TCP && k.Proto != service.UDP {
+	if k.Proto != lb.TCP && k.Proto != lb.UDP {
 		return fmt.Errorf("frontend %s: protocol %s is not served", k.Addr, k.Proto)
 	}
 	return nil
@@ -158,7 +158,7 @@ func deleteKey(m *ebpf.Map, k any) error {
 // struct lb4_service for why. On an error (ErrMapFull among
 // them) the master is the old one, still serving, and what was written is
 // accounted to the frontend, removed by its next Put or Delete.
-func (s *ServiceMaps) Put(f service.MapFrontend) error {
+func (s *ServiceMaps) Put(f lb.MapFrontend) error {
 	if err := checkKey(f.Key); err != nil {
 		return err
 	}
@@ -306,7 +306,7 @@ func affinitySeconds(d time.Duration) uint32 {
 // Delete removes a frontend: its master first (from then on the socket
 // hooks leave the address alone), then its slots, and the backends,
 // reverse-NAT and affinity-match entries no other frontend uses.
-func (s *ServiceMaps) Delete(k service.FrontendKey) error {
+func (s *ServiceMaps) Delete(k lb.FrontendKey) error {
 	if err := checkKey(k); err != nil {
 		return err
 	}
@@ -335,17 +335,17 @@ func (s *ServiceMaps) Delete(k service.FrontendKey) error {
 
 // Dump returns every frontend the maps hold now, as the datapath sees it
 // (read from the maps, not from the index), sorted by key.
-func (s *ServiceMaps) Dump() ([]service.MapFrontend, error) {
+func (s *ServiceMaps) Dump() ([]lb.MapFrontend, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	masters, slots, err := s.readServices()
 	if err != nil {
 		return nil, err
 	}
-	var out []service.MapFrontend
+	var out []lb.MapFrontend
 	for k, m := range masters {
-		f := service.MapFrontend{
-			Key: k, RevNat: m.RevNat, Flags: service.Flags(m.Flags),
+		f := lb.MapFrontend{
+			Key: k, RevNat: m.RevNat, Flags: lb.Flags(m.Flags),
 			Affinity: time.Duration(m.AffinityTimeout) * time.Second,
 		}
 		for i := 1; i <= int(m.Total); i++ {
@@ -357,7 +357,7 @@ func (s *ServiceMaps) Dump() ([]service.MapFrontend, error) {
 			if err := s.backends.Lookup(id, &b); err != nil {
 				return nil, fmt.Errorf("frontend %s: backend %d: %w", k.Addr, id, err)
 			}
-			f.Backends = append(f.Backends, service.MapBackend{ID: id, Addr: addrOf(b.Addr, b.Port), State: service.BackendState(b.State)})
+			f.Backends = append(f.Backends, lb.MapBackend{ID: id, Addr: addrOf(b.Addr, b.Port), State: lb.BackendState(b.State)})
 		}
 		f.Active = min(int(m.Count), len(f.Backends))
 		out = append(out, f)
@@ -366,7 +366,7 @@ func (s *ServiceMaps) Dump() ([]service.MapFrontend, error) {
 	return out, nil
 }
 
-func keyLess(a, b service.FrontendKey) bool {
+func keyLess(a, b lb.FrontendKey) bool {
 	if c := a.Addr.Compare(b.Addr); c != 0 {
 		return c < 0
 	}
@@ -378,9 +378,9 @@ func keyLess(a, b service.FrontendKey) bool {
 
 // readServices reads the services map: masters by frontend, and each
 // frontend's slots (backend IDs by slot).
-func (s *ServiceMaps) readServices() (map[service.FrontendKey]bpf.SockLb4Service, map[service.FrontendKey]map[int]uint32, error) {
-	masters := map[service.FrontendKey]bpf.SockLb4Service{}
-	slots := map[service.FrontendKey]map[int]uint32{}
+func (s *ServiceMaps) readServices() (map[lb.FrontendKey]bpf.SockLb4Service, map[lb.FrontendKey]map[int]uint32, error) {
+	masters := map[lb.FrontendKey]bpf.SockLb4Service{}
+	slots := map[lb.FrontendKey]map[int]uint32{}
 	var k bpf.SockLb4Key
 	var v bpf.SockLb4Service
 	it := s.services.Iterate()
@@ -487,7 +487,7 @@ func (s *ServiceMaps) restore() error {
 	return nil
 }
 
-func (s *ServiceMaps) state(k service.FrontendKey) *feState {
+func (s *ServiceMaps) state(k lb.FrontendKey) *feState {
 	st := s.fe[k]
 	if st == nil {
 		st = newFeState()

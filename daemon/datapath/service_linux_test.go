@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/bpf"
-	"github.com/anet-dev/anet/daemon/service"
+	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
 // loadPinned loads and activates a datapath on a bpffs of the test's own.
@@ -39,15 +39,15 @@ func count(t *testing.T, m *ebpf.Map) int {
 	return n
 }
 
-func svcFrontend(addr string, proto service.Proto, revNat uint32, backends ...service.MapBackend) service.MapFrontend {
-	return service.MapFrontend{
-		Key:    service.FrontendKey{Addr: netip.MustParseAddrPort(addr), Proto: proto},
+func svcFrontend(addr string, proto lb.Proto, revNat uint32, backends ...lb.MapBackend) lb.MapFrontend {
+	return lb.MapFrontend{
+		Key:    lb.FrontendKey{Addr: netip.MustParseAddrPort(addr), Proto: proto},
 		RevNat: revNat, Active: len(backends), Backends: backends,
 	}
 }
 
-func be(id uint32, addr string, st service.BackendState) service.MapBackend {
-	return service.MapBackend{ID: id, Addr: netip.MustParseAddrPort(addr), State: st}
+func be(id uint32, addr string, st lb.BackendState) lb.MapBackend {
+	return lb.MapBackend{ID: id, Addr: netip.MustParseAddrPort(addr), State: st}
 }
 
 // Put, Dump and Delete: what Put writes is what Dump returns; backends
@@ -61,14 +61,14 @@ func TestServiceMapsPutDumpDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := svcFrontend("10.96.0.1:80", service.TCP, 1,
-		be(1, "10.244.0.1:8080", service.Ready), be(2, "10.244.0.2:8080", service.Ready), be(3, "10.244.0.3:8080", service.Terminating))
+	a := svcFrontend("10.96.0.1:80", lb.TCP, 1,
+		be(1, "10.244.0.1:8080", lb.Ready), be(2, "10.244.0.2:8080", lb.Ready), be(3, "10.244.0.3:8080", lb.Terminating))
 	a.Active = 2
 	a.Affinity = 90 * time.Second
-	a.Flags = service.FlagTwoScopes
-	np := svcFrontend("192.168.1.5:30080", service.TCP, 2, be(1, "10.244.0.1:8080", service.Ready))
-	np.Flags = service.FlagNodePort
-	for _, f := range []service.MapFrontend{a, np} {
+	a.Flags = lb.FlagTwoScopes
+	np := svcFrontend("192.168.1.5:30080", lb.TCP, 2, be(1, "10.244.0.1:8080", lb.Ready))
+	np.Flags = lb.FlagNodePort
+	for _, f := range []lb.MapFrontend{a, np} {
 		if err := sm.Put(f); err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +77,7 @@ func TestServiceMapsPutDumpDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []service.MapFrontend{a, np}; !reflect.DeepEqual(got, want) {
+	if want := []lb.MapFrontend{a, np}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("Dump:\n got %+v\nwant %+v", got, want)
 	}
 	services, backends := dp.shared[bpf.SockMapAnetLb4Services], dp.shared[bpf.SockMapAnetLb4Backends]
@@ -134,25 +134,25 @@ func TestServiceMapsRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ok := svcFrontend("10.96.0.1:80", service.TCP, 1, be(1, "10.244.0.1:8080", service.Ready))
+	ok := svcFrontend("10.96.0.1:80", lb.TCP, 1, be(1, "10.244.0.1:8080", lb.Ready))
 	for _, c := range []struct {
-		edit func(*service.MapFrontend)
+		edit func(*lb.MapFrontend)
 		want string
 	}{
-		{func(f *service.MapFrontend) { f.Key.Addr = netip.MustParseAddrPort("[fd00::1]:80") }, "only IPv4"},
-		{func(f *service.MapFrontend) { f.Backends[0].Addr = netip.MustParseAddrPort("[fd00::2]:80") }, "not IPv4"},
-		{func(f *service.MapFrontend) { f.Key.Proto = 132 }, "not served"},
-		{func(f *service.MapFrontend) { f.RevNat = 0 }, "reverse-NAT index 0"},
-		{func(f *service.MapFrontend) { f.Active = 2 }, "2 active of 1"},
+		{func(f *lb.MapFrontend) { f.Key.Addr = netip.MustParseAddrPort("[fd00::1]:80") }, "only IPv4"},
+		{func(f *lb.MapFrontend) { f.Backends[0].Addr = netip.MustParseAddrPort("[fd00::2]:80") }, "not IPv4"},
+		{func(f *lb.MapFrontend) { f.Key.Proto = 132 }, "not served"},
+		{func(f *lb.MapFrontend) { f.RevNat = 0 }, "reverse-NAT index 0"},
+		{func(f *lb.MapFrontend) { f.Active = 2 }, "2 active of 1"},
 	} {
 		f := ok
-		f.Backends = append([]service.MapBackend(nil), ok.Backends...)
+		f.Backends = append([]lb.MapBackend(nil), ok.Backends...)
 		c.edit(&f)
 		if err := sm.Put(f); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Put(%+v) = %v, want %q", f, err, c.want)
 		}
 	}
-	if err := sm.Delete(service.FrontendKey{Addr: netip.MustParseAddrPort("[fd00::1]:80"), Proto: service.TCP}); err == nil {
+	if err := sm.Delete(lb.FrontendKey{Addr: netip.MustParseAddrPort("[fd00::1]:80"), Proto: lb.TCP}); err == nil {
 		t.Error("Delete of an IPv6 frontend: no error")
 	}
 	if d, _ := sm.Dump(); len(d) != 0 {
@@ -169,13 +169,13 @@ func TestServiceMapsFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	small := svcFrontend("10.96.0.1:80", service.TCP, 1, be(1, "10.244.0.1:8080", service.Ready))
+	small := svcFrontend("10.96.0.1:80", lb.TCP, 1, be(1, "10.244.0.1:8080", lb.Ready))
 	if err := sm.Put(small); err != nil {
 		t.Fatal(err)
 	}
 	big := small
-	big.Backends = []service.MapBackend{be(2, "10.244.0.2:8080", service.Ready), be(3, "10.244.0.3:8080", service.Ready),
-		be(4, "10.244.0.4:8080", service.Ready), be(5, "10.244.0.5:8080", service.Ready)}
+	big.Backends = []lb.MapBackend{be(2, "10.244.0.2:8080", lb.Ready), be(3, "10.244.0.3:8080", lb.Ready),
+		be(4, "10.244.0.4:8080", lb.Ready), be(5, "10.244.0.5:8080", lb.Ready)}
 	big.Active = 4
 	err = sm.Put(big)
 	if !errors.Is(err, ErrMapFull) {
@@ -210,13 +210,13 @@ func TestServiceMapsRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := svcFrontend("10.96.0.1:53", service.UDP, 7, be(1, "10.244.0.1:53", service.Ready), be(2, "10.244.0.2:53", service.Serving))
+	f := svcFrontend("10.96.0.1:53", lb.UDP, 7, be(1, "10.244.0.1:53", lb.Ready), be(2, "10.244.0.2:53", lb.Serving))
 	f.Affinity = 10 * time.Second
 	if err := sm.Put(f); err != nil {
 		t.Fatal(err)
 	}
 	// Leftovers of a crash in the middle of a Put of another frontend.
-	orphan := service.FrontendKey{Addr: netip.MustParseAddrPort("10.96.0.2:80"), Proto: service.TCP}
+	orphan := lb.FrontendKey{Addr: netip.MustParseAddrPort("10.96.0.2:80"), Proto: lb.TCP}
 	if err := dp.shared[bpf.SockMapAnetLb4Services].Put(lbKey(orphan, 1), bpf.SockLb4Service{BackendId: 9}); err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestServiceMapsRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := sm.Dump()
-	if err != nil || !reflect.DeepEqual(got, []service.MapFrontend{f}) {
+	if err != nil || !reflect.DeepEqual(got, []lb.MapFrontend{f}) {
 		t.Fatalf("after restart: %+v %v, want %+v", got, err, f)
 	}
 	for name, want := range map[string]int{bpf.SockMapAnetLb4Services: 3, bpf.SockMapAnetLb4Backends: 2, bpf.SockMapAnetLb4Revnat: 1, bpf.SockMapAnetLb4AffMatch: 2} {
@@ -336,10 +336,10 @@ func BenchmarkServiceMapsPut(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		n := i % 40000
 		a := netip.AddrFrom4([4]byte{10, 96, byte(n >> 8), byte(n)})
-		f := service.MapFrontend{Key: service.FrontendKey{Addr: netip.AddrPortFrom(a, 80), Proto: service.TCP}, RevNat: uint32(n + 1), Active: 5}
+		f := lb.MapFrontend{Key: lb.FrontendKey{Addr: netip.AddrPortFrom(a, 80), Proto: lb.TCP}, RevNat: uint32(n + 1), Active: 5}
 		for j := 0; j < 5; j++ {
-			f.Backends = append(f.Backends, service.MapBackend{ID: uint32(n*5 + j + 1),
-				Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(j), byte(i)}), 8080), State: service.Ready})
+			f.Backends = append(f.Backends, lb.MapBackend{ID: uint32(n*5 + j + 1),
+				Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(j), byte(i)}), 8080), State: lb.Ready})
 		}
 		if err := sm.Put(f); err != nil {
 			b.Fatal(err)

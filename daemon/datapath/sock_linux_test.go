@@ -30,7 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/bpf"
-	"github.com/anet-dev/anet/daemon/service"
+	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
 // Socket load-balancing tests: the real hooks attached at a cgroup of a
@@ -515,20 +515,20 @@ func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a,
 
 // frontend is a frontend of the VIP with the backends at the given indexes
 // of backendIPs (IDs 1.. for TCP, 11.. for UDP), all ready.
-func frontend(proto service.Proto, port uint16, idx ...int) service.MapFrontend {
-	f := service.MapFrontend{Key: service.FrontendKey{Addr: ap(vip, port), Proto: proto}, RevNat: uint32(port)}
+func frontend(proto lb.Proto, port uint16, idx ...int) lb.MapFrontend {
+	f := lb.MapFrontend{Key: lb.FrontendKey{Addr: ap(vip, port), Proto: proto}, RevNat: uint32(port)}
 	bport, id := uint16(tcpPort), uint32(1)
-	if proto == service.UDP {
+	if proto == lb.UDP {
 		bport, id = udpPort, 11
 	}
 	for _, i := range idx {
-		f.Backends = append(f.Backends, service.MapBackend{ID: id + uint32(i), Addr: ap(backendIPs[i], bport), State: service.Ready})
+		f.Backends = append(f.Backends, lb.MapBackend{ID: id + uint32(i), Addr: ap(backendIPs[i], bport), State: lb.Ready})
 	}
 	f.Active = len(f.Backends)
 	return f
 }
 
-func (e *sockEnv) put(f service.MapFrontend) {
+func (e *sockEnv) put(f lb.MapFrontend) {
 	e.t.Helper()
 	if err := e.sm.Put(f); err != nil {
 		e.t.Fatalf("Put %s: %v", f.Key.Addr, err)
@@ -555,7 +555,7 @@ func wantOnly(t *testing.T, what string, m map[string]int, want string, n int) {
 // frontend, and new connections spread over the backends.
 func TestSockTCP(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0, 1))
+	e.put(frontend(lb.TCP, 80, 0, 1))
 	r := e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), N: 64})
 	if len(r.Errors) != 0 {
 		t.Fatalf("connects failed: %v", r.Errors)
@@ -572,7 +572,7 @@ func TestSockTCP(t *testing.T) {
 // their peer; datagrams spread over the backends.
 func TestSockUDP(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.UDP, 53, 0, 1, 2))
+	e.put(frontend(lb.UDP, 53, 0, 1, 2))
 	front := ap(vip, 53).String()
 
 	r := e.do(sockReq{Op: "udp", Addr: front, N: 48})
@@ -600,11 +600,11 @@ func TestSockUDP(t *testing.T) {
 // each counted as no-service-backend.
 func TestSockRefusesWithoutBackends(t *testing.T) {
 	e := newSockEnv(t)
-	tf := frontend(service.TCP, 80, 0)
-	tf.Backends[0].State = service.Terminating
+	tf := frontend(lb.TCP, 80, 0)
+	tf.Backends[0].State = lb.Terminating
 	tf.Active = 0
 	e.put(tf)
-	uf := frontend(service.UDP, 53, 0)
+	uf := frontend(lb.UDP, 53, 0)
 	uf.Active = 0
 	e.put(uf)
 
@@ -631,7 +631,7 @@ func TestSockRefusesWithoutBackends(t *testing.T) {
 	}
 
 	// A backend turns ready: served at once.
-	tf.Backends[0].State = service.Ready
+	tf.Backends[0].State = lb.Ready
 	tf.Active = 1
 	e.put(tf)
 	r := e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), N: 3})
@@ -642,7 +642,7 @@ func TestSockRefusesWithoutBackends(t *testing.T) {
 // (TCP and UDP), and the service address on a port that is no frontend.
 func TestSockLeavesOtherAddresses(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0, 1))
+	e.put(frontend(lb.TCP, 80, 0, 1))
 	direct := ap(backendIPs[2], tcpPort).String()
 	r := e.do(sockReq{Op: "tcp", Addr: direct, N: 4})
 	wantOnly(t, "direct connect reached", r.Backends, direct, 4)
@@ -666,7 +666,7 @@ func TestSockLeavesOtherAddresses(t *testing.T) {
 // active for the frontend.
 func TestSockAffinity(t *testing.T) {
 	e := newSockEnv(t)
-	f := frontend(service.TCP, 80, 0, 1, 2)
+	f := frontend(lb.TCP, 80, 0, 1, 2)
 	f.Affinity = time.Second
 	e.put(f)
 	front := ap(vip, 80).String()
@@ -692,8 +692,8 @@ func TestSockAffinity(t *testing.T) {
 	// elsewhere, and sticks there.
 	r = e.do(sockReq{Op: "tcp", Addr: front, N: 1})
 	cur := keys(r.Backends)[0]
-	var rest []service.MapBackend
-	var gone service.MapBackend
+	var rest []lb.MapBackend
+	var gone lb.MapBackend
 	for _, b := range f.Backends {
 		if b.Addr.String() == cur {
 			gone = b
@@ -701,7 +701,7 @@ func TestSockAffinity(t *testing.T) {
 			rest = append(rest, b)
 		}
 	}
-	gone.State = service.Terminating
+	gone.State = lb.Terminating
 	f.Backends, f.Active = append(rest, gone), len(rest)
 	e.put(f)
 	r = e.do(sockReq{Op: "tcp", Addr: front, N: 10})
@@ -715,9 +715,9 @@ func TestSockAffinity(t *testing.T) {
 // peer; other IPv6 addresses pass untouched.
 func TestSockMappedIPv6(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0, 1))
-	e.put(frontend(service.UDP, 53, 0, 1))
-	refused := frontend(service.TCP, 81)
+	e.put(frontend(lb.TCP, 80, 0, 1))
+	e.put(frontend(lb.UDP, 53, 0, 1))
+	refused := frontend(lb.TCP, 81)
 	e.put(refused)
 	mapped := func(port uint16) string { return netip.AddrPortFrom(netip.AddrFrom16(vip.As16()), port).String() }
 
@@ -751,12 +751,12 @@ func TestSockMappedIPv6(t *testing.T) {
 // internal entry.
 func TestSockInternalScope(t *testing.T) {
 	e := newSockEnv(t)
-	in := frontend(service.TCP, 80, 2)
-	in.Key.Scope = service.ScopeInternal
-	in.Flags = service.FlagIntLocal
+	in := frontend(lb.TCP, 80, 2)
+	in.Key.Scope = lb.ScopeInternal
+	in.Flags = lb.FlagIntLocal
 	e.put(in)
-	ext := frontend(service.TCP, 80, 0, 1)
-	ext.Flags = service.FlagTwoScopes
+	ext := frontend(lb.TCP, 80, 0, 1)
+	ext.Flags = lb.FlagTwoScopes
 	e.put(ext)
 	r := e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), N: 10})
 	wantOnly(t, "two scopes", r.Backends, ap(backendIPs[2], tcpPort).String(), 10)
@@ -768,7 +768,7 @@ func TestSockInternalScope(t *testing.T) {
 func TestSockPutNeverOpensAGap(t *testing.T) {
 	e := newSockEnv(t)
 	sets := [][]int{{0, 1}, {2}, {0, 2}, {1}, {0, 1, 2}, {1, 2}, {0}}
-	e.put(frontend(service.TCP, 80, sets[0]...))
+	e.put(frontend(lb.TCP, 80, sets[0]...))
 	done := make(chan sockResp)
 	go func() { done <- e.do(sockReq{Op: "tcp", Addr: ap(vip, 80).String(), Duration: 3 * time.Second}) }()
 	swaps := 0
@@ -780,7 +780,7 @@ loop:
 			break loop
 		default:
 		}
-		if err := e.sm.Put(frontend(service.TCP, 80, sets[i%len(sets)]...)); err != nil {
+		if err := e.sm.Put(frontend(lb.TCP, 80, sets[i%len(sets)]...)); err != nil {
 			t.Errorf("Put: %v", err)
 		}
 		swaps++
@@ -818,7 +818,7 @@ loop:
 // and each hook runs the new program, once.
 func TestSockRestartKeepsHooks(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0, 1))
+	e.put(frontend(lb.TCP, 80, 0, 1))
 	linkIDs := func() map[string]link.ID {
 		out := map[string]link.ID{}
 		for _, h := range sockHooks {
@@ -923,7 +923,7 @@ func TestSockRestartKeepsHooks(t *testing.T) {
 // direct to the backend, medians of a quick loop.
 func TestSockConnectLatency(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0))
+	e.put(frontend(lb.TCP, 80, 0))
 	const n = 2000
 	var hook, direct []int64
 	for round := 0; round < 3; round++ {
@@ -958,7 +958,7 @@ func TestAttachSocketLBNeedsCgroup2(t *testing.T) {
 // exactly one.
 func TestAttachSocketLBMovesRoot(t *testing.T) {
 	e := newSockEnv(t)
-	e.put(frontend(service.TCP, 80, 0))
+	e.put(frontend(lb.TCP, 80, 0))
 	query := func(dir string) int {
 		cg, err := os.Open(dir)
 		if err != nil {
