@@ -306,10 +306,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: empty}
 spec:
+  type: NodePort
   selector: {app: nobody}
   ports:
-  - {name: http, port: 80, targetPort: 8080}
-  - {name: udp, port: 53, targetPort: 8081, protocol: UDP}
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
+  - {name: udp, port: 53, targetPort: 8081, protocol: UDP, nodePort: 30091}
 `
 	if err := l.Apply(m); err != nil {
 		t.Fatal(err)
@@ -332,6 +333,17 @@ spec:
 				t.Fatalf("%s %s:%s: want connection refused within 100 ms, got %v: %s", c.proto, vip, c.port, err, out)
 			}
 			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	// From outside, through a node's NodePort: a TCP reset and an ICMP
+	// port unreachable from the node, as kube-proxy's REJECT gives.
+	node := l.Nodes[1].Address
+	for _, c := range []struct{ proto, port string }{{"tcp", "30090"}, {"udp", "30091"}} {
+		out, err := l.OutsideCmd(testserver(t), "connect", "--protocol", c.proto, "--address", node+":"+c.port, "--timeout", "100ms").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "refused") {
+			t.Errorf("outside -> %s %s:%s: want refused within 100 ms, got %v: %s", c.proto, node, c.port, err, out)
+		} else {
+			t.Logf("outside -> %s %s:%s refused within 100 ms: %s", c.proto, node, c.port, strings.TrimSpace(string(out)))
 		}
 	}
 }
