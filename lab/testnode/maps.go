@@ -3,6 +3,7 @@
 package testnode
 
 import (
+	"encoding/binary"
 	"fmt"
 	"path/filepath"
 
@@ -15,7 +16,9 @@ func (n *Node) MapEntries() (map[string]int, error) { return MapEntries(n.BPFRoo
 
 // MapEntries counts the entries of each of the maps that hold per-endpoint
 // state pinned by the anetd whose --bpf-root is bpfRoot (the lab's nodes
-// too).
+// too). Node-wide counters (anet_metrics under ifindex 0: unknown devices,
+// refused service connections, drops on the underlay) are no endpoint's
+// and are not counted.
 func MapEntries(bpfRoot string) (map[string]int, error) {
 	out := map[string]int{}
 	for _, name := range []string{"anet_ep_by_ip", "anet_ep_by_if", "anet_metrics"} {
@@ -29,6 +32,9 @@ func MapEntries(bpfRoot string) (map[string]int, error) {
 		if m.Type() == ebpf.PerCPUHash {
 			var pv [][]byte
 			for it.Next(&k, &pv) {
+				if name == "anet_metrics" && len(k) >= 4 && binary.NativeEndian.Uint32(k) == 0 {
+					continue // ifindex 0: node-wide
+				}
 				count++
 			}
 		} else {
