@@ -209,7 +209,10 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
 		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr,
-		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName)}
+		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName),
+		// No kube-proxy runs in a lab node unless a test or a benchmark
+		// starts one (StartKubeProxy); what one left goes when anetd starts.
+		"--purge-kube-proxy-rules"}
 	if l.opts.EndpointGCGrace > 0 {
 		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
 	}

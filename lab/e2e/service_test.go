@@ -530,3 +530,33 @@ spec:
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+func labOf(t *testing.T) *lab.Lab { t.Helper(); return lab.SharedLab(t) }
+
+// testPodOn runs an anet-testserver pod named name on node until the test
+// ends, and returns its name once it is ready.
+func testPodOn(t *testing.T, l *lab.Lab, name, node string) string {
+	t.Helper()
+	m := fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, labels: {app: %[1]s}}
+spec:
+  nodeName: %[2]s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: s
+    image: anet-testserver:latest
+    imagePullPolicy: Never
+    env: [{name: POD_NAME, value: %[1]s}]
+    readinessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+`, name, node)
+	if err := l.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	waitPods(t, l, "app="+name, 1)
+	return name
+}
