@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -29,6 +30,11 @@ type WireConfig struct {
 	// Mark, when set, is called at the end of each step (Step*): the
 	// caller's trace and test hooks.
 	Mark func(step string)
+	// Made, when set, is called once the pair exists, before the
+	// programs are attached, with what the endpoint's record needs: the
+	// host side's index and MAC, the pod side's MAC and the attach mode
+	// that Wire is about to use. The caller writes the record meanwhile.
+	Made func(Wired)
 }
 
 // Steps of Wire, in order.
@@ -74,10 +80,17 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 		_ = netlink.LinkDel(old)
 		_ = DetachEndpoint(dp.Layout, c.HostIfName)
 	}
+	// The pod side's MAC is chosen here, as the kernel would choose it
+	// (random, locally administered, unicast), so that it is known
+	// before the pod side is configured (Made).
+	podMAC, err := randomMAC()
+	if err != nil {
+		return w, err
+	}
 	la := netlink.NewLinkAttrs()
 	la.Name = c.HostIfName
 	la.MTU = c.MTU
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
 	if err := netlink.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return w, fmt.Errorf("%w: %s", ErrPodIfExists, c.PodIfName)
@@ -101,8 +114,17 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	}
 	w.HostIfindex = host.Attrs().Index
 	w.HostMAC = host.Attrs().HardwareAddr
+	w.PodMAC = podMAC
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	c.mark(StepVeth)
+	if c.Made != nil {
+		made := w
+		made.Mode = dp.EndpointAttach
+		if made.Mode != ModeTCX {
+			made.Mode = ModeTC
+		}
+		c.Made(made)
+	}
 	if w.Mode, err = dp.attach(c.HostIfName, w.HostIfindex); err != nil {
 		return w, err
 	}
@@ -130,6 +152,17 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	}
 	c.mark(StepHost)
 	return w, nil
+}
+
+// randomMAC is a random locally administered unicast Ethernet address, as
+// the kernel gives a veth without one (eth_random_addr).
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("choosing a MAC address: %w", err)
+	}
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac, nil
 }
 
 // configurePod runs in the pod's netns, after the host side's programs are
@@ -188,6 +221,15 @@ func (dp *Datapath) attach(ifname string, idx int) (string, error) {
 	}
 	return ModeTC, nil
 }
+
+// CheckAttached verifies that the datapath's current programs are attached
+// to a host-side device (CheckEndpoint in dp's layout): anetd answers CNI
+// CHECK's question, so that anet-cni need not link this package.
+func (dp *Datapath) CheckAttached(ifname string) error { return CheckEndpoint(dp.Layout, ifname) }
+
+// PruneLinks removes the link pins whose device is gone (PruneLinkPins in
+// dp's layout), after a CNI GC.
+func (dp *Datapath) PruneLinks() error { return PruneLinkPins(dp.Layout) }
 
 // HostDevices lists the veths in the current network namespace that carry
 // an endpoint host-side name (HostIfName's shape), whoever made them.

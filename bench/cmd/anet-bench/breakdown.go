@@ -172,6 +172,8 @@ var traceRowText = map[string]string{
 	"start":          "start: package init → skel has read the environment and stdin",
 	"config":         "config: config and CNI_ARGS parsed, pod netns opened",
 	"add":            "add: the one request to anetd (POST /v1/endpoints, netns fd passed), round trip",
+	"anetd.received": "anetd: the request reached anetd's handler (connect, fd passing, accept, headers; from the plugin's clock)",
+	"anetd.decoded":  "anetd: request decoded, netns descriptor taken and checked",
 	"anetd.reserved": "anetd: address reserved (in memory)",
 	"anetd.veth":     "anetd: veth pair made, pod side in the pod netns, both ends down",
 	"anetd.attached": "anetd: programs attached on the host side (tc clsact filters or TCX links)",

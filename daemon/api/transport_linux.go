@@ -1,0 +1,209 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The client's transport: one HTTP request per connection, over a unix
+// socket used with plain blocking system calls on the calling goroutine.
+//
+// anet-cni is a process of a few milliseconds, and an ADD is one request:
+// net/http's client (a connection pool, a reader and a writer goroutine
+// per connection, the runtime's network poller) and what it links (TLS,
+// HTTP/2, proxies; their package initialization runs at every start of
+// the plugin) cost more than the request itself, measured in the
+// benchmark (bench/README.md). The server is net/http (package apiserver).
+//
+// The request is HTTP/1.0 with a Content-Length, so that the answer is
+// never chunked: its body ends at its Content-Length or, when net/http
+// sends none (large bodies), where the server closes the connection.
+// Headers are read with net/textproto, which net/http uses too.
+
+// SentHeader carries when the client began a request (Unix time in
+// nanoseconds), for anetd's trace of an ADD: the time a request takes to
+// reach anetd's handler (connect, send, accept, headers) is the handler's
+// start less this, on the clock both processes share.
+const SentHeader = "X-Anet-Sent"
+
+// defaultTimeout bounds a request whose context has no deadline.
+const defaultTimeout = 30 * time.Second
+
+// maxAnswer bounds the body of an answer.
+const maxAnswer = 64 << 20
+
+// answer is an HTTP response as the client needs it.
+type answer struct {
+	code   int
+	status string // e.g. "404 Not Found"
+	body   []byte
+}
+
+// roundTrip sends one request on a new connection, the descriptors fds
+// riding on its first bytes (SCM_RIGHTS), and reads the answer. Any error
+// is the transport's: anetd could not be reached or did not answer.
+func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte, fds []int) (*answer, error) {
+	sent := time.Now()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultTimeout)
+		defer cancel()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	// The deadline bounds connect and send (SO_SNDTIMEO); a done context
+	// shuts the socket down, which ends a read waiting for the answer.
+	var mu sync.Mutex
+	closed := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !closed {
+			_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+		}
+	})
+	defer func() {
+		stop()
+		mu.Lock()
+		closed = true
+		unix.Close(fd)
+		mu.Unlock()
+	}()
+	fail := func(what string, err error) (*answer, error) {
+		if cerr := ctx.Err(); cerr != nil {
+			err = cerr
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	dl, _ := ctx.Deadline()
+	tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return fail("setting the send timeout", err)
+	}
+	if err := retryEINTR(func() error { return unix.Connect(fd, &unix.SockaddrUnix{Name: c.socket}) }); err != nil && !errors.Is(err, unix.EISCONN) {
+		return fail("connect", err)
+	}
+	if err := sendRequest(fd, method, path, body, fds, sent); err != nil {
+		return fail("sending the request", err)
+	}
+	a, err := readAnswer(bufio.NewReader(fdReader(fd)))
+	if err != nil {
+		return fail("reading the answer", err)
+	}
+	return a, nil
+}
+
+func retryEINTR(f func() error) error {
+	for {
+		if err := f(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// sendRequest writes the request, the descriptors with its first bytes.
+func sendRequest(fd int, method, path string, body []byte, fds []int, sent time.Time) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/1.0\r\nHost: anetd\r\n%s: %d\r\n", method, path, SentHeader, sent.UnixNano())
+	if body != nil {
+		fmt.Fprintf(&b, "Content-Type: application/json\r\nContent-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n")
+	b.Write(body)
+	msg := b.Bytes()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	for len(msg) > 0 {
+		var n int
+		err := retryEINTR(func() (err error) {
+			n, err = unix.SendmsgN(fd, msg, oob, nil, unix.MSG_NOSIGNAL)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		msg, oob = msg[n:], nil
+	}
+	return nil
+}
+
+// readAnswer reads a status line, headers and a body delimited by its
+// Content-Length or by the end of the connection.
+func readAnswer(br *bufio.Reader) (*answer, error) {
+	tp := textproto.NewReader(br)
+	line, err := tp.ReadLine()
+	if err != nil {
+		return nil, err
+	}
+	proto, status, ok := strings.Cut(line, " ")
+	if !ok || !strings.HasPrefix(proto, "HTTP/1.") {
+		return nil, fmt.Errorf("malformed status line %q", line)
+	}
+	code, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(status, " ", 2)[0]))
+	if err != nil || code < 100 || code > 999 {
+		return nil, fmt.Errorf("malformed status line %q", line)
+	}
+	hdr, err := tp.ReadMIMEHeader()
+	if err != nil {
+		return nil, err
+	}
+	a := &answer{code: code, status: strings.TrimSpace(status)}
+	if te := hdr.Get("Transfer-Encoding"); te != "" {
+		return nil, fmt.Errorf("unexpected Transfer-Encoding %q", te)
+	}
+	if cl := hdr.Get("Content-Length"); cl != "" {
+		n, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil || n < 0 || n > maxAnswer {
+			return nil, fmt.Errorf("bad Content-Length %q", cl)
+		}
+		a.body = make([]byte, n)
+		if _, err := io.ReadFull(br, a.body); err != nil {
+			return nil, err
+		}
+		return a, nil
+	}
+	a.body, err = io.ReadAll(io.LimitReader(br, maxAnswer+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(a.body) > maxAnswer {
+		return nil, fmt.Errorf("answer exceeds %d bytes", maxAnswer)
+	}
+	return a, nil
+}
+
+// fdReader reads a socket with blocking reads.
+type fdReader int
+
+func (r fdReader) Read(b []byte) (int, error) {
+	var n int
+	err := retryEINTR(func() (err error) {
+		n, err = unix.Read(int(r), b)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 && len(b) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
