@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"debug/elf"
 	"context"
 	"fmt"
 	"os"
@@ -41,6 +42,23 @@ type breakdown struct {
 type phase struct {
 	name string
 	d    time.Duration
+	note string // how the binary is linked, for binary starts
+}
+
+// linkage says whether an executable is linked statically or needs the
+// dynamic loader (a Go binary built with cgo: it starts slower).
+func linkage(path string) string {
+	f, err := elf.Open(path)
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return "dynamically linked"
+		}
+	}
+	return "static"
 }
 
 func (b *bench) breakdownADD(ctx context.Context, bridge *network, bp []*pod, tc, tcx []addTrace) *breakdown {
@@ -78,7 +96,7 @@ func (b *bench) binaryStarts(runs int) []phase {
 	}
 	var out []phase
 	for i, n := range names {
-		out = append(out, phase{n, medianDur(ds[i])})
+		out = append(out, phase{n, medianDur(ds[i]), linkage(filepath.Join(b.bin, n))})
 	}
 	return out
 }
@@ -414,7 +432,7 @@ func medianPhases(names []string, runs [][]time.Duration) []phase {
 		for _, r := range runs {
 			ds = append(ds, r[i])
 		}
-		out = append(out, phase{n, medianDur(ds)})
+		out = append(out, phase{name: n, d: medianDur(ds)})
 	}
 	return out
 }

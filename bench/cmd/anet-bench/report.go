@@ -236,7 +236,7 @@ func (bd *breakdown) markdown() string {
 	w("**Bare binary start** (`CNI_COMMAND=VERSION`, start to exit, median of %d, interleaved): ", bd.startRuns)
 	var parts []string
 	for _, p := range bd.starts {
-		parts = append(parts, fmt.Sprintf("%s %s", p.name, ms(p.d)))
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", p.name, ms(p.d), p.note))
 	}
 	w("%s. A bridge ADD runs two of these (bridge, then host-local), an anet ADD one.\n\n", strings.Join(parts, ", "))
 
