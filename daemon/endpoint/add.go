@@ -99,11 +99,11 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	}()
 	// The record is made durable while the wiring goes on: its temp file
 	// is made while the veth pair is, its contents are known once the
-	// pair exists (Made), and they are written and fsynced while the
-	// programs are attached and both sides configured. It is renamed into
-	// place, which makes the endpoint exist across a restart, only once
-	// everything else is done; until then a crash leaves at most a temp
-	// file, which Restore removes.
+	// pair exists with its programs (Made), and they are written and
+	// fsynced while both sides are configured and the maps written. It
+	// is renamed into place, which makes the endpoint exist across a
+	// restart, only once everything else is done; until then a crash
+	// leaves at most a temp file, which Restore removes.
 	created := time.Now().UTC().Round(0)
 	newRecord := func(wd datapath.Wired) *api.Endpoint {
 		return &api.Endpoint{EndpointRequest: api.EndpointRequest{
@@ -131,8 +131,8 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	ifindex = uint32(got.HostIfindex)
 	ep := newRecord(got)
 	if w := rec.written(); w != nil && w.EndpointRequest != ep.EndpointRequest {
-		// The wiring ended otherwise than it began (TCX fell back to tc):
-		// the record is made again with what it made.
+		// The wiring ended otherwise than Made said (a Wirer that
+		// changed something after): the record is made again.
 		rec.abort()
 		rec = m.startRecord(r.Attachment)
 	}
