@@ -4,8 +4,8 @@ package main
 
 import (
 	"bytes"
-	"debug/elf"
 	"context"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
