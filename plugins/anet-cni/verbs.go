@@ -72,6 +72,7 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 // anetd undoes a failed ADD itself, so there is nothing to undo here.
 func cmdAdd(args *skel.CmdArgs) error {
 	tr := newTracer("ADD", args.ContainerID, args.IfName)
+	defer tr.flush()
 	tr.step("start")
 	conf, att, err := loadVerb(args)
 	if err != nil {

@@ -244,7 +244,7 @@ func (bd *breakdown) markdown() string {
 		"the steps anet-cni and anetd report (plugins/anet-cni/trace.go), the median of each over the ADDs, "+
 		"with what lies outside the plugin's trace worked out from the bench's own clocks. "+
 		"anetd's steps are parts of the plugin's `add` step; medians of parts do not add up exactly to the median of the whole. "+
-		"The trace costs the plugin about ten short writes to a pipe.\n\n", bd.tcN, bd.tcxN)
+		"The trace costs the plugin one write to a pipe, and anetd a few clock reads.\n\n", bd.tcN, bd.tcxN)
 	if bd.traceNote != "" {
 		w("%s\n\n", bd.traceNote)
 	}
