@@ -63,6 +63,7 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 		ctx, cancel = context.WithTimeout(ctx, defaultTimeout)
 		defer cancel()
 	}
+	msg := request(method, path, body, sent) // ready before the connection is
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.socket)
 	if err != nil {
@@ -83,7 +84,7 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 		}
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := sendRequest(uc, method, path, body, fds, sent); err != nil {
+	if err := sendRequest(uc, msg, fds); err != nil {
 		return fail("sending the request", err)
 	}
 	a, err := readAnswer(bufio.NewReader(uc))
@@ -93,8 +94,8 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 	return a, nil
 }
 
-// sendRequest writes the request, the descriptors with its first bytes.
-func sendRequest(uc *net.UnixConn, method, path string, body []byte, fds []int, sent time.Time) error {
+// request is the bytes of a request.
+func request(method, path string, body []byte, sent time.Time) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/1.0\r\nHost: anetd\r\n%s: %d\r\n", method, path, SentHeader, sent.UnixNano())
 	if body != nil {
@@ -102,7 +103,11 @@ func sendRequest(uc *net.UnixConn, method, path string, body []byte, fds []int, 
 	}
 	b.WriteString("\r\n")
 	b.Write(body)
-	msg := b.Bytes()
+	return b.Bytes()
+}
+
+// sendRequest writes a request, the descriptors with its first bytes.
+func sendRequest(uc *net.UnixConn, msg []byte, fds []int) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
