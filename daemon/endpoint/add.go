@@ -30,10 +30,11 @@ const (
 
 // Add does a whole CNI ADD: an address, the veth pair in podNS with the
 // programs attached before either end is up, the map entries, and one
-// durable record, written last: the record is what makes the address
-// taken across a restart, and nothing is returned before it is on disk.
-// A failure undoes every step; a crash in between leaves only a device
-// without a record, which the next start removes.
+// durable record, put in place last (written and fsynced meanwhile): the
+// record is what makes the address taken across a restart, and nothing is
+// returned before it is on disk and in place. A failure undoes every step;
+// a crash in between leaves only a device without a record (and perhaps
+// the record's temp file), which the next start removes.
 func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*api.AddResult, error) {
 	w, ok := m.dp.(Wirer)
 	if !ok {
@@ -227,11 +228,12 @@ func (p *pendingRecord) written() *api.Endpoint { return p.ep }
 // commit waits until the record is on disk and renames it into place (the
 // rename's own fsync finds nothing left to write).
 func (p *pendingRecord) commit() error {
+	if p.ep == nil {
+		p.abort()
+		return errors.New("no record written")
+	}
 	p.over = true
 	err := <-p.done
-	if err == nil && p.ep == nil {
-		err = errors.New("no record written")
-	}
 	if err == nil {
 		err = p.pf.CloseAtomicallyReplace()
 	}
