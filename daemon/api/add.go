@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"net/http"
 	"net/netip"
 	"runtime"
 )
@@ -54,7 +53,7 @@ func (r *AddRequest) Validate() error {
 // (an open *os.File or ns.NetNS of it), in one round trip.
 func (c *Client) Add(ctx context.Context, r AddRequest, netns interface{ Fd() uintptr }) (*AddResult, error) {
 	var res AddResult
-	err := c.withFDs(int(netns.Fd())).do(ctx, http.MethodPost, "/v1/endpoints", r, &res)
+	err := c.doFDs(ctx, methodPost, "/v1/endpoints", r, &res, []int{int(netns.Fd())})
 	runtime.KeepAlive(netns)
 	return &res, err
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 
@@ -24,31 +23,6 @@ import (
 
 // maxFDs bounds how many descriptors one connection may carry.
 const maxFDs = 4
-
-// fdSendConn sends fds with the first bytes written on it.
-type fdSendConn struct {
-	*net.UnixConn
-	mu   sync.Mutex
-	fds  []int
-	sent bool
-}
-
-func (c *fdSendConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sent || len(b) == 0 {
-		return c.UnixConn.Write(b)
-	}
-	n, _, err := c.UnixConn.WriteMsgUnix(b, unix.UnixRights(c.fds...), nil)
-	if err == nil || n > 0 {
-		c.sent = true
-	}
-	if err == nil && n < len(b) {
-		m, err := c.UnixConn.Write(b[n:])
-		return n + m, err
-	}
-	return n, err
-}
 
 // FDConn is an accepted connection that keeps the descriptors its peer sent.
 type FDConn struct {
@@ -146,23 +120,6 @@ func ReceivedFiles(ctx context.Context) ([]*os.File, error) {
 		return nil, errors.New("connection cannot carry file descriptors")
 	}
 	return c.TakeFDs()
-}
-
-// withFDs returns a client of the same socket whose connection sends fds
-// with the request's first bytes. The fds stay the caller's.
-func (c *Client) withFDs(fds ...int) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, "unix", c.socket)
-			if err != nil {
-				return nil, err
-			}
-			return &fdSendConn{UnixConn: conn.(*net.UnixConn), fds: fds}, nil
-		},
-		DisableKeepAlives: true,
-	}
-	return &Client{socket: c.socket, http: &http.Client{Transport: tr, Timeout: c.http.Timeout}}
 }
 
 // PeerGone reports whether the client of a request has gone: its context

@@ -4,15 +4,29 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
 
+// Steps of an ADD in the handler, before the endpoint manager's (see
+// endpoint.Add), for the trace.
+const (
+	StepReceived = "received" // the request reached the handler: connect, send, accept, headers (from the client's clock)
+	StepDecoded  = "decoded"  // the body decoded, the netns descriptor taken and checked
+)
+
 // addEndpoint does a whole ADD; the pod's network namespace arrives as the
 // one file descriptor of the request's connection.
 func (s *Server) addEndpoint(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var trace []api.TraceStep
+	if sent, err := strconv.ParseInt(r.Header.Get(api.SentHeader), 10, 64); err == nil {
+		trace = append(trace, api.TraceStep{Step: StepReceived, Micros: start.Sub(time.Unix(0, sent)).Microseconds()})
+	}
 	var req api.AddRequest
 	if err := api.Decode(r.Body, &req); err != nil {
 		s.fail(w, r, err)
@@ -36,11 +50,13 @@ func (s *Server) addEndpoint(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: %v", api.ErrInvalid, err))
 		return
 	}
+	trace = append(trace, api.TraceStep{Step: StepDecoded, Micros: time.Since(start).Microseconds()})
 	res, err := s.eps.Add(r.Context(), req, files[0])
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	res.Trace = append(trace, res.Trace...)
 	s.reply(w, res)
 }
 

@@ -36,6 +36,7 @@ func New(eps *endpoint.Manager, status func() api.Status, log *slog.Logger) *Ser
 	mux.HandleFunc("POST /v1/ipam", s.ready(s.allocate))
 	mux.HandleFunc("GET /v1/endpoints", s.ready(s.listEndpoints))
 	mux.HandleFunc("GET /v1/endpoints/{containerID}/{ifName}", s.ready(s.getEndpoint))
+	mux.HandleFunc("GET /v1/endpoints/{containerID}/{ifName}/check", s.ready(s.checkEndpoint))
 	mux.HandleFunc("PUT /v1/endpoints/{containerID}/{ifName}", s.ready(s.putEndpoint))
 	mux.HandleFunc("DELETE /v1/endpoints/{containerID}/{ifName}", s.ready(s.deleteEndpoint))
 	mux.HandleFunc("POST /v1/gc", s.ready(s.gc))
@@ -191,6 +192,20 @@ func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.reply(w, ep)
+}
+
+func (s *Server) checkEndpoint(w http.ResponseWriter, r *http.Request) {
+	a, err := attachment(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	c, err := s.eps.Check(a)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.reply(w, c)
 }
 
 func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {

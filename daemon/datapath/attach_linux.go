@@ -75,12 +75,19 @@ func attachTCX(l Layout, ifname string, idx int, progs map[Dir]*ebpf.Program) er
 	return nil
 }
 
-func attachTC(idx int, progs map[Dir]*ebpf.Program) error {
+func attachTC(idx int, progs map[Dir]*ebpf.Program) error { return attachTCWith(nil, idx, progs) }
+
+// attachTCWith is attachTC through the netlink handle h (nil: a socket per
+// request).
+func attachTCWith(h *netlink.Handle, idx int, progs map[Dir]*ebpf.Program) error {
+	if h == nil {
+		h = &netlink.Handle{}
+	}
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
 	}
-	if err := netlink.QdiscReplace(qdisc); err != nil {
+	if err := h.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("adding clsact qdisc: %w", err)
 	}
 	for _, d := range dirs {
@@ -90,8 +97,8 @@ func attachTC(idx int, progs map[Dir]*ebpf.Program) error {
 			},
 			Fd: progs[d].FD(), Name: progForDir(d), DirectAction: true,
 		}
-		if err := netlink.FilterReplace(f); err != nil {
-			_ = netlink.QdiscDel(qdisc)
+		if err := h.FilterReplace(f); err != nil {
+			_ = h.QdiscDel(qdisc)
 			return fmt.Errorf("adding tc filter (%s): %w", d, err)
 		}
 	}

@@ -1,10 +1,10 @@
 package datapath
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"path/filepath"
 	"strings"
+
+	"github.com/anet-dev/anet/daemon/api"
 )
 
 // Layout is where anet's objects live under one bpffs directory
@@ -42,23 +42,9 @@ func parseLinkPin(name string) (ifname string, dir Dir, ok bool) {
 	return "", 0, false
 }
 
-// HostIfName is the deterministic name of an endpoint's host-side veth:
-// "anet" and 11 hex digits of a hash of the container ID and interface name,
-// 15 bytes, the most Linux allows.
-func HostIfName(containerID, ifname string) string {
-	sum := sha256.Sum256([]byte(containerID + "/" + ifname))
-	return "anet" + hex.EncodeToString(sum[:])[:11]
-}
+// HostIfName is the deterministic name of an endpoint's host-side veth
+// (api.HostIfName: anet-cni computes it too, without linking this package).
+func HostIfName(containerID, ifname string) string { return api.HostIfName(containerID, ifname) }
 
 // IsHostIfName says whether name has the shape of HostIfName's names.
-func IsHostIfName(name string) bool {
-	if len(name) != 15 || !strings.HasPrefix(name, "anet") {
-		return false
-	}
-	for _, c := range name[4:] {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func IsHostIfName(name string) bool { return api.IsHostIfName(name) }

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -29,6 +30,14 @@ type WireConfig struct {
 	// Mark, when set, is called at the end of each step (Step*): the
 	// caller's trace and test hooks.
 	Mark func(step string)
+	// Made, when set, is called once the pair exists and the programs are
+	// attached, before either side is configured, with what the
+	// endpoint's record needs (the host side's index and MAC, the pod
+	// side's MAC, the attach mode): the caller writes the record while
+	// Wire configures both sides. (Started before the attach instead,
+	// the record's fsync made the attach slower by about as much as it
+	// saved, measured.)
+	Made func(Wired)
 }
 
 // Steps of Wire, in order.
@@ -63,22 +72,45 @@ var ErrPodIfExists = errors.New("interface exists in the pod's network namespace
 // and only then brings the ends up and sets addresses, routes and
 // neighbours, so that the pod never sends a packet that the programs do
 // not see. A host-side device of the same name is a leftover of an ADD
-// that never finished (the name is the attachment's own): it is removed
-// first. On error nothing stays.
+// that never finished (the name is the attachment's own): it is removed.
+// On error nothing stays.
+//
+// Each side's requests go through one netlink socket (a handle): the
+// package-level calls of vishvananda/netlink open and set up a socket for
+// every request, a dozen per ADD.
 func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	if !c.IP.Is4() || !c.Gateway.Is4() {
 		return w, fmt.Errorf("wiring %s: IPv4 addresses only", c.PodIfName)
 	}
-	if old, lerr := netlink.LinkByName(c.HostIfName); lerr == nil {
-		dp.log.Info("removing a leftover host device of an unfinished ADD", "hostIf", c.HostIfName)
-		_ = netlink.LinkDel(old)
-		_ = DetachEndpoint(dp.Layout, c.HostIfName)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return w, fmt.Errorf("opening a netlink socket: %w", err)
+	}
+	defer h.Close()
+	// The pod side's MAC is chosen here, as the kernel would choose it
+	// (random, locally administered, unicast), so that it is known
+	// before the pod side is configured (Made), which checks it.
+	podMAC, err := randomMAC()
+	if err != nil {
+		return w, err
 	}
 	la := netlink.NewLinkAttrs()
 	la.Name = c.HostIfName
 	la.MTU = c.MTU
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
-	if err := netlink.LinkAdd(veth); err != nil {
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
+	err = h.LinkAdd(veth)
+	if errors.Is(err, unix.EEXIST) {
+		// The host side's name, or the pod side's, is taken. The host
+		// side's is a leftover (looked for only now, which spares every
+		// ADD a request): it goes, and the pair is made again.
+		if old, lerr := h.LinkByName(c.HostIfName); lerr == nil {
+			dp.log.Info("removing a leftover host device of an unfinished ADD", "hostIf", c.HostIfName)
+			_ = h.LinkDel(old)
+			_ = DetachEndpoint(dp.Layout, c.HostIfName)
+			err = h.LinkAdd(veth)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return w, fmt.Errorf("%w: %s", ErrPodIfExists, c.PodIfName)
 		}
@@ -87,27 +119,31 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	attached := false
 	defer func() {
 		if err != nil {
-			if lk, lerr := netlink.LinkByName(c.HostIfName); lerr == nil {
-				_ = netlink.LinkDel(lk) // takes the pod side with it
+			if lk, lerr := h.LinkByName(c.HostIfName); lerr == nil {
+				_ = h.LinkDel(lk) // takes the pod side with it
 			}
 			if attached {
 				_ = DetachEndpoint(dp.Layout, c.HostIfName)
 			}
 		}
 	}()
-	host, err := netlink.LinkByName(c.HostIfName)
+	host, err := h.LinkByName(c.HostIfName)
 	if err != nil {
 		return w, fmt.Errorf("finding %s: %w", c.HostIfName, err)
 	}
 	w.HostIfindex = host.Attrs().Index
 	w.HostMAC = host.Attrs().HardwareAddr
+	w.PodMAC = podMAC
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	c.mark(StepVeth)
-	if w.Mode, err = dp.attach(c.HostIfName, w.HostIfindex); err != nil {
+	if w.Mode, err = dp.attachWith(h, c.HostIfName, w.HostIfindex); err != nil {
 		return w, err
 	}
 	attached = true
 	c.mark(StepAttached)
+	if c.Made != nil {
+		c.Made(w)
+	}
 
 	podNet, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", podNS.Fd()))
 	if err != nil {
@@ -118,18 +154,29 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 		return w, err
 	}
 	c.mark(StepPod)
-	if err := netlink.LinkSetUp(host); err != nil {
+	if err := h.LinkSetUp(host); err != nil {
 		return w, fmt.Errorf("setting %s up: %w", c.HostIfName, err)
 	}
 	podIP := c.IP.AsSlice()
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: w.HostIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: w.HostIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: podIP, Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return w, fmt.Errorf("adding route to the pod: %w", err)
 	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.HostIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: w.PodMAC}); err != nil {
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: w.HostIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: podIP, HardwareAddr: w.PodMAC}); err != nil {
 		return w, fmt.Errorf("adding pod neighbour: %w", err)
 	}
 	c.mark(StepHost)
 	return w, nil
+}
+
+// randomMAC is a random locally administered unicast Ethernet address, as
+// the kernel gives a veth without one (eth_random_addr).
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("choosing a MAC address: %w", err)
+	}
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac, nil
 }
 
 // configurePod runs in the pod's netns, after the host side's programs are
@@ -138,30 +185,38 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 // permanent neighbour entry for the gateway (the host-side MAC), so the pod
 // needs no ARP to leave. The programs answer ARP too, should the entry go.
 func configurePod(c WireConfig, w *Wired) error {
-	lk, err := netlink.LinkByName(c.PodIfName)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // in the pod's netns
+	if err != nil {
+		return fmt.Errorf("opening a netlink socket in the pod: %w", err)
+	}
+	defer h.Close()
+	lk, err := h.LinkByName(c.PodIfName)
 	if err != nil {
 		return fmt.Errorf("finding %s in the pod: %w", c.PodIfName, err)
+	}
+	if got := lk.Attrs().HardwareAddr; w.PodMAC != nil && got.String() != w.PodMAC.String() {
+		return fmt.Errorf("%s in the pod has MAC %s, not the %s it was made with", c.PodIfName, got, w.PodMAC)
 	}
 	w.PodMAC = lk.Attrs().HardwareAddr
 	w.PodIfindex = lk.Attrs().Index
 	// IPv4 only for now: no IPv6 on either end (the programs drop it),
 	// switched off before the link is up.
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
-	if err := netlink.LinkSetUp(lk); err != nil {
+	if err := h.LinkSetUp(lk); err != nil {
 		return fmt.Errorf("setting %s up: %w", c.PodIfName, err)
 	}
 	gw := c.Gateway.AsSlice()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if err := netlink.AddrAdd(lk, addr); err != nil {
+	if err := h.AddrAdd(lk, addr); err != nil {
 		return fmt.Errorf("adding %s: %w", c.IP, err)
 	}
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Scope: netlink.SCOPE_LINK, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return fmt.Errorf("adding route to gateway: %w", err)
 	}
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Gw: gw}); err != nil {
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: w.PodIfindex, Gw: gw}); err != nil {
 		return fmt.Errorf("adding default route: %w", err)
 	}
-	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w.PodIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: w.HostMAC}); err != nil {
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: w.PodIfindex, Family: unix.AF_INET, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: w.HostMAC}); err != nil {
 		return fmt.Errorf("adding gateway neighbour: %w", err)
 	}
 	return nil
@@ -170,6 +225,12 @@ func configurePod(c WireConfig, w *Wired) error {
 // attach hangs the loaded programs on a host-side device: TCX links,
 // pinned so that they outlive anetd, or tc clsact where TCX is missing.
 func (dp *Datapath) attach(ifname string, idx int) (string, error) {
+	return dp.attachWith(nil, ifname, idx)
+}
+
+// attachWith is attach, tc's requests through the netlink handle h (nil: a
+// socket per request).
+func (dp *Datapath) attachWith(h *netlink.Handle, ifname string, idx int) (string, error) {
 	progs := map[Dir]*ebpf.Program{}
 	for _, d := range dirs {
 		progs[d] = dp.Program(progForDir(d))
@@ -183,11 +244,20 @@ func (dp *Datapath) attach(ifname string, idx int) (string, error) {
 			return "", err
 		}
 	}
-	if err := attachTC(idx, progs); err != nil {
+	if err := attachTCWith(h, idx, progs); err != nil {
 		return "", err
 	}
 	return ModeTC, nil
 }
+
+// CheckAttached verifies that the datapath's current programs are attached
+// to a host-side device (CheckEndpoint in dp's layout): anetd answers CNI
+// CHECK's question, so that anet-cni need not link this package.
+func (dp *Datapath) CheckAttached(ifname string) error { return CheckEndpoint(dp.Layout, ifname) }
+
+// PruneLinks removes the link pins whose device is gone (PruneLinkPins in
+// dp's layout), after a CNI GC.
+func (dp *Datapath) PruneLinks() error { return PruneLinkPins(dp.Layout) }
 
 // HostDevices lists the veths in the current network namespace that carry
 // an endpoint host-side name (HostIfName's shape), whoever made them.

@@ -30,10 +30,11 @@ const (
 
 // Add does a whole CNI ADD: an address, the veth pair in podNS with the
 // programs attached before either end is up, the map entries, and one
-// durable record, written last: the record is what makes the address
-// taken across a restart, and nothing is returned before it is on disk.
-// A failure undoes every step; a crash in between leaves only a device
-// without a record, which the next start removes.
+// durable record, put in place last (written and fsynced meanwhile): the
+// record is what makes the address taken across a restart, and nothing is
+// returned before it is on disk and in place. A failure undoes every step;
+// a crash in between leaves only a device without a record (and perhaps
+// the record's temp file), which the next start removes.
 func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*api.AddResult, error) {
 	w, ok := m.dp.(Wirer)
 	if !ok {
@@ -97,7 +98,31 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 		_, _, _ = m.ipam.Release(r.Attachment)
 		m.log.Info("ADD undone", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf)
 	}()
-	got, err := w.Wire(podNS, datapath.WireConfig{HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark})
+	// The record is made durable while the wiring goes on: its temp file
+	// is made while the veth pair is, its contents are known once the
+	// pair exists with its programs (Made), and they are written and
+	// fsynced while both sides are configured and the maps written. It
+	// is renamed into place, which makes the endpoint exist across a
+	// restart, only once everything else is done; until then a crash
+	// leaves at most a temp file, which Restore removes.
+	created := time.Now().UTC().Round(0)
+	newRecord := func(wd datapath.Wired) *api.Endpoint {
+		return &api.Endpoint{EndpointRequest: api.EndpointRequest{
+			Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
+			HostIfName: hostIf, HostIfindex: uint32(wd.HostIfindex),
+			HostMAC: wd.HostMAC.String(), PodMAC: wd.PodMAC.String(), AttachMode: wd.Mode,
+		}, Created: created}
+	}
+	rec := m.startRecord(r.Attachment)
+	defer func() {
+		if !ok {
+			rec.abort()
+		}
+	}()
+	got, err := w.Wire(podNS, datapath.WireConfig{
+		HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark,
+		Made: func(wd datapath.Wired) { rec.write(newRecord(wd)) },
+	})
 	if err != nil {
 		if errors.Is(err, datapath.ErrPodIfExists) {
 			return nil, fmt.Errorf("%w: %v", api.ErrExists, err)
@@ -105,12 +130,17 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 		return nil, err
 	}
 	ifindex = uint32(got.HostIfindex)
-	req := api.EndpointRequest{
-		Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
-		HostIfName: hostIf, HostIfindex: uint32(got.HostIfindex),
-		HostMAC: got.HostMAC.String(), PodMAC: got.PodMAC.String(), AttachMode: got.Mode,
+	ep := newRecord(got)
+	if w := rec.written(); w != nil && w.EndpointRequest != ep.EndpointRequest {
+		// The wiring ended otherwise than Made said (a Wirer that
+		// changed something after): the record is made again.
+		rec.abort()
+		rec = m.startRecord(r.Attachment)
 	}
-	dpe, err := toDatapath(&req)
+	if rec.written() == nil {
+		rec.write(ep)
+	}
+	dpe, err := toDatapath(&ep.EndpointRequest)
 	if err != nil {
 		return nil, err
 	}
@@ -123,12 +153,7 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	if api.PeerGone(ctx) {
 		return nil, errors.New("the plugin went away before the ADD was done")
 	}
-	ep := &api.Endpoint{EndpointRequest: req, Created: time.Now().UTC().Round(0)}
-	b, err := json.Marshal(ep)
-	if err != nil {
-		return nil, err
-	}
-	if err := renameio.WriteFile(m.recordPath(r.Attachment), b, 0o600); err != nil {
+	if err := rec.commit(); err != nil {
 		return nil, fmt.Errorf("recording endpoint: %w", err)
 	}
 	mark(StepRecorded)
@@ -139,8 +164,99 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	m.log.Info("endpoint added", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf, "mode", got.Mode, "pod", r.Pod.Namespace+"/"+r.Pod.Name)
 	return &api.AddResult{
 		IP: ip, Gateway: m.ipam.Gateway(), PodCIDR: m.ipam.CIDR(), HostIfName: hostIf,
-		HostMAC: req.HostMAC, PodMAC: req.PodMAC, AttachMode: got.Mode, Trace: trace,
+		HostMAC: ep.HostMAC, PodMAC: ep.PodMAC, AttachMode: got.Mode, Trace: trace,
 	}, nil
+}
+
+// pendingRecord is an endpoint record on its way to disk, in the
+// background: a temp file made beside its place, then, once its contents
+// are given (write), written and fsynced. commit waits for that and
+// renames the file into place; abort removes it.
+type pendingRecord struct {
+	content chan []byte
+	done    chan error
+	pf      *renameio.PendingFile // set before done is sent
+	ep      *api.Endpoint         // what write was given
+	over    bool
+}
+
+// startRecord begins a record of a. The temp file is made in the records'
+// directory (renameio would otherwise probe the system's temp directory
+// with two more files on every write), so that Restore finds what a crash
+// leaves of it.
+func (m *Manager) startRecord(a api.Attachment) *pendingRecord {
+	p := &pendingRecord{content: make(chan []byte, 1), done: make(chan error, 1)}
+	path := m.recordPath(a)
+	go func() {
+		pf, err := renameio.NewPendingFile(path, renameio.WithTempDir(m.dir), renameio.WithPermissions(0o600))
+		if err != nil {
+			p.done <- err
+			return
+		}
+		p.pf = pf
+		b, ok := <-p.content
+		if !ok {
+			p.done <- errors.New("record aborted")
+			return
+		}
+		if len(b) == 0 {
+			p.done <- errors.New("encoding the record failed")
+			return
+		}
+		_, err = pf.Write(b)
+		if err == nil {
+			err = pf.Sync()
+		}
+		p.done <- err
+	}()
+	return p
+}
+
+// write gives the record its contents (once).
+func (p *pendingRecord) write(ep *api.Endpoint) {
+	b, err := json.Marshal(ep)
+	if err != nil {
+		b = nil // the record fails, and so does commit
+	}
+	p.ep = ep
+	p.content <- b
+}
+
+// written is what write was given, nil before.
+func (p *pendingRecord) written() *api.Endpoint { return p.ep }
+
+// commit waits until the record is on disk and renames it into place (the
+// rename's own fsync finds nothing left to write).
+func (p *pendingRecord) commit() error {
+	if p.ep == nil {
+		p.abort()
+		return errors.New("no record written")
+	}
+	p.over = true
+	err := <-p.done
+	if err == nil {
+		err = p.pf.CloseAtomicallyReplace()
+	}
+	if err != nil && p.pf != nil {
+		_ = p.pf.Cleanup()
+	}
+	return err
+}
+
+// abort removes the temp file, once its write is over. After commit it
+// does nothing.
+func (p *pendingRecord) abort() {
+	if p.over {
+		return
+	}
+	p.over = true
+	if p.ep == nil {
+		close(p.content)
+	}
+	<-p.done
+	if p.pf != nil {
+		_ = p.pf.Cleanup()
+	}
 }
 
 // lockAttachment serializes the verbs of one attachment (an ADD and a

@@ -2,10 +2,12 @@ package endpoint
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/anet-dev/anet/daemon/api"
@@ -20,6 +22,10 @@ type wiringDP struct {
 	devices    mapDevices
 	failWire   bool
 	failUpsert bool
+	// noMade: Wire does not call Made (the record is written after it);
+	// changeAfterMade: Made is told another attach mode than Wire returns.
+	noMade, changeAfterMade bool
+	checkErr                error
 }
 
 func (w *wiringDP) Wire(_ *os.File, c datapath.WireConfig) (datapath.Wired, error) {
@@ -31,8 +37,19 @@ func (w *wiringDP) Wire(_ *os.File, c datapath.WireConfig) (datapath.Wired, erro
 	w.fakeDP.mu.Lock()
 	w.fakeDP.counters[idx] = map[datapath.CounterKey]datapath.Counter{{}: {Packets: 1}}
 	w.fakeDP.mu.Unlock()
-	return datapath.Wired{HostIfindex: int(idx), HostMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Mode: datapath.ModeTC}, nil
+	wd := datapath.Wired{HostIfindex: int(idx), HostMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Mode: datapath.ModeTC}
+	if c.Made != nil && !w.noMade {
+		made := wd
+		if w.changeAfterMade {
+			made.Mode = datapath.ModeTCX
+		}
+		c.Made(made)
+	}
+	return wd, nil
 }
+
+// check is what attached programs the fake reports (CheckAttached).
+func (w *wiringDP) CheckAttached(string) error { return w.checkErr }
 
 func (w *wiringDP) UpsertEndpoint(e datapath.Endpoint) error {
 	if w.failUpsert {
@@ -95,8 +112,10 @@ func TestAddUndoesFailures(t *testing.T) {
 				t.Errorf("%d endpoints left", f.m.Count())
 			}
 			if c.name != "record fails" {
-				if _, err := os.Stat(f.m.recordPath(a)); err == nil {
-					t.Error("record left")
+				// Nothing in the records' directory: no record, and no
+				// temp file of the record that was being written.
+				if es, err := os.ReadDir(filepath.Dir(f.m.recordPath(a))); err != nil || len(es) != 0 {
+					t.Errorf("records' directory after the failed ADD: %v %v", es, err)
 				}
 			}
 			// The same attachment then adds fine.
@@ -135,5 +154,81 @@ func TestAddRefusesExisting(t *testing.T) {
 	}
 	if _, err := f.m.Add(context.Background(), api.AddRequest{Attachment: b}, nil); !errors.Is(err, api.ErrExists) {
 		t.Fatalf("second Add: %v, want ErrExists", err)
+	}
+}
+
+// The record written while the wiring goes on (Made) is the one that
+// lands, also when Made never comes or is told something else than Wire
+// ends with; it is complete, and nothing else is left beside it.
+func TestAddRecord(t *testing.T) {
+	for _, c := range []struct {
+		name                    string
+		noMade, changeAfterMade bool
+	}{{"made", false, false}, {"no made", true, false}, {"changed after made", false, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			devices := mapDevices{}
+			w := &wiringDP{fakeDP: newFakeDP(), devices: devices, noMade: c.noMade, changeAfterMade: c.changeAfterMade}
+			f := newFixture(t, dir, newFakeDP(), devices)
+			f.m.dp = w
+			a := api.Attachment{Network: "anet", ContainerID: "c1", IfName: "eth0"}
+			res, err := f.m.Add(context.Background(), api.AddRequest{Attachment: a, Netns: "/run/netns/x"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			es, err := os.ReadDir(filepath.Dir(f.m.recordPath(a)))
+			if err != nil || len(es) != 1 || es[0].Name() != filepath.Base(f.m.recordPath(a)) {
+				t.Fatalf("records' directory: %v %v", es, err)
+			}
+			b, err := os.ReadFile(f.m.recordPath(a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ep api.Endpoint
+			if err := json.Unmarshal(b, &ep); err != nil {
+				t.Fatal(err)
+			}
+			if ep.IP != res.IP || ep.AttachMode != datapath.ModeTC || ep.HostIfindex != 100 || ep.PodMAC != res.PodMAC || ep.Netns != "/run/netns/x" {
+				t.Errorf("record %+v, answer %+v", ep, res)
+			}
+			// A restart finds it as it is.
+			g := newFixture(t, dir, newFakeDP(), devices)
+			if err := g.m.Restore(Pending{}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := g.m.Get(a)
+			if err != nil || got.EndpointRequest != ep.EndpointRequest {
+				t.Errorf("after restore: %+v %v, want %+v", got, err, ep.EndpointRequest)
+			}
+		})
+	}
+}
+
+// Check reports the host side's device and programs, and a missing
+// endpoint as not found.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	devices := mapDevices{}
+	w := &wiringDP{fakeDP: newFakeDP(), devices: devices}
+	f := newFixture(t, dir, newFakeDP(), devices)
+	f.m.dp = w
+	a := api.Attachment{Network: "anet", ContainerID: "c1", IfName: "eth0"}
+	if _, err := f.m.Check(a); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("Check of nothing: %v, want ErrNotFound", err)
+	}
+	if _, err := f.m.Add(context.Background(), api.AddRequest{Attachment: a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := f.m.Check(a); err != nil || c.Problem != "" {
+		t.Fatalf("Check: %+v %v", c, err)
+	}
+	w.checkErr = errors.New("ingress runs program 7, anetd's is 8")
+	if c, err := f.m.Check(a); err != nil || c.Problem != w.checkErr.Error() {
+		t.Fatalf("Check with other programs: %+v %v", c, err)
+	}
+	w.checkErr = nil
+	devices[datapath.HostIfName(a.ContainerID, a.IfName)] = 999 // another device of the name
+	if c, err := f.m.Check(a); err != nil || !strings.Contains(c.Problem, "is gone") {
+		t.Fatalf("Check with the device gone: %+v %v", c, err)
 	}
 }

@@ -308,7 +308,8 @@ func (m *Manager) Count() int {
 }
 
 // GC removes every endpoint and allocation of network whose attachment is
-// not in valid. Those of other networks stay, and so do those without a
+// not in valid, with their devices, and the link pins of devices that are
+// gone. Those of other networks stay, and so do those without a
 // network (made before networks were recorded: they may be another
 // network's; DEL and the Kubernetes collector remove them). An empty
 // network (an older plugin) means every record, as GC did before.
@@ -343,11 +344,25 @@ func (m *Manager) GC(network string, valid []api.Attachment) (*api.GCResult, err
 	res := &api.GCResult{Removed: []api.Attachment{}}
 	var errs []error
 	for a := range gone {
+		if m.eps[a] == nil {
+			// An allocation without an endpoint: its device, should an
+			// ADD have left one, goes too (deleteLocked removes an
+			// endpoint's).
+			if _, err := m.devs.Remove(datapath.HostIfName(a.ContainerID, a.IfName)); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
 		if err := m.deleteLocked(a); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		res.Removed = append(res.Removed, a)
+	}
+	if p, ok := m.dp.(LinkPruner); ok {
+		if err := p.PruneLinks(); err != nil {
+			errs = append(errs, fmt.Errorf("pruning link pins: %w", err))
+		}
 	}
 	sort.Slice(res.Removed, func(i, j int) bool { return res.Removed[i].ContainerID < res.Removed[j].ContainerID })
 	return res, errors.Join(errs...)

@@ -42,7 +42,23 @@ func (a *Allocator) take(ip netip.Addr, o Owner) {
 	a.byIP[ip] = o
 	a.byOwner[o] = ip
 	a.last = ip
-	_ = os.WriteFile(filepath.Join(a.dir, "last"), []byte(ip.String()+"\n"), 0o600)
+	writeLast(filepath.Join(a.dir, "last"), ip)
+}
+
+// writeLast overwrites the hint in place, padded to one length, rather
+// than truncating and rewriting it: on ext4 a truncated file that is
+// written again starts its writeback at once (auto_da_alloc), which made
+// a third of a millisecond of every ADD (measured by the benchmark's
+// trace); an overwrite only dirties the page cache. New reads the hint
+// with its padding trimmed.
+func writeLast(path string, ip netip.Addr) {
+	b := []byte(fmt.Sprintf("%-15s\n", ip))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	_, _ = f.WriteAt(b, 0)
+	_ = f.Close()
 }
 
 // Hold claims ip for o from a durable record of o's (on restore). It fails

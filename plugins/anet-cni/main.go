@@ -1,7 +1,9 @@
-// anet-cni is anet's CNI plugin. It wires a pod's veth pair, takes the
-// pod's address from anetd, attaches anetd's pinned eBPF programs to the
-// host side and registers the endpoint. See README.md for its config keys
-// and error codes.
+// anet-cni is anet's CNI plugin. It hands each verb to anetd over its
+// socket: anetd wires the pod (address, veth pair, programs, routes, maps,
+// record) on ADD, and removes it on DEL; the plugin touches the node only
+// to delete the pod's device when anetd is away on DEL. It links no eBPF
+// library and no HTTP stack, to start fast (see deps_test.go). See
+// README.md for its config keys and error codes.
 package main
 
 import (

@@ -1198,3 +1198,54 @@ func TestSocketModeAndAnetctlStatus(t *testing.T) {
 	}
 	assertClean(t, n)
 }
+
+// CHECK fails when what ADD made is no longer there: the programs on the
+// host side (anetd checks those) or the pod's default route (the plugin
+// checks the pod side).
+func TestCheckFindsWhatIsWrong(t *testing.T) {
+	n := testnode.New(t, testnode.Options{})
+
+	p := n.NewPod("noprog")
+	r := n.MustAdd(p)
+	if err := n.Check(p); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	host := r.Interfaces[0].Name
+	if err := n.NS.Do(func(ns.NetNS) error {
+		lk, err := netlink.LinkByName(host)
+		if err != nil {
+			return err
+		}
+		fs, err := netlink.FilterList(lk, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return err
+		}
+		for _, f := range fs {
+			if err := netlink.FilterDel(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Check(p); err == nil || !strings.Contains(err.Error(), host) {
+		t.Errorf("CHECK with the host side's ingress filter gone: %v, want an error naming %s", err, host)
+	}
+	if err := n.Del(p); err != nil {
+		t.Fatal(err)
+	}
+
+	q := n.NewPod("noroute")
+	n.MustAdd(q)
+	if out, err := q.Exec("ip", "route", "del", "default"); err != nil {
+		t.Fatalf("ip route del default: %v\n%s", err, out)
+	}
+	if err := n.Check(q); err == nil || !strings.Contains(err.Error(), "route 0.0.0.0/0") {
+		t.Errorf("CHECK with the pod's default route gone: %v, want an error about it", err)
+	}
+	if err := n.Del(q); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, n)
+}

@@ -12,13 +12,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/anet-dev/anet/cniconf"
 	"github.com/anet-dev/anet/daemon/api"
-	"github.com/anet-dev/anet/daemon/datapath"
 )
 
 const callTimeout = 20 * time.Second
@@ -73,6 +72,7 @@ func loadVerb(args *skel.CmdArgs) (*cniconf.NetConf, api.Attachment, error) {
 // anetd undoes a failed ADD itself, so there is nothing to undo here.
 func cmdAdd(args *skel.CmdArgs) error {
 	tr := newTracer("ADD", args.ContainerID, args.IfName)
+	defer tr.flush()
 	tr.step("start")
 	conf, att, err := loadVerb(args)
 	if err != nil {
@@ -123,14 +123,15 @@ func cmdAdd(args *skel.CmdArgs) error {
 // cmdDel asks anetd to remove the endpoint: its device (the pod side goes
 // with it), link pins, map entries, counters, address and record, after
 // any ADD of the same attachment in progress. With anetd away it removes
-// the device and pins itself and records the release, which anetd applies
-// when it is back. It succeeds when any of it is already gone.
+// the device itself and records the release, which anetd applies when it
+// is back (removing the device's link pins then). It succeeds when any of
+// it is already gone.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, att, err := loadVerb(args)
 	if err != nil {
 		return err
 	}
-	hostIfName := datapath.HostIfName(att.ContainerID, att.IfName)
+	hostIfName := api.HostIfName(att.ContainerID, att.IfName)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	err = api.NewClient(conf.Socket).DeleteEndpoint(ctx, att)
@@ -145,15 +146,8 @@ func cmdDel(args *skel.CmdArgs) error {
 		// an ADD that anetd starts next.
 		return nil
 	}
-	if err := ip.DelLinkByName(hostIfName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+	if err := deleteLink(hostIfName); err != nil {
 		return types.NewError(types.ErrInternal, "deleting "+hostIfName, err.Error())
-	}
-	// Away, anetd unpins the links of vanished devices when it starts;
-	// with a bpfRoot in the config they go now.
-	if conf.BPFRoot != "" {
-		if err := datapath.DetachEndpoint(datapath.Layout{Root: conf.BPFRoot}, hostIfName); err != nil {
-			return types.NewError(types.ErrInternal, "removing link pins", err.Error())
-		}
 	}
 	if rerr := api.RecordPendingRelease(api.PendingReleaseDir(conf.Socket), hostIfName, att); rerr != nil {
 		return types.NewError(types.ErrIOFailure, "anetd is down and the release could not be recorded", rerr.Error())
@@ -161,6 +155,25 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
+// deleteLink deletes a device of the plugin's network namespace (the
+// node's); one that is not there is fine.
+func deleteLink(name string) error {
+	var notFound netlink.LinkNotFoundError
+	lk, err := netlink.LinkByName(name)
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkDel(lk); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
+// cmdCheck checks the pod side in the pod's namespace and asks anetd to
+// check the host side (its device and programs).
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, att, err := loadVerb(args)
 	if err != nil {
@@ -182,10 +195,6 @@ func cmdCheck(args *skel.CmdArgs) error {
 	ep, err := client.GetEndpoint(ctx, att)
 	if err != nil {
 		return daemonError("looking up the endpoint", err)
-	}
-	layout, err := anetdLayout(ctx, client, conf)
-	if err != nil {
-		return err
 	}
 	if len(prev.IPs) != 1 || !prev.IPs[0].Address.IP.Equal(ep.IP.AsSlice()) {
 		return fmt.Errorf("prevResult addresses %v do not match the endpoint's %s", prev.IPs, ep.IP)
@@ -211,27 +220,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	host, err := netlink.LinkByName(ep.HostIfName)
+	c, err := client.CheckEndpoint(ctx, att)
 	if err != nil {
-		return fmt.Errorf("host interface %s: %w", ep.HostIfName, err)
+		return daemonError("checking the endpoint's host side", err)
 	}
-	if uint32(host.Attrs().Index) != ep.HostIfindex {
-		return fmt.Errorf("host interface %s has index %d, endpoint has %d", ep.HostIfName, host.Attrs().Index, ep.HostIfindex)
+	if c.Problem != "" {
+		return errors.New(c.Problem)
 	}
-	return datapath.CheckEndpoint(layout, ep.HostIfName)
-}
-
-// anetdLayout is where anetd keeps its pins: the config's bpfRoot when it
-// has one (older configs), else what anetd says.
-func anetdLayout(ctx context.Context, c *api.Client, conf *cniconf.NetConf) (datapath.Layout, error) {
-	if conf.BPFRoot != "" {
-		return datapath.Layout{Root: conf.BPFRoot}, nil
-	}
-	st, err := c.Status(ctx)
-	if err != nil {
-		return datapath.Layout{}, daemonError("asking anetd for its bpf root", err)
-	}
-	return datapath.Layout{Root: st.BPFRoot}, nil
+	return nil
 }
 
 func cmdStatus(args *skel.CmdArgs) error {
@@ -251,8 +247,9 @@ func cmdStatus(args *skel.CmdArgs) error {
 	return nil
 }
 
-// cmdGC removes every endpoint and address that is not a valid attachment,
-// their devices and link pins, and link pins whose device is gone.
+// cmdGC asks anetd to remove every endpoint and address of the network
+// that is not a valid attachment, with their devices and link pins, and
+// the link pins whose device is gone.
 func cmdGC(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -264,21 +261,10 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	client := api.NewClient(conf.Socket)
-	res, err := client.GC(ctx, req)
-	if err != nil {
+	if _, err := api.NewClient(conf.Socket).GC(ctx, req); err != nil {
 		return daemonError("garbage collection", err)
 	}
-	layout, err := anetdLayout(ctx, client, conf)
-	if err != nil {
-		return err
-	}
-	for _, a := range res.Removed {
-		name := datapath.HostIfName(a.ContainerID, a.IfName)
-		_ = ip.DelLinkByName(name)
-		_ = datapath.DetachEndpoint(layout, name)
-	}
-	return datapath.PruneLinkPins(layout)
+	return nil
 }
 
 // checkPod verifies, in the pod's netns, the address and routes that ADD

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
@@ -41,6 +42,23 @@ type breakdown struct {
 type phase struct {
 	name string
 	d    time.Duration
+	note string // how the binary is linked, for binary starts
+}
+
+// linkage says whether an executable is linked statically or needs the
+// dynamic loader (a Go binary built with cgo: it starts slower).
+func linkage(path string) string {
+	f, err := elf.Open(path)
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return "dynamically linked"
+		}
+	}
+	return "static"
 }
 
 func (b *bench) breakdownADD(ctx context.Context, bridge *network, bp []*pod, tc, tcx []addTrace) *breakdown {
@@ -78,7 +96,7 @@ func (b *bench) binaryStarts(runs int) []phase {
 	}
 	var out []phase
 	for i, n := range names {
-		out = append(out, phase{n, medianDur(ds[i])})
+		out = append(out, phase{n, medianDur(ds[i]), linkage(filepath.Join(b.bin, n))})
 	}
 	return out
 }
@@ -172,14 +190,16 @@ var traceRowText = map[string]string{
 	"start":          "start: package init → skel has read the environment and stdin",
 	"config":         "config: config and CNI_ARGS parsed, pod netns opened",
 	"add":            "add: the one request to anetd (POST /v1/endpoints, netns fd passed), round trip",
+	"anetd.received": "anetd: the request reached anetd's handler (connect, fd passing, accept, headers; from the plugin's clock)",
+	"anetd.decoded":  "anetd: request decoded, netns descriptor taken and checked",
 	"anetd.reserved": "anetd: address reserved (in memory)",
 	"anetd.veth":     "anetd: veth pair made, pod side in the pod netns, both ends down",
 	"anetd.attached": "anetd: programs attached on the host side (tc clsact filters or TCX links)",
 	"anetd.pod":      "anetd: pod side IPv6 off, up, address, routes, neighbour",
 	"anetd.host":     "anetd: host side up, route and neighbour to the pod",
 	"anetd.mapped":   "anetd: endpoint map entries written",
-	"anetd.recorded": "anetd: endpoint record written durably (renameio: write, fsync, rename)",
-	keyTransport:     "request outside anetd's steps: connect, fd passing, HTTP and JSON both ways, anetd's handler",
+	"anetd.recorded": "anetd: endpoint record in place: the wait for its write and fsync (begun after the attach, in the background) and its rename",
+	keyTransport:     "request outside anetd's steps: anetd's answer encoded and sent, read and decoded by the plugin",
 	"result":         "result: CNI result printed on stdout",
 	keyProc:          "**plugin process, start to reaped**",
 	keyCall:          "**libcni's whole ADD call** (the ADD p50 rows above)",
@@ -412,7 +432,7 @@ func medianPhases(names []string, runs [][]time.Duration) []phase {
 		for _, r := range runs {
 			ds = append(ds, r[i])
 		}
-		out = append(out, phase{n, medianDur(ds)})
+		out = append(out, phase{name: n, d: medianDur(ds)})
 	}
 	return out
 }

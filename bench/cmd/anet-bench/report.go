@@ -236,7 +236,7 @@ func (bd *breakdown) markdown() string {
 	w("**Bare binary start** (`CNI_COMMAND=VERSION`, start to exit, median of %d, interleaved): ", bd.startRuns)
 	var parts []string
 	for _, p := range bd.starts {
-		parts = append(parts, fmt.Sprintf("%s %s", p.name, ms(p.d)))
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", p.name, ms(p.d), p.note))
 	}
 	w("%s. A bridge ADD runs two of these (bridge, then host-local), an anet ADD one.\n\n", strings.Join(parts, ", "))
 
@@ -244,7 +244,7 @@ func (bd *breakdown) markdown() string {
 		"the steps anet-cni and anetd report (plugins/anet-cni/trace.go), the median of each over the ADDs, "+
 		"with what lies outside the plugin's trace worked out from the bench's own clocks. "+
 		"anetd's steps are parts of the plugin's `add` step; medians of parts do not add up exactly to the median of the whole. "+
-		"The trace costs the plugin about ten short writes to a pipe.\n\n", bd.tcN, bd.tcxN)
+		"The trace costs the plugin one write to a pipe, and anetd a few clock reads.\n\n", bd.tcN, bd.tcxN)
 	if bd.traceNote != "" {
 		w("%s\n\n", bd.traceNote)
 	}
