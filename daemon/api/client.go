@@ -158,5 +158,5 @@ func (c *Client) GC(ctx context.Context, r GCRequest) (*GCResult, error) {
 // ListServices returns every service frontend anetd programs.
 func (c *Client) ListServices(ctx context.Context) ([]ServiceFrontend, error) {
 	var fs []ServiceFrontend
-	return fs, c.do(ctx, http.MethodGet, "/v1/services", nil, &fs)
+	return fs, c.do(ctx, methodGet, "/v1/services", nil, &fs)
 }
