@@ -99,7 +99,8 @@ func parseCounts(s string) ([]int, error) {
 type svcNode struct {
 	proxy    string // "anet", "iptables" or "nftables"
 	node     string
-	client   string   // the client pod
+	client   string   // the client pod, through the proxy
+	direct   string   // the client pod of the direct connects (see svcPods)
 	backends []string // backend pod names
 	ips      []string // their addresses
 }
@@ -201,7 +202,7 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 	}
 	// Each client reaches its node's backends directly before anything else.
 	for _, n := range nodes {
-		if _, err := b.connectRun(l, self, n.client, targets(n.ips, svcTarget), 20); err != nil {
+		if _, err := b.connectRun(l, self, n.direct, targets(n.ips, svcTarget), 20); err != nil {
 			b.t.Fatalf("services: %s: direct connect to the backends: %v", n.node, err)
 		}
 	}
@@ -248,16 +249,16 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 		for rep := range cfg.reps {
 			for k := range setups {
 				s := setups[(k+rep)%len(setups)]
-				var n *svcNode
+				var pod string
 				var to []string
 				for _, x := range nodes {
 					if s == x.proxy {
-						n, to = x, share[x.proxy]
+						pod, to = x.client, share[x.proxy]
 					} else if s == directKey(x.node) {
-						n, to = x, targets(x.ips, svcTarget)
+						pod, to = x.direct, targets(x.ips, svcTarget)
 					}
 				}
-				lat, err := b.connectRun(l, self, n.client, to, cfg.connects)
+				lat, err := b.connectRun(l, self, pod, to, cfg.connects)
 				if err != nil {
 					p.failures = append(p.failures, fmt.Sprintf("%s, %d Services, run %d: %v", s, p.n, rep+1, err))
 					b.logf("services: %s: %v", s, err)
@@ -353,8 +354,15 @@ func (b *bench) svcPods(ctx context.Context, l *lab.Lab, cs *kubernetes.Clientse
 		}
 	}
 	for _, n := range nodes {
-		n.client = "client-" + n.node
-		pods := []*corev1.Pod{pod(n.client, n.node)}
+		// The direct connects come from a pod of their own: a connection
+		// from the proxy's client to a backend could reuse the source port
+		// of an earlier one through a ClusterIP whose conntrack entry
+		// (CLOSE, 10 s) netfilter still holds, and anet, beside a
+		// kube-proxy, hands a reply that matches a NAT entry to the host
+		// stack, which reverse-translates it (bpf/lxc.c,
+		// netfilter_translated): the connect would fail.
+		n.client, n.direct = "client-"+n.node, "direct-"+n.node
+		pods := []*corev1.Pod{pod(n.client, n.node), pod(n.direct, n.node)}
 		n.backends = nil
 		for i := range backends {
 			be := fmt.Sprintf("backend-%s-%d", n.node, i)
@@ -477,9 +485,6 @@ func (b *bench) svcCreate(ctx context.Context, cs *kubernetes.Clientset, n int, 
 	cfg := b.cfg.svc
 	ips := make([]string, n)
 	t0 := time.Now()
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	polled := b.pollAll(pctx, counters, n, n*cfg.backends, t0)
 	err := forEach(ctx, n, cfg.workers, func(i int) error {
 		nd := nodes[i%len(nodes)]
 		svc := &corev1.Service{
@@ -513,6 +518,11 @@ func (b *bench) svcCreate(ctx context.Context, cs *kubernetes.Clientset, n int, 
 		b.t.Fatalf("services: creating: %v", err)
 	}
 	b.logf("services: %d Services and EndpointSlices created in %s", n, p.create.Round(10*time.Millisecond))
+	// No proxy serves them all before the last exists: polling starts
+	// then, and leaves the CPUs to the API server and the proxies until.
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	polled := b.pollAll(pctx, counters, n, n*cfg.backends, t0)
 	for name, r := range b.waitPolls(ctx, polled, cfg.timeout, t0) {
 		p.served[name], p.step[name] = r.at, r.step
 		b.logf("services: %s serves all %d after %s (poll step %s)", name, n, r.at.Round(10*time.Millisecond), r.step.Round(10*time.Millisecond))
@@ -525,9 +535,6 @@ func (b *bench) svcCreate(ctx context.Context, cs *kubernetes.Clientset, n int, 
 func (b *bench) svcDelete(ctx context.Context, cs *kubernetes.Clientset, p *svcPoint, counters map[string]func(context.Context) (int, int, error)) {
 	cfg := b.cfg.svc
 	t0 := time.Now()
-	pctx, stop := context.WithCancel(ctx)
-	defer stop()
-	polled := b.pollAll(pctx, counters, 0, 0, t0)
 	if err := cs.DiscoveryV1().EndpointSlices(svcNS).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: svcLabel + "=slice"}); err != nil {
 		b.t.Fatalf("services: deleting the EndpointSlices: %v", err)
 	}
@@ -541,6 +548,9 @@ func (b *bench) svcDelete(ctx context.Context, cs *kubernetes.Clientset, p *svcP
 	if err != nil {
 		b.t.Fatalf("services: deleting: %v", err)
 	}
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	polled := b.pollAll(pctx, counters, 0, 0, t0)
 	for name, r := range b.waitPolls(ctx, polled, cfg.timeout, t0) {
 		p.dropped[name] = r.at
 	}
@@ -586,16 +596,17 @@ type pollResult struct {
 	err      error
 }
 
-// pollAll polls each counter, one poll at a time per proxy and at least
-// pollEvery apart, until it counts wantSvcs Services served with wantEps
+// pollAll polls each counter, one poll at a time per proxy, at least
+// pollEvery and twice the last poll's duration apart, until it counts wantSvcs Services served with wantEps
 // endpoints in all; each proxy's result arrives on its channel.
 func (b *bench) pollAll(ctx context.Context, counters map[string]func(context.Context) (int, int, error), wantSvcs, wantEps int, t0 time.Time) map[string]chan pollResult {
 	out := map[string]chan pollResult{}
+	began := time.Now()
 	for name, count := range counters {
 		ch := make(chan pollResult, 1)
 		out[name] = ch
 		go func() {
-			prev := t0
+			prev := began
 			var last error
 			for {
 				start := time.Now()
@@ -610,9 +621,11 @@ func (b *bench) pollAll(ctx context.Context, counters map[string]func(context.Co
 					return
 				}
 				prev = start
+				// A dump of many rules takes long: at most half the time polling.
+				wait := max(pollEvery, 2*time.Since(start))
 				select {
 				case <-ctx.Done():
-				case <-time.After(time.Until(start.Add(pollEvery))):
+				case <-time.After(time.Until(start.Add(wait))):
 				}
 			}
 		}()
@@ -692,20 +705,37 @@ func iptablesCount(ctx context.Context, l *lab.Lab, node string) (int, int, erro
 	return s, e, nil
 }
 
+// The KUBE-SERVICES rules name the Service in a comment; the rules of the
+// KUBE-SVC chains have none once the node has over 1 000 endpoints
+// (kube-proxy's large cluster mode), so they are counted by chain.
 func countIptables(save, ns string) (svcs, eps int) {
 	tag := `"` + ns + `/`
-	for _, line := range strings.Split(save, "\n") {
-		if !strings.Contains(line, tag) {
+	lines := strings.Split(save, "\n")
+	chains := map[string]bool{}
+	for _, line := range lines {
+		if !strings.HasPrefix(line, "-A KUBE-SERVICES ") || !strings.Contains(line, tag) {
 			continue
 		}
-		switch {
-		case strings.HasPrefix(line, "-A KUBE-SERVICES ") && strings.Contains(line, " -j KUBE-SVC-"):
+		if _, c, ok := strings.Cut(line, " -j KUBE-SVC-"); ok {
+			chains[firstField(c)] = true
 			svcs++
-		case strings.HasPrefix(line, "-A KUBE-SVC-") && strings.Contains(line, " -j KUBE-SEP-"):
-			eps++
+		}
+	}
+	for _, line := range lines {
+		if rest, ok := strings.CutPrefix(line, "-A KUBE-SVC-"); ok && strings.Contains(line, " -j KUBE-SEP-") {
+			if chains[firstField(rest)] {
+				eps++
+			}
 		}
 	}
 	return svcs, eps
+}
+
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 // nftCount counts, in the node's kube-proxy nftables table, the

@@ -76,7 +76,7 @@ func (r *svcResult) markdown() string {
 		"(`lab.ExecCmd`: the pod's netns and cgroup, so that anet's hooks see it, as they see the pod's own processes), "+
 		"client and every server pinned to CPU %s with `taskset`. A connect is one blocking `connect()` (socket made before, "+
 		"closed after with an RST, outside the timer), to the ClusterIPs of %d Services of the node's share in turn (spread over it: "+
-		"kube-proxy's iptables chain holds the Services in no fixed order), or, **direct**, to the backends' pod addresses from the same client: the limit. "+
+		"kube-proxy's iptables chain holds the Services in no fixed order), or, **direct**, to the backends' pod addresses from another client pod of the same node: the limit. "+
 		"For each number of Services, made fresh: %d runs of %d connects per setup, the six setups (three proxies, three direct) rotating run by run; "+
 		"percentiles are over every connect of the runs. Lower is better.\n\n",
 		anetNode, r.nodeOf("iptables"), r.nodeOf("nftables"), r.kpVersion, svcPort, svcTarget, svcManagedBy, c.backends,
@@ -132,11 +132,11 @@ func (r *svcResult) markdown() string {
 	}
 
 	w("**Programming time**: from the first create of the Services and EndpointSlices (%d requests in flight, one client) "+
-		"to the first poll that finds every one served with all %d endpoints: anet, the frontends anetd's `/v1/services` reports written to its maps "+
+		"to the first poll that finds every one served with all %d endpoints (polling starts once the last create has returned): anet, the frontends anetd's `/v1/services` reports written to its maps "+
 		"(`programmed`) with their active backends; kube-proxy iptables, the Services' jumps from `KUBE-SERVICES` to a `KUBE-SVC-*` chain and "+
 		"those chains' jumps to `KUBE-SEP-*` in `iptables-save -t nat`; nftables, the Services' elements in the `service-ips` map and their "+
-		"`endpoint-*` jumps in `nft list table ip kube-proxy`. Each proxy is polled one poll at a time, at most every %s; "+
-		"a dump of the rules takes long with many Services, so the time since the poll before is given as the resolution. "+
+		"`endpoint-*` jumps in `nft list table ip kube-proxy`. Each proxy is polled one poll at a time, at most every %s and spending at most half the time dumping rules; "+
+		"a dump takes long with many Services, so the time since the poll before (or since the last create) is given as the resolution (±). "+
 		"The three proxies program the same creations at the same time, on the same two CPUs as the API server, etcd and the bench.\n\n",
 		c.workers, c.backends, pollEvery)
 	var rows [][]string
