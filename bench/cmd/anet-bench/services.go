@@ -70,11 +70,11 @@ type svcConfig struct {
 
 func (c *svcConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.counts, "svc-counts", "100,1000,10000", "numbers of Services in the services section, comma-separated")
-	fs.IntVar(&c.connects, "svc-connects", 2000, "timed connects per run in the services section")
-	fs.IntVar(&c.reps, "svc-reps", 5, "runs per setup and number of Services")
+	fs.IntVar(&c.connects, "svc-connects", 1000, "timed connects per run in the services section")
+	fs.IntVar(&c.reps, "svc-reps", 10, "runs per setup and number of Services")
 	fs.IntVar(&c.probes, "svc-probes", 20, "Services (of each node's share) whose ClusterIPs the client connects to")
 	fs.IntVar(&c.backends, "svc-backends", 5, "endpoints per Service (backend pods per node)")
-	fs.IntVar(&c.workers, "svc-workers", 16, "API requests in flight when making and deleting the Services")
+	fs.IntVar(&c.workers, "svc-workers", 32, "API requests in flight when making and deleting the Services")
 	fs.DurationVar(&c.timeout, "svc-timeout", 10*time.Minute, "how long a proxy may take to serve (or drop) every Service")
 }
 
