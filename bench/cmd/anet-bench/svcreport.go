@@ -121,7 +121,7 @@ func (r *svcResult) markdown() string {
 				ratio(hi.pct("anet", 50), hi.pct(direct, 50)), target(x(hi.pct("anet", 50), hi.pct(direct, 50)), 1.05, true)},
 			{fmt.Sprintf("anet at %s / anet at %s Services, p50", num(float64(hi.n)), num(float64(lo.n))), "≤ 1.05×",
 				ratio(hi.pct("anet", 50), lo.pct("anet", 50)), target(x(hi.pct("anet", 50), lo.pct("anet", 50)), 1.05, true)},
-			{fmt.Sprintf("the same, each over the direct connect at its count (load moves between counts; this does not)"), "≤ 1.05×",
+			{"the same, each over the direct connect at its count (load moves between counts; this does not)", "≤ 1.05×",
 				ratio(x(hi.pct("anet", 50), hi.pct(direct, 50)), x(lo.pct("anet", 50), lo.pct(direct, 50))),
 				target(x(x(hi.pct("anet", 50), hi.pct(direct, 50)), x(lo.pct("anet", 50), lo.pct(direct, 50))), 1.05, true)},
 			{fmt.Sprintf("iptables / anet, p50, at %s Services", num(float64(hi.n))), "≥ 2×",
