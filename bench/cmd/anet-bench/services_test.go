@@ -157,3 +157,22 @@ func TestSvcPlots(t *testing.T) {
 		t.Error("no points: no error")
 	}
 }
+
+func TestPromValue(t *testing.T) {
+	text := `# HELP kubeproxy_network_programming_duration_seconds [ALPHA] In Cluster Network Programming Latency in seconds
+# TYPE kubeproxy_network_programming_duration_seconds histogram
+kubeproxy_network_programming_duration_seconds_bucket{ip_family="IPv4",le="0.25"} 3
+kubeproxy_network_programming_duration_seconds_sum{ip_family="IPv4"} 12.5
+kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} 1000
+kubeproxy_network_programming_duration_seconds_count_other 7
+`
+	if v, err := promValue(text, "kubeproxy_network_programming_duration_seconds_count"); err != nil || v != 1000 {
+		t.Errorf("promValue = %v, %v; want 1000", v, err)
+	}
+	if v, err := promValue("# nothing yet\n", "kubeproxy_network_programming_duration_seconds_count"); err != nil || v != 0 {
+		t.Errorf("no sample: %v, %v; want 0", v, err)
+	}
+	if _, err := promValue("x_count{a=\"b\"} NaNx\n", "x_count"); err == nil {
+		t.Error("a bad value: no error")
+	}
+}

@@ -74,6 +74,9 @@ func (r *svcResult) markdown() string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	c := r.cfg
 	anetNode := r.nodeOf("anet")
+	if r.began != "" {
+		w("This section started %s, at a load average (1, 5, 15 min) of %s.\n\n", r.began, r.loadStart)
+	}
 	w("A 3-node lab (real kubelets, containerd, control plane) in which each node has one service proxy: "+
 		"**anet** on %s (anetd's socket-level hooks at the node's cgroup subtree translate `connect()` to a backend), "+
 		"**kube-proxy iptables** on %s and **kube-proxy nftables** on %s (the real kube-proxy %s, built with the lab's other Kubernetes binaries, "+
@@ -142,19 +145,28 @@ func (r *svcResult) markdown() string {
 		w("Plots not written: %v\n\n", r.plotErr)
 	}
 
-	w("**Programming time**: from the first create of the Services and EndpointSlices (%d requests in flight, one client) "+
-		"to the first poll that finds every one served with all %d endpoints (polling starts once the last create has returned): anet, the frontends anetd's `/v1/services` reports written to its maps "+
-		"(`programmed`) with their active backends; kube-proxy iptables, the Services' jumps from `KUBE-SERVICES` to a `KUBE-SVC-*` chain and "+
-		"those chains' jumps to `KUBE-SEP-*` in `iptables-save -t nat`; nftables, the Services' elements in the `service-ips` map and their "+
-		"`endpoint-*` jumps in `nft list table ip kube-proxy`. Each proxy is polled one poll at a time, at most every %s and spending at most half the time dumping rules; "+
-		"a dump takes long with many Services, so the time since the poll before (or since the last create) is given as the resolution (±). "+
-		"The three proxies program the same creations at the same time, on the same two CPUs as the API server, etcd and the bench.\n\n",
+	w("**Programming time**: from the first create of the Services and EndpointSlices (%d requests in flight, one client; "+
+		"each slice stamped with `endpoints.kubernetes.io/last-change-trigger-time` as the EndpointSlice controller stamps its own) "+
+		"to the first poll, once the last create has returned, that finds every one served with all %d endpoints. "+
+		"anet: the frontends that anetd's `/v1/services` reports written to its maps (`programmed`) with their active backends. "+
+		"kube-proxy: the count of its `kubeproxy_network_programming_duration_seconds` histogram (its own network programming latency SLI, "+
+		"one observation per stamped EndpointSlice change, made when the sync that wrote it has finished) grown by the number of slices; "+
+		"then a dump of its rules confirms them: the Services' jumps from `KUBE-SERVICES` to a `KUBE-SVC-*` chain and those chains' jumps to `KUBE-SEP-*` "+
+		"(`iptables-save -t nat`), or their elements in the `service-ips` map and `endpoint-*` jumps (`nft list table ip kube-proxy`); "+
+		"the time that dump completed is given in brackets (a dump of 10 000 Services takes tens of seconds, so it is no timer). "+
+		"Polls are at most every %s; ± is the time since the poll before, or since the last create. "+
+		"The three proxies program the same creations at the same time, on the same two CPUs as the API server, etcd and the bench, "+
+		"so kube-proxy's syncs also slow the creation itself.\n\n",
 		c.workers, c.backends, pollEvery)
 	var rows [][]string
 	for _, p := range r.points {
 		row := []string{num(float64(p.n)), secs(p.create)}
 		for _, x := range svcProxies {
-			row = append(row, fmt.Sprintf("%s (± %s); %s after the last", secs(p.served[x.key]), short(p.step[x.key]), short(p.served[x.key]-p.create)))
+			cell := fmt.Sprintf("%s (± %s); %s after the last", secs(p.served[x.key]), short(p.step[x.key]), short(p.served[x.key]-p.create))
+			if d, ok := p.dumped[x.key]; ok {
+				cell += fmt.Sprintf(" [dump: %s]", secs(d))
+			}
+			row = append(row, cell)
 		}
 		rows = append(rows, row)
 	}
