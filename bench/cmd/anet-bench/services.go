@@ -248,30 +248,51 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 			share[n.proxy] = targets(sample, svcPort)
 			p.probed = len(sample)
 		}
-		setups := []string{}
-		for _, n := range nodes {
-			setups = append(setups, n.proxy, directKey(n.node))
+		// The runs: on anet's node one client alternates connects to a
+		// ClusterIP and to a backend (paired samples; no conntrack there
+		// to trip over), on the kube-proxy nodes the direct connects come
+		// from a pod of their own (see svcPods). They rotate run by run.
+		type run struct {
+			name  string
+			pod   string
+			to    []string
+			setup []string // of each target
+			n     int
+		}
+		var runs []run
+		var setups []string
+		for _, x := range nodes {
+			be := targets(x.ips, svcTarget)
+			setups = append(setups, x.proxy, directKey(x.node))
+			if x.proxy == "anet" {
+				r := run{name: x.proxy + " + " + directKey(x.node), pod: x.client, n: 2 * cfg.connects}
+				for k, fe := range share[x.proxy] {
+					r.to = append(r.to, fe, be[k%len(be)])
+					r.setup = append(r.setup, x.proxy, directKey(x.node))
+				}
+				runs = append(runs, r)
+				continue
+			}
+			runs = append(runs, run{name: x.proxy, pod: x.client, to: share[x.proxy], setup: repeat(x.proxy, len(share[x.proxy])), n: cfg.connects},
+				run{name: directKey(x.node), pod: x.direct, to: be, setup: repeat(directKey(x.node), len(be)), n: cfg.connects})
 		}
 		for rep := range cfg.reps {
-			for k := range setups {
-				s := setups[(k+rep)%len(setups)]
-				var pod string
-				var to []string
-				for _, x := range nodes {
-					if s == x.proxy {
-						pod, to = x.client, share[x.proxy]
-					} else if s == directKey(x.node) {
-						pod, to = x.direct, targets(x.ips, svcTarget)
-					}
-				}
-				lat, err := b.connectRun(l, self, pod, to, cfg.connects)
+			for k := range runs {
+				r := runs[(k+rep)%len(runs)]
+				per, err := b.connectRun(l, self, r.pod, r.to, r.n)
 				if err != nil {
-					p.failures = append(p.failures, fmt.Sprintf("%s, %d Services, run %d: %v", s, p.n, rep+1, err))
-					b.logf("services: %s: %v", s, err)
+					p.failures = append(p.failures, fmt.Sprintf("%s, %d Services, run %d: %v", r.name, p.n, rep+1, err))
+					b.logf("services: %s: %v", r.name, err)
 					continue
 				}
-				p.lat[s] = append(p.lat[s], lat...)
-				p.runs[s] = append(p.runs[s], stats.Median(micros(lat)))
+				got := map[string][]time.Duration{}
+				for t, ds := range per {
+					got[r.setup[t]] = append(got[r.setup[t]], ds...)
+				}
+				for s, ds := range got {
+					p.lat[s] = append(p.lat[s], ds...)
+					p.runs[s] = append(p.runs[s], stats.Median(micros(ds)))
+				}
 			}
 		}
 		for _, s := range setups {
@@ -308,6 +329,14 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 		res.checks = append(res.checks, "FAIL: services: plots: "+res.plotErr.Error())
 	}
 	return res
+}
+
+func repeat(s string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
 }
 
 func targets(ips []string, port int) []string {
@@ -453,8 +482,9 @@ func (b *bench) svcServer(ctx context.Context, l *lab.Lab, self, pod string) {
 }
 
 // connectRun runs the connect helper in a client pod (its netns and
-// cgroup, on the benchmark's CPU) and returns each connect's time.
-func (b *bench) connectRun(l *lab.Lab, self, pod string, to []string, n int) ([]time.Duration, error) {
+// cgroup, on the benchmark's CPU) and returns the time of each connect,
+// by target.
+func (b *bench) connectRun(l *lab.Lab, self, pod string, to []string, n int) ([][]time.Duration, error) {
 	cmd, err := l.ExecCmd(svcNS, pod, append(pinned(b.cfg.cpu), self)...)
 	if err != nil {
 		return nil, err
@@ -466,18 +496,25 @@ func (b *bench) connectRun(l *lab.Lab, self, pod string, to []string, n int) ([]
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(errb.String()))
 	}
-	var ns []int64
+	var ns [][]int64
 	if err := json.Unmarshal(out, &ns); err != nil {
 		return nil, fmt.Errorf("connect helper's output: %w", err)
 	}
-	if len(ns) != n {
-		return nil, fmt.Errorf("connect helper timed %d connects, want %d", len(ns), n)
+	if len(ns) != len(to) {
+		return nil, fmt.Errorf("connect helper timed %d targets, want %d", len(ns), len(to))
 	}
-	ds := make([]time.Duration, n)
-	for i, v := range ns {
-		ds[i] = time.Duration(v)
+	per := make([][]time.Duration, len(ns))
+	total := 0
+	for t, v := range ns {
+		for _, x := range v {
+			per[t] = append(per[t], time.Duration(x))
+		}
+		total += len(v)
 	}
-	return ds, nil
+	if total != n {
+		return nil, fmt.Errorf("connect helper timed %d connects, want %d", total, n)
+	}
+	return per, nil
 }
 
 func svcName(i int) string { return fmt.Sprintf("s-%05d", i) }

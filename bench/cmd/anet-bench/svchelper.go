@@ -26,8 +26,8 @@ import (
 //	         $ANET_BENCH_TARGETS (comma-separated ip:port) in turn, each
 //	         timed alone and closed with an RST (SO_LINGER 0: no TIME_WAIT
 //	         piles up in the client over thousands of connects); prints
-//	         the durations in ns as a JSON array. The first error ends it
-//	         with exit status 1.
+//	         the durations in ns as JSON, one array per target in the
+//	         order given. The first error ends it with exit status 1.
 const (
 	helperEnv   = "ANET_BENCH_HELPER"
 	listenEnv   = "ANET_BENCH_LISTEN"
@@ -93,10 +93,14 @@ func connectLoop(targets, count string) error {
 	// One thread, blocking syscalls: the time is the kernel's connect(),
 	// hooks and handshake, and nothing of Go's poller.
 	runtime.LockOSThread()
-	out := make([]int64, 0, n)
+	out := make([][]int64, len(sas))
+	for t := range out {
+		out[t] = make([]int64, 0, n/len(sas)+1)
+	}
 	warm := connectWarmup * len(sas)
 	for i := range warm + n {
-		sa := sas[i%len(sas)]
+		t := i % len(sas)
+		sa := sas[t]
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("socket: %w", err)
@@ -117,7 +121,7 @@ func connectLoop(targets, count string) error {
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		unix.Close(fd)
 		if i >= warm {
-			out = append(out, d.Nanoseconds())
+			out[t] = append(out[t], d.Nanoseconds())
 		}
 	}
 	return json.NewEncoder(os.Stdout).Encode(out)

@@ -87,9 +87,13 @@ func (r *svcResult) markdown() string {
 		"(`lab.ExecCmd`: the pod's netns and cgroup, so that anet's hooks see it, as they see the pod's own processes), "+
 		"client and every server pinned to CPU %s with `taskset`. A connect is one blocking `connect()` (socket made before, "+
 		"closed after with an RST, outside the timer), to the ClusterIPs of %d Services of the node's share in turn (spread over it: "+
-		"kube-proxy's iptables chain holds the Services in no fixed order), or, **direct**, to the backends' pod addresses from another client pod of the same node: the limit. "+
-		"For each number of Services, made fresh: %d runs of %d connects per setup, the six setups (three proxies, three direct) rotating run by run; "+
-		"percentiles are over every connect of the runs. Lower is better.\n\n",
+		"kube-proxy's iptables chain holds the Services in no fixed order), or, **direct**, to the backends' pod addresses: the limit. On anet's node the client alternates, connect by connect, "+
+		"between a ClusterIP and a backend, so that the two are paired sample by sample. On the kube-proxy nodes the direct connects come from "+
+		"another pod of the node: beside a kube-proxy, a direct connection from the proxy's client could reuse the source port of an earlier one "+
+		"through a ClusterIP whose conntrack entry (closed, kept 10 s) netfilter still holds, and anet hands a reply that matches a NAT entry to the "+
+		"host stack (`netfilter_translated` in bpf/lxc.c), which reverse-translates it, so the connect fails (found by this benchmark). "+
+		"For each number of Services, made fresh: %d runs of %d connects per setup, the five kinds of run (anet paired with direct, and per kube-proxy "+
+		"mode one through it and one direct) rotating run by run; percentiles are over every connect of the runs. Lower is better.\n\n",
 		anetNode, r.nodeOf("iptables"), r.nodeOf("nftables"), r.kpVersion, svcPort, svcTarget, svcManagedBy, c.backends,
 		r.cpu, r.probed(), c.reps, c.connects)
 
