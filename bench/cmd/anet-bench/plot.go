@@ -75,6 +75,9 @@ func writeSvcPlots(dir string, r *svcResult) ([]string, error) {
 	if len(r.points) == 0 {
 		return nil, errors.New("no measurement")
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	direct := directKey(r.nodeOf("anet"))
 	var written []string
 
