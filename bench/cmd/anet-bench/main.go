@@ -108,7 +108,7 @@ func run() int {
 	flag.IntVar(&cfg.labSerial, "lab-serial", 8, "pods started one at a time per lab in the pod start benchmark")
 	flag.StringVar(&only, "only", "cni,traffic,prog,lab,services", "sections to run, comma-separated")
 	cfg.svc.flags(flag.CommandLine)
-	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round")
+	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round, 100 and 1000 Services with 2 runs of 500 connects")
 	flag.Parse()
 	if quick {
 		cfg.pods, cfg.rounds, cfg.progPackets, cfg.progPasses = 20, 1, 100_000, 1
