@@ -116,6 +116,11 @@ type Options struct {
 	// default (30 s).
 	EndpointGCGrace time.Duration
 
+	// AnetdArgs are more flags for a node's anetd, by node name (e.g.
+	// {"node2": {"--enable-services=false"}} for a node where a
+	// kube-proxy serves the Services, as the benchmarks compare).
+	AnetdArgs map[string][]string
+
 	// DNS deploys the cluster DNS (CoreDNS, built from its Go module by
 	// scripts/coredns-binary.sh, as the kube-dns Service on the tenth
 	// address of ServiceCIDR, kubelet's clusterDNS) and waits for it to be

@@ -216,6 +216,7 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	if l.opts.EndpointGCGrace > 0 {
 		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
 	}
+	args = append(args, l.opts.AnetdArgs[n.Name]...)
 	p, err := spawn(n.Name+"/anetd", l.netnsPath(n.Netns), n.MountNS, filepath.Join(n.Dir, "logs", "anetd.log"), args...)
 	if err != nil {
 		return err

@@ -16,6 +16,9 @@
 //  4. Pod start latency (create to Ready) and pods/s through real kubelets
 //     and containerd: two 2-node labs (package lab), one wired by anet, one
 //     by the reference bridge + host-local plugins.
+//  5. Services: connect() latency to a ClusterIP, programming time and
+//     memory, anet against kube-proxy in iptables and nftables modes, on a
+//     3-node lab (services.go).
 //
 // It runs as root. Everything it makes (network namespaces, a bpffs mount,
 // anetd, the tools' processes, the labs, temporary files) lives in
@@ -58,6 +61,7 @@ type config struct {
 	labRounds, labSerial    int
 	cpu                     string
 	sections                map[string]bool
+	svc                     svcConfig
 }
 
 type bench struct {
@@ -102,13 +106,15 @@ func run() int {
 	flag.IntVar(&cfg.labPods, "lab-pods", 20, "pods created at once per round in the pod start benchmark")
 	flag.IntVar(&cfg.labRounds, "lab-rounds", 3, "rounds per lab in the pod start benchmark")
 	flag.IntVar(&cfg.labSerial, "lab-serial", 8, "pods started one at a time per lab in the pod start benchmark")
-	flag.StringVar(&only, "only", "cni,traffic,prog,lab", "sections to run, comma-separated")
-	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round")
+	flag.StringVar(&only, "only", "cni,traffic,prog,lab,services", "sections to run, comma-separated")
+	cfg.svc.flags(flag.CommandLine)
+	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round, 100 and 1000 Services with 2 runs of 500 connects")
 	flag.Parse()
 	if quick {
 		cfg.pods, cfg.rounds, cfg.progPackets, cfg.progPasses = 20, 1, 100_000, 1
 		cfg.rrReps, cfg.rrSeconds, cfg.tputReps, cfg.tputSeconds = 1, 2, 1, 2
 		cfg.labPods, cfg.labRounds, cfg.labSerial = 10, 1, 2
+		cfg.svc.quick()
 	}
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -205,6 +211,7 @@ func run() int {
 	}
 	section("prog", func() { rep.prog = b.benchProg() })
 	section("lab", func() { rep.lab = b.benchLab(ctx) })
+	section("services", func() { rep.services = b.benchServices(ctx) })
 
 	rep.m.loadEnd = loadAvg()
 	md := rep.markdown()

@@ -69,13 +69,14 @@ type machine struct {
 
 // report is the whole results.md.
 type report struct {
-	m       machine
-	cfg     config
-	cni     *cniResult
-	traffic *trafficResult
-	prog    *progResult
-	lab     *labResult
-	errs    map[string]error
+	m        machine
+	cfg      config
+	cni      *cniResult
+	traffic  *trafficResult
+	prog     *progResult
+	lab      *labResult
+	services *svcResult
+	errs     map[string]error
 }
 
 func (r *report) markdown() string {
@@ -183,6 +184,15 @@ func (r *report) markdown() string {
 		}
 	}
 
+	if run("services") {
+		w("## 5. Services: anet's kube-proxy replacement vs kube-proxy (iptables, nftables)\n\n")
+		if err := r.errs["services"]; err != nil {
+			w("**Not measured: %v**\n\n", err)
+		} else if r.services != nil {
+			w("%s", r.services.markdown())
+		}
+	}
+
 	w("## Checks\n\n")
 	var checks []string
 	if r.cni != nil {
@@ -197,10 +207,13 @@ func (r *report) markdown() string {
 	if r.lab != nil {
 		checks = append(checks, r.lab.checks...)
 	}
+	if r.services != nil {
+		checks = append(checks, r.services.checks...)
+	}
 	for _, c := range checks {
 		w("- %s\n", c)
 	}
-	for _, k := range []string{"cni", "traffic", "prog", "lab"} {
+	for _, k := range []string{"cni", "traffic", "prog", "lab", "services"} {
 		if err := r.errs[k]; err != nil {
 			w("- FAIL: %s: %v\n", k, err)
 		}
