@@ -307,7 +307,11 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	ready.Store(true) // the socket API serves CNI from here on
-	go legacyKubeProxy(ctx, cfg.purgeKubeProxy, log)
+	if kc != nil {
+		// A kube-proxy needs the API too: a standalone anetd has none
+		// to look for.
+		go legacyKubeProxy(ctx, cfg.purgeKubeProxy, log)
+	}
 
 	if kc != nil {
 		table, err := routing.NewTable(log)
