@@ -190,7 +190,7 @@ func TestFindAndPurge(t *testing.T) {
 	}
 	for _, bin := range []string{"iptables-nft", "iptables-legacy", "ip6tables-nft", "nft"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is not installed (scripts/setup.sh installs iptables and nftables)", bin)
+			t.Fatalf("%s is not installed (scripts/setup.sh installs iptables and nftables)", bin)
 		}
 	}
 	clean := newNetns(t)

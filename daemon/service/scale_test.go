@@ -40,13 +40,10 @@ func programAll(tb testing.TB, svcs []*corev1.Service, epss [][]*discoveryv1.End
 	return m
 }
 
-// TestReconcileScale: 10 000 Services with 50 000 endpoints are programmed
-// from scratch well under 2 s (against the in-memory map; a loose bound,
-// looser under the race detector). BenchmarkReconcileScale measures it.
+// TestReconcileScale: 10 000 Services with 50 000 endpoints are all
+// programmed from scratch, with consistent IDs (against the in-memory
+// map). How long it takes is BenchmarkReconcileScale's to measure.
 func TestReconcileScale(t *testing.T) {
-	if testing.Short() {
-		t.Skip("short")
-	}
 	svcs, epss := scaleInput()
 	start := time.Now()
 	m := programAll(t, svcs, epss)
@@ -55,14 +52,9 @@ func TestReconcileScale(t *testing.T) {
 	if m.Len() != scaleServices+2000*2 {
 		t.Fatalf("%d frontends", m.Len())
 	}
-	bound := 2 * time.Second
-	if raceEnabled {
-		bound = 30 * time.Second
-	}
+	// Time is reported, not asserted (the machines are shared): the
+	// benchmark below is where it is measured.
 	t.Logf("%d Services, %d endpoints, %d frontends programmed in %s", scaleServices, scaleServices*scaleEndpoints, m.Len(), took.Round(time.Millisecond))
-	if took > bound {
-		t.Errorf("took %s, bound %s", took, bound)
-	}
 	if err := m.CheckIDs(); err != nil {
 		t.Error(err)
 	}

@@ -16,14 +16,15 @@ import (
 )
 
 // testserver is the machine's anet-testserver, for probes run outside pods
-// (the outside namespace) or in a pod through Lab.ExecCmd.
+// (the outside namespace) or in a pod through Lab.ExecCmd: the one in the
+// lab's binary directory (ANET_BIN, or what the lab built).
 func testserver(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv("ANET_BIN")
-	if bin == "" {
-		t.Skip("ANET_BIN is not set (make test sets it)")
+	p := filepath.Join(labOf(t).State().AnetBinDir, "anet-testserver")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("no anet-testserver for probes outside pods: %v (make build makes it)", err)
 	}
-	return filepath.Join(bin, "anet-testserver")
+	return p
 }
 
 // outside runs the probe in the lab's outside namespace: a client beyond
