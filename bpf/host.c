@@ -170,6 +170,14 @@ static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, bool s
 	return 0;
 }
 
+/* set_endpoint rewrites the source (src) or destination address and port. */
+static __always_inline int set_endpoint(struct __sk_buff *skb, struct pkt *p, bool src, __be32 addr, __be16 port)
+{
+	int err = set_addr(skb, p, src, addr);
+
+	return err ? err : set_port(skb, p, src, port);
+}
+
 /* route sends a translated packet out by a FIB lookup, as a router would
  * (TTL decremented): the host stack would drop it, its source being one of
  * the node's own addresses. */
@@ -221,6 +229,24 @@ static __always_inline int route(struct __sk_buff *skb, const struct pkt *p)
 	if (ret != TC_ACT_REDIRECT)
 		return -DROP_REDIRECT_FAILED;
 	return ret;
+}
+
+/* forward sends a packet of a translated connection on: to the backend
+ * (DNAT), from the node (SNAT, for a backend on another node) and out by
+ * the FIB; a local backend's is delivered by the host stack. */
+static __always_inline int forward(struct __sk_buff *skb, struct pkt *p, const struct ct4_entry *orig)
+{
+	__be32 baddr = orig->addr, saddr = orig->addr2;
+	__be16 bport = orig->port, sport = orig->port2;
+	bool snat = orig->flags & CT_F_SNAT;
+	int err = set_endpoint(skb, p, false, baddr, bport);
+
+	if (err)
+		return err;
+	if (!snat)
+		return TC_ACT_OK;
+	err = set_endpoint(skb, p, true, saddr, sport);
+	return err ? err : route(skb, p);
 }
 
 /* A frontend without a usable backend refuses a new connection from
@@ -480,27 +506,16 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 		orig.addr2 = cfg->addr;
 		orig.port2 = sport;
 	}
-	orig.expires = now + ct_lifetime(p->proto, p->syn_only ? 0 : CT_F_SEEN_REPLY);
+	if (!p->syn_only)
+		orig.flags |= CT_F_ESTABLISHED;
+	orig.expires = now + ct_lifetime(p->proto, orig.flags);
 	struct ct4_key ok = {
 		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
 		.proto = p->proto,
 	};
 	if (bpf_map_update_elem(&anet_ct4, &ok, &orig, BPF_ANY) < 0)
 		return -DROP_CT_FULL;
-
-	int err = set_addr(skb, p, false, baddr);
-	if (!err)
-		err = set_port(skb, p, false, bport);
-	if (err)
-		return err;
-	if (!(orig.flags & CT_F_SNAT))
-		return TC_ACT_OK; /* a local pod: the host stack delivers it */
-	err = set_addr(skb, p, true, orig.addr2);
-	if (!err)
-		err = set_port(skb, p, true, orig.port2);
-	if (err)
-		return err;
-	return route(skb, p);
+	return forward(skb, p, &orig);
 }
 
 /* backend_gone says whether a UDP flow's backend left its Service: the
@@ -536,17 +551,11 @@ static __always_inline int from_netdev(struct __sk_buff *skb, bool *rejected)
 			return TC_ACT_OK;
 		__be32 faddr = e->addr, caddr = e->addr2;
 		__be16 fport = e->port, cport = e->port2;
-		ct_touch(e, p.proto, p.closing, now);
-		ret = set_addr(skb, &p, true, faddr);
+		ct_touch(e, p.proto, p.syn_only, p.closing, now);
+		ret = set_endpoint(skb, &p, true, faddr, fport);
 		if (!ret)
-			ret = set_port(skb, &p, true, fport);
-		if (!ret)
-			ret = set_addr(skb, &p, false, caddr);
-		if (!ret)
-			ret = set_port(skb, &p, false, cport);
-		if (ret)
-			return ret;
-		return route(skb, &p);
+			ret = set_endpoint(skb, &p, false, caddr, cport);
+		return ret ? ret : route(skb, &p);
 	}
 	if (e && backend_gone(e, p.proto)) {
 		bpf_map_delete_elem(&anet_ct4, &key);
@@ -558,26 +567,10 @@ static __always_inline int from_netdev(struct __sk_buff *skb, bool *rejected)
 		return ret;
 	}
 
-	/* A later packet of a translated connection. */
-	__be32 baddr = e->addr, saddr = e->addr2;
-	__be16 bport = e->port, sport = e->port2;
-	bool snat = e->flags & CT_F_SNAT;
-	if (!p.syn_only && e->expires < now + CT_LIFETIME_SYN)
-		e->expires = now + ct_lifetime(p.proto, e->flags | CT_F_SEEN_REPLY);
-	ct_touch(e, p.proto, p.closing, now);
-	ret = set_addr(skb, &p, false, baddr);
-	if (!ret)
-		ret = set_port(skb, &p, false, bport);
-	if (ret)
-		return ret;
-	if (!snat)
-		return TC_ACT_OK;
-	ret = set_addr(skb, &p, true, saddr);
-	if (!ret)
-		ret = set_port(skb, &p, true, sport);
-	if (ret)
-		return ret;
-	return route(skb, &p);
+	/* A later packet of a translated connection: as its first went. */
+	ct_touch(e, p.proto, p.syn_only, p.closing, now);
+	struct ct4_entry orig = *e;
+	return forward(skb, &p, &orig);
 }
 
 static __always_inline int to_netdev(struct __sk_buff *skb)
@@ -598,10 +591,8 @@ static __always_inline int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__be32 faddr = e->addr;
 	__be16 fport = e->port;
-	ct_touch(e, p.proto, p.closing, now);
-	ret = set_addr(skb, &p, true, faddr);
-	if (!ret)
-		ret = set_port(skb, &p, true, fport);
+	ct_touch(e, p.proto, p.syn_only, p.closing, now);
+	ret = set_endpoint(skb, &p, true, faddr, fport);
 	return ret ? ret : TC_ACT_OK;
 }
 

@@ -35,7 +35,7 @@ struct ct4_key {
 #define CT_F_REPLY (1 << 0)  /* the entry of the reply direction */
 #define CT_F_SNAT (1 << 1)   /* the source was translated to the node's address */
 #define CT_F_CLOSING (1 << 2) /* a FIN or RST was seen: short lifetime */
-#define CT_F_SEEN_REPLY (1 << 3) /* on the original entry: a reply came back */
+#define CT_F_ESTABLISHED (1 << 3) /* a packet other than a bare TCP SYN went this way */
 
 struct ct4_entry {
 	__u64 expires;     /* ns, bpf_ktime_get_ns */
@@ -74,7 +74,7 @@ static __always_inline __u64 ct_lifetime(__u8 proto, __u16 flags)
 		return CT_LIFETIME_UDP;
 	if (flags & CT_F_CLOSING)
 		return CT_LIFETIME_CLOSE;
-	if (!(flags & (CT_F_SEEN_REPLY | CT_F_REPLY)))
+	if (!(flags & CT_F_ESTABLISHED))
 		return CT_LIFETIME_SYN;
 	return CT_LIFETIME_TCP;
 }
@@ -89,18 +89,21 @@ static __always_inline struct ct4_entry *ct_lookup(const struct ct4_key *key, __
 	return e;
 }
 
-/* ct_touch refreshes an entry on a hit; closing is set by a FIN or RST. */
-static __always_inline void ct_touch(struct ct4_entry *e, __u8 proto, bool closing, __u64 now)
+/* ct_touch records a packet of e's direction: established by anything but
+ * a bare SYN, closing by a FIN or RST, and the lifetime that follows. */
+static __always_inline void ct_touch(struct ct4_entry *e, __u8 proto, bool syn_only, bool closing, __u64 now)
 {
 	__u16 flags = e->flags;
 
+	if (!syn_only)
+		flags |= CT_F_ESTABLISHED;
 	if (closing)
 		flags |= CT_F_CLOSING;
-	if (flags != e->flags)
-		e->flags = flags;
 	__u64 exp = now + ct_lifetime(proto, flags);
 	/* Writing every packet would bounce the cache line between CPUs;
-	 * a second's precision is plenty. */
-	if (exp > e->expires + 1000000000ULL || closing)
+	 * a second's precision is plenty, unless the state changed. */
+	if (flags != e->flags || exp > e->expires + 1000000000ULL) {
+		e->flags = flags;
 		e->expires = exp;
+	}
 }

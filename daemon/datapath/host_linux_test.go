@@ -528,3 +528,36 @@ func TestHostAffinityByClientAddress(t *testing.T) {
 		t.Errorf("second client reached %v, want one backend", seen2)
 	}
 }
+
+// A connection's entries live as long as its state says: a minute while
+// only a SYN went, hours once established (refreshed by its packets),
+// seconds after a FIN.
+func TestHostConntrackLifetimes(t *testing.T) {
+	h := loadHost(t)
+	fe := netip.AddrPortFrom(hNode, 30110)
+	cli := netip.AddrPortFrom(hClient, 42000)
+	h.frontend(t, hNode, 30110, 6, 0, netip.AddrPortFrom(hLocalBE, 8080))
+	key := bpf.HostCt4Key{Saddr: be32(hClient), Daddr: be32(hNode), Sport: be16(42000), Dport: be16(30110), Proto: 6}
+	left := func() time.Duration {
+		t.Helper()
+		var e bpf.HostCt4Entry
+		if err := h.objs.AnetCt4.Lookup(key, &e); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(e.Expires - Monotonic())
+	}
+	h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPSyn))
+	if d := left(); d <= 50*time.Second || d > 61*time.Second {
+		t.Errorf("after the SYN: %s to live, want about a minute", d)
+	}
+	for range 2 { // established, and still so at the next packet
+		h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPAck))
+		if d := left(); d < 5*time.Hour {
+			t.Errorf("established: %s to live, want hours", d)
+		}
+	}
+	h.run(t, h.objs.AnetFromNetdev, tcpFrame(cli, fe, testpkt.TCPFin|testpkt.TCPAck))
+	if d := left(); d > 11*time.Second {
+		t.Errorf("after a FIN: %s to live, want seconds", d)
+	}
+}
