@@ -58,25 +58,7 @@ func loadHost(t *testing.T) *hostDP { return loadHostFwd(t, false) }
 func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 	t.Helper()
 	needRoot(t)
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New() // and switches this thread into it
-	if err != nil {
-		orig.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("back to the test's netns: %v", err)
-			return // the thread stays locked, and dies with the test goroutine
-		}
-		ns.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
+	enterNewNetns(t)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", HardwareAddr: hULMAC}, PeerName: "ul0peer"}
 	if err := netlink.LinkAdd(veth); err != nil {
 		t.Fatal(err)
@@ -127,6 +109,31 @@ func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// enterNewNetns moves the test's goroutine, locked to its thread, into a
+// new network namespace until the test ends.
+func enterNewNetns(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.New() // and switches this thread into it
+	if err != nil {
+		orig.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("back to the test's netns: %v", err)
+			return // the thread stays locked, and dies with the test goroutine
+		}
+		ns.Close()
+		orig.Close()
+		runtime.UnlockOSThread()
+	})
 }
 
 func mustLink(t *testing.T, name string) netlink.Link {

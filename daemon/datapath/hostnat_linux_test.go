@@ -2,13 +2,11 @@ package datapath
 
 import (
 	"net"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/anet-dev/anet/bpf"
 	"github.com/anet-dev/anet/internal/testpkt"
@@ -21,25 +19,7 @@ import (
 // and a datagram sent through it, in a namespace of the test's own.
 func TestHostNATRepliesGoThroughTheStack(t *testing.T) {
 	needRoot(t)
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		orig.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("back to the test's netns: %v", err)
-			return
-		}
-		ns.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
+	enterNewNetns(t)
 	lo := mustLink(t, "lo")
 	if err := netlink.LinkSetUp(lo); err != nil {
 		t.Fatal(err)
