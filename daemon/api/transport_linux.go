@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -79,8 +81,13 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	fail := func(what string, err error) (*answer, error) {
-		if cerr := ctx.Err(); cerr != nil {
-			err = cerr
+		switch {
+		case ctx.Err() != nil:
+			err = ctx.Err()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The connection's deadline is the context's, and may
+			// come first.
+			err = context.DeadlineExceeded
 		}
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
