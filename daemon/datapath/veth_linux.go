@@ -97,7 +97,14 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = c.HostIfName
 	la.MTU = c.MTU
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd()))}
+	// One queue each way on each end: without it the kernel gives a veth
+	// as many as there are possible CPUs, each with its kobjects in sysfs,
+	// which the pair's creation and deletion pay for. anet's programs run
+	// at tc and hand packets on with redirects; veth's extra queues serve
+	// only XDP on the device, which anet does not attach.
+	la.NumTxQueues, la.NumRxQueues = 1, 1
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: c.PodIfName, PeerHardwareAddr: podMAC, PeerNamespace: netlink.NsFd(int(podNS.Fd())),
+		PeerNumTxQueues: 1, PeerNumRxQueues: 1}
 	err = h.LinkAdd(veth)
 	if errors.Is(err, unix.EEXIST) {
 		// The host side's name, or the pod side's, is taken. The host

@@ -146,6 +146,34 @@ func noBridge(t *testing.T, n *testnode.Node) {
 	})
 }
 
+// oneQueueEach checks that both ends of a pod's veth pair have one
+// transmit and one receive queue (anetd asks for that; the kernel's
+// default is one per possible CPU).
+func oneQueueEach(t *testing.T, n *testnode.Node, p *testnode.Pod) {
+	t.Helper()
+	check := func(side string, l netlink.Link) {
+		if a := l.Attrs(); a.NumTxQueues != 1 || a.NumRxQueues != 1 {
+			t.Errorf("%s side %s: %d tx and %d rx queues, want 1 and 1", side, a.Name, a.NumTxQueues, a.NumRxQueues)
+		}
+	}
+	_ = n.NS.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(datapath.HostIfName(p.ContainerID, p.IfName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("host", l)
+		return nil
+	})
+	_ = p.NS.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(p.IfName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("pod", l)
+		return nil
+	})
+}
+
 func TestTwoPodsThroughLibcni(t *testing.T) {
 	n := testnode.New(t, testnode.Options{})
 	a, b := n.NewPod("a"), n.NewPod("b")
@@ -163,6 +191,7 @@ func TestTwoPodsThroughLibcni(t *testing.T) {
 		t.Fatalf("incomplete result: %+v", ra)
 	}
 	noBridge(t, n)
+	oneQueueEach(t, n, a)
 
 	echoTCP(t, b, 7000)
 	echoUDP(t, b, 7001)
