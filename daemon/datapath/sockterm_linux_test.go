@@ -13,7 +13,11 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/anet-dev/anet/daemon/service"
 	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
@@ -385,4 +389,76 @@ func keysOf(m map[uint64]*os.File) []uint64 {
 		out = append(out, k)
 	}
 	return out
+}
+
+// The whole chain: the service reconciler over the real maps, with the
+// real terminator. The EndpointSlice loses backend A; the socket that a
+// pod-like client connected to the ClusterIP fails its next recv() with
+// ECONNABORTED and, connected again, reaches B.
+func TestSockTermFromReconciler(t *testing.T) {
+	e := newSockEnv(t)
+	var term *SocketTerminator
+	cliIno := netnsInode(t, e.cli.Path())
+	err := e.srv.Do(func(ns.NetNS) error {
+		var err error
+		term, err = e.dp.NewSocketTerminator(func() []NetnsRef {
+			return []NetnsRef{{Name: "default/client", Path: e.cli.Path(), Inode: cliIno}}
+		}, quiet)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	passes := make(chan int, 4)
+	term.OnPass = func(n int) { passes <- n }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { term.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	rec := service.NewReconciler(e.sm, service.Node{Name: "n1"}, service.Options{Terminator: term}, quiet)
+	if err := rec.Adopt(); err != nil {
+		t.Fatal(err)
+	}
+
+	proto, port, bport, name := corev1.ProtocolUDP, int32(53), int32(udpPort), "dns"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "dns"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: vip.String(), ClusterIPs: []string{vip.String()},
+			Ports: []corev1.ServicePort{{Name: name, Protocol: proto, Port: port}}},
+	}
+	slice := func(ips ...netip.Addr) []*discoveryv1.EndpointSlice {
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "dns-a", Labels: map[string]string{discoveryv1.LabelServiceName: "dns"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &bport}},
+		}
+		for _, ip := range ips {
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip.String()}})
+		}
+		return []*discoveryv1.EndpointSlice{s}
+	}
+	if !rec.Update("default/dns", svc, slice(backendIPs[0])) {
+		t.Fatal("update failed")
+	}
+	front := ap(vip, 53)
+	a, b := ap(backendIPs[0], udpPort).String(), ap(backendIPs[1], udpPort).String()
+	sock := e.hold("hold-udp", front)
+	if got := e.answers("ping", sock); got != a {
+		t.Fatalf("answered by %q, want %s", got, a)
+	}
+	if !rec.Update("default/dns", svc, slice(backendIPs[1])) {
+		t.Fatal("update failed")
+	}
+	if n := <-passes; n != 1 {
+		t.Errorf("destroyed %d sockets, want 1", n)
+	}
+	if got := e.answers("recv", sock); got != "recv: ECONNABORTED" {
+		t.Errorf("recv after A left: %q, want recv: ECONNABORTED", got)
+	}
+	if r := e.do(sockReq{Op: "reconnect", ID: sock, Addr: front.String()}); len(r.Errors) != 0 {
+		t.Fatalf("reconnect: %v", r.Errors)
+	}
+	if got := e.answers("ping", sock); got != b {
+		t.Errorf("after reconnect: answered by %q, want %s", got, b)
+	}
 }
