@@ -37,6 +37,11 @@ var held = map[int]int{}
 // Backends); "send" and "recv" do one half; "reconnect" connects socket ID
 // to Addr again; "close" closes it. Errors are "step: ERRNO".
 func heldOp(req sockReq) (sockResp, bool) {
+	switch req.Op {
+	case "hold-udp", "hold-tcp", "ping", "send", "recv", "reconnect", "close":
+	default:
+		return sockResp{}, false // one of runOps'
+	}
 	r := sockResp{Backends: map[string]int{}, Peers: map[string]int{}, From: map[string]int{}, Errors: map[string]int{}}
 	var sa unix.Sockaddr
 	if req.Addr != "" {
