@@ -38,15 +38,20 @@ var held = map[int]int{}
 // to Addr again; "close" closes it. Errors are "step: ERRNO".
 func heldOp(req sockReq) (sockResp, bool) {
 	switch req.Op {
-	case "hold-udp", "hold-tcp", "ping", "send", "recv", "reconnect", "close":
+	case "hold-udp", "hold-udp6", "hold-tcp", "ping", "send", "recv", "reconnect", "close":
 	default:
 		return sockResp{}, false // one of runOps'
 	}
 	r := sockResp{Backends: map[string]int{}, Peers: map[string]int{}, From: map[string]int{}, Errors: map[string]int{}}
 	var sa unix.Sockaddr
+	family := unix.AF_INET
 	if req.Addr != "" {
 		ap := netip.MustParseAddrPort(req.Addr)
 		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		if req.Op == "hold-udp6" {
+			// A dual-stack socket, to the IPv4-mapped address.
+			family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		}
 	}
 	fail := func(step string, err error) (sockResp, bool) {
 		r.Errors[errnoName(step, err)]++
@@ -78,12 +83,12 @@ func heldOp(req sockReq) (sockResp, bool) {
 		}
 	}
 	switch req.Op {
-	case "hold-udp", "hold-tcp":
+	case "hold-udp", "hold-udp6", "hold-tcp":
 		typ := unix.SOCK_DGRAM
 		if req.Op == "hold-tcp" {
 			typ = unix.SOCK_STREAM
 		}
-		s, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+		s, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fail("socket", err)
 		}
@@ -188,8 +193,8 @@ func (e *sockEnv) answers(op string, id int) string {
 	return ""
 }
 
-// A UDP socket connected to the frontend, whose backend A then leaves it,
-// is destroyed by the terminator: its next recv() fails with
+// A UDP socket connected to the frontend (IPv4, or IPv6 to the
+// IPv4-mapped address), whose backend A then leaves it, is destroyed by the terminator: its next recv() fails with
 // ECONNABORTED, its next send() with EDESTADDRREQ (it is disconnected),
 // and a new connect() to the frontend reaches B. A UDP socket connected to
 // A directly and a TCP connection through a frontend to A are left alone.
@@ -209,9 +214,10 @@ func TestSockTermUDP(t *testing.T) {
 
 	recvSock := e.hold("hold-udp", udpFront)
 	sendSock := e.hold("hold-udp", udpFront)
+	mapped := e.hold("hold-udp6", udpFront)
 	direct := e.hold("hold-udp", ap(backendIPs[0], udpPort))
 	tcp := e.hold("hold-tcp", ap(vip, 90))
-	for _, id := range []int{recvSock, sendSock, direct} {
+	for _, id := range []int{recvSock, sendSock, mapped, direct} {
 		if got := e.answers("ping", id); got != a {
 			t.Fatalf("socket %d: answered by %q, want %s", id, got, a)
 		}
@@ -254,11 +260,14 @@ func TestSockTermUDP(t *testing.T) {
 		{RevNat: udpA.RevNat, Addr: udpA.Backends[0].Addr},
 		{RevNat: tcpFront.RevNat, Addr: tcpFront.Backends[0].Addr},
 	})
-	if n := <-passes; n != 2 {
-		t.Errorf("destroyed %d sockets, want 2 (the two connected through the frontend)", n)
+	if n := <-passes; n != 3 {
+		t.Errorf("destroyed %d sockets, want 3 (those connected through the frontend)", n)
 	}
-	if got := term.Destroyed.Load(); got != 2 {
-		t.Errorf("Destroyed = %d, want 2", got)
+	if got := term.Destroyed.Load(); got != 3 {
+		t.Errorf("Destroyed = %d, want 3", got)
+	}
+	if got := e.answers("recv", mapped); got != "recv: ECONNABORTED" {
+		t.Errorf("recv on a destroyed IPv6 socket (IPv4-mapped): %q, want recv: ECONNABORTED", got)
 	}
 
 	if got := e.answers("recv", recvSock); got != "recv: ECONNABORTED" {
