@@ -93,9 +93,14 @@ type Counter struct {
 // Endpoint is a registered endpoint as anetd reports it.
 type Endpoint struct {
 	EndpointRequest
-	Created  time.Time         `json:"created"`
-	Labels   map[string]string `json:"labels,omitempty"` // the pod's, from the API (anetd with Kubernetes)
-	Counters []Counter         `json:"counters"`
+	Created time.Time `json:"created"`
+	// NetnsInode is the inode of the pod's network namespace, taken at
+	// ADD from the descriptor the plugin sent (0 when unknown): it finds
+	// the namespace again when Netns, a path in the runtime's mount
+	// namespace, is not one (see datapath.NetnsRef).
+	NetnsInode uint64            `json:"netnsInode,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"` // the pod's, from the API (anetd with Kubernetes)
+	Counters   []Counter         `json:"counters"`
 }
 
 // GCRequest keeps the listed attachments of one network and removes every

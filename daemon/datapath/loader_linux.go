@@ -73,6 +73,10 @@ type Datapath struct {
 	svcOnce sync.Once
 	svc     *ServiceMaps
 	svcErr  error
+
+	// The UDP socket terminator (sockterm_linux.go), or nil and why.
+	term    *sockTerm
+	termErr error
 }
 
 // CheckBPFFS returns a clear error unless dir is a directory on a bpf
@@ -304,6 +308,7 @@ func LoadWith(root string, opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := loadCollections(colls, dp.shared); err != nil {
 		return fail(err)
 	}
+	dp.loadSockTerm()
 	maps := dp.maps()
 	for name, old := range dp.replaced {
 		switch refills[name] {
@@ -548,7 +553,7 @@ func (dp *Datapath) Close() error {
 	if dp.barrier != nil {
 		dp.barrier.close()
 	}
-	return errors.Join(dp.objs.Close(), dp.sock.Close(), dp.host.Close())
+	return errors.Join(dp.objs.Close(), dp.sock.Close(), dp.host.Close(), dp.term.close())
 }
 
 // LoadUnpinned loads the programs with fresh maps of their own, pinned
@@ -576,7 +581,17 @@ func LoadUnpinned() (*Datapath, error) {
 		dp.Close()
 		return nil, err
 	}
+	dp.loadSockTerm()
 	return dp, nil
+}
+
+// loadSockTerm loads the UDP socket terminator; a kernel without it
+// (bpf_sock_destroy came in Linux 6.5) serves everything else.
+func (dp *Datapath) loadSockTerm() {
+	dp.term, dp.termErr = loadSockTerm(dp.shared)
+	if dp.termErr != nil {
+		dp.log.Warn("connected UDP sockets to removed service backends cannot be terminated on this kernel", "err", dp.termErr)
+	}
 }
 
 // Program returns one of the loaded programs by name (ProgFromContainer,

@@ -69,6 +69,7 @@ type sockReq struct {
 	Addr     string
 	N        int
 	Duration time.Duration
+	ID       int // a held socket (sockterm_linux_test.go)
 }
 
 // sockResp counts what the operations saw.
@@ -80,6 +81,7 @@ type sockResp struct {
 	Errors   map[string]int // failed operations, by step and errno
 	MedianNs int64          // connect() (or sendto()) latency
 	Order    []string       // backends in order, for the first 64 operations
+	ID       int            // a held socket, made by a hold op
 }
 
 // sockHelper runs in the client process: its main thread enters the client
@@ -107,6 +109,9 @@ func sockHelper(netnsPath string) {
 }
 
 func runOps(req sockReq) sockResp {
+	if r, ok := heldOp(req); ok {
+		return r
+	}
 	r := sockResp{Backends: map[string]int{}, Peers: map[string]int{}, From: map[string]int{}, Errors: map[string]int{}}
 	ap := netip.MustParseAddrPort(req.Addr)
 	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}

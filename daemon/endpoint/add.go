@@ -106,12 +106,20 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	// restart, only once everything else is done; until then a crash
 	// leaves at most a temp file, which Restore removes.
 	created := time.Now().UTC().Round(0)
+	// The namespace's inode finds it again later (the UDP socket
+	// terminator walks it), even where its path does not lead.
+	var netnsIno uint64
+	if podNS != nil {
+		if netnsIno, err = datapath.NetnsInode(podNS); err != nil {
+			m.log.Warn("the pod's network namespace has no inode to record", "containerID", r.ContainerID, "err", err)
+		}
+	}
 	newRecord := func(wd datapath.Wired) *api.Endpoint {
 		return &api.Endpoint{EndpointRequest: api.EndpointRequest{
 			Attachment: r.Attachment, Pod: r.Pod, Netns: r.Netns, IP: ip,
 			HostIfName: hostIf, HostIfindex: uint32(wd.HostIfindex),
 			HostMAC: wd.HostMAC.String(), PodMAC: wd.PodMAC.String(), AttachMode: wd.Mode,
-		}, Created: created}
+		}, Created: created, NetnsInode: netnsIno}
 	}
 	rec := m.startRecord(r.Attachment)
 	defer func() {

@@ -232,3 +232,36 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("Check with the device gone: %+v %v", c, err)
 	}
 }
+
+// ADD records the inode of the namespace it was given, which survives a
+// restart, and Netns lists it for the UDP socket terminator.
+func TestAddRecordsNetnsInode(t *testing.T) {
+	dir := t.TempDir()
+	devices := mapDevices{}
+	w := &wiringDP{fakeDP: newFakeDP(), devices: devices}
+	f := newFixture(t, dir, newFakeDP(), devices)
+	f.m.dp = w
+	// The fake wiring never enters it: any network namespace does.
+	podNS, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer podNS.Close()
+	want, err := datapath.NetnsInode(podNS)
+	if err != nil || want == 0 {
+		t.Fatalf("inode %d: %v", want, err)
+	}
+	a := api.Attachment{Network: "anet", ContainerID: "c1", IfName: "eth0"}
+	req := api.AddRequest{Attachment: a, Netns: "/run/netns/x", Pod: api.PodRef{Namespace: "default", Name: "p"}}
+	if _, err := f.m.Add(context.Background(), req, podNS); err != nil {
+		t.Fatal(err)
+	}
+	g := newFixture(t, dir, newFakeDP(), devices)
+	if err := g.m.Restore(Pending{}); err != nil {
+		t.Fatal(err)
+	}
+	got := g.m.Netns()
+	if len(got) != 1 || got[0] != (datapath.NetnsRef{Name: "default/p", Path: "/run/netns/x", Inode: want}) {
+		t.Errorf("Netns after a restart: %+v, want default/p at /run/netns/x, inode %d", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/daemon/datapath"
 )
 
 // Records returns every endpoint record, without counters (no map reads),
@@ -38,4 +39,21 @@ func (m *Manager) Collect(a api.Attachment, created time.Time) (bool, error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// Netns lists the network namespaces of the endpoints, one per endpoint
+// (a pod with several interfaces is listed once per interface: the
+// caller opens each namespace once, by inode), for the UDP socket
+// terminator: it walks the sockets of every pod of the node.
+func (m *Manager) Netns() []datapath.NetnsRef {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]datapath.NetnsRef, 0, len(m.eps))
+	for _, ep := range m.eps {
+		if ep.Netns == "" && ep.NetnsInode == 0 {
+			continue
+		}
+		out = append(out, datapath.NetnsRef{Name: ep.Pod.Namespace + "/" + ep.Pod.Name, Path: ep.Netns, Inode: ep.NetnsInode})
+	}
+	return out
 }

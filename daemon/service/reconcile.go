@@ -13,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
 // Default ID ranges: the maps' default sizes (anetd's --lb-services-max
@@ -54,6 +56,10 @@ type Options struct {
 	HealthChecks HealthChecks
 	// RetryMin and RetryMax bound the backoff of failed writes (1 s, 30 s).
 	RetryMin, RetryMax time.Duration
+	// Terminator, when set, is told of every UDP backend that leaves a
+	// frontend (see goneBackends), once the maps no longer send new
+	// connections to it, to destroy the sockets still connected to it.
+	Terminator lb.SocketTerminator
 }
 
 // backendKey is what a backend ID stands for: one address, port and
@@ -380,6 +386,7 @@ func (r *Reconciler) write(k FrontendKey) error {
 				return fmt.Errorf("deleting: %w", err)
 			}
 			r.Counters.Deletes.Add(1)
+			r.terminate(k, prev, MapFrontend{})
 			for _, b := range prev.Backends {
 				r.unref(b.ID)
 			}
@@ -411,6 +418,9 @@ func (r *Reconciler) write(k FrontendKey) error {
 		return err
 	}
 	r.Counters.Puts.Add(1)
+	if had {
+		r.terminate(k, prev, mf)
+	}
 	for _, b := range mf.Backends {
 		r.refs[b.ID]++
 	}
@@ -464,6 +474,39 @@ func (r *Reconciler) mapFrontend(k FrontendKey, f Frontend, prev MapFrontend) (M
 		mf.Backends[i] = mb
 	}
 	return mf, fresh, nil
+}
+
+// terminate tells the Terminator of the UDP backends that frontend k gave
+// up when the maps went from prev to next (see goneBackends).
+func (r *Reconciler) terminate(k FrontendKey, prev, next MapFrontend) {
+	if r.opts.Terminator == nil || k.Proto != UDP {
+		return
+	}
+	if gone := goneBackends(prev, next); len(gone) > 0 {
+		r.opts.Terminator.TerminateUDP(gone)
+	}
+}
+
+// goneBackends lists the backends that were in prev and are no longer
+// there in next, or are there but Terminating (neither ready nor serving:
+// kube-proxy flushes the UDP conntrack entries of such endpoints too). A
+// backend that was Terminating in prev already went. next is the zero
+// MapFrontend when the frontend itself went. The frontend's reverse-NAT
+// index is prev's: the one the socket hooks recorded.
+func goneBackends(prev, next MapFrontend) []lb.GoneBackend {
+	live := make(map[netip.AddrPort]bool, len(next.Backends))
+	for _, b := range next.Backends {
+		if b.State != Terminating {
+			live[b.Addr] = true
+		}
+	}
+	var gone []lb.GoneBackend
+	for _, b := range prev.Backends {
+		if b.State != Terminating && !live[b.Addr] {
+			gone = append(gone, lb.GoneBackend{RevNat: prev.RevNat, Addr: b.Addr})
+		}
+	}
+	return gone
 }
 
 func (r *Reconciler) unref(id uint32) {

@@ -40,6 +40,7 @@ import (
 	"github.com/anet-dev/anet/daemon/proxyhealth"
 	"github.com/anet-dev/anet/daemon/routing"
 	"github.com/anet-dev/anet/daemon/service"
+	"github.com/anet-dev/anet/daemon/service/lb"
 )
 
 // testHoldEnv, set to 1, holds anetd before it restores its endpoints, its
@@ -319,7 +320,7 @@ func run(cfg *config, log *slog.Logger) error {
 			return err
 		}
 		defer table.Close()
-		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, log)
+		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, eps.Netns, log)
 		if err != nil {
 			return err
 		}
@@ -396,12 +397,13 @@ const testServiceMapEnv = "ANETD_TEST_SERVICE_MAP"
 // healthCheckNodePort servers. It returns nil when services are off or no
 // service map is connected.
 func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *k8s.Client, node k8s.NodeInfo,
-	srv *apiserver.Server, log *slog.Logger) (*service.Reconciler, error) {
+	srv *apiserver.Server, podNetns func() []datapath.NetnsRef, log *slog.Logger) (*service.Reconciler, error) {
 	if !cfg.enableServices {
 		log.Info("services off (--enable-services=false): another proxy must serve them")
 		return nil, nil
 	}
 	var m service.Map
+	var term *datapath.SocketTerminator
 	if os.Getenv(testServiceMapEnv) == "memory" {
 		// Nothing reaches the datapath: no hooks, no underlay programs.
 		log.Warn("test only: services programmed into an in-memory map, not the datapath", "env", testServiceMapEnv)
@@ -419,6 +421,16 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 			return nil, fmt.Errorf("attaching the socket-level service hooks at %s: %w", cgroupRoot, err)
 		}
 		log.Info("socket-level service hooks attached", "cgroupRoot", cgroupRoot)
+		// A UDP socket the hooks connected to a backend keeps sending
+		// to it after it left: the terminator destroys such sockets in
+		// the pods' namespaces and the node's (this goroutine's: the
+		// main one, never moved).
+		if term, err = dp.NewSocketTerminator(podNetns, log.With("from", "sockterm")); err != nil {
+			log.Warn("connected UDP sockets stay connected to backends that left their Service", "err", err)
+			term = nil
+		} else {
+			go term.Run(ctx)
+		}
 		if err := startUnderlay(ctx, cfg, dp, node, log); err != nil {
 			return nil, err
 		}
@@ -433,6 +445,7 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 	go hcs.Run(ctx, 5*time.Second)
 	rec := service.NewReconciler(m, service.Node{Name: cfg.nodeName, Addrs: node.InternalIPs}, service.Options{
 		MaxFrontends: cfg.lbServicesMax, MaxBackends: cfg.lbBackendsMax, Health: ph, HealthChecks: hcs,
+		Terminator: terminator(term),
 	}, svcLog)
 	synced, _, err := kc.OnServiceChange(rec.Enqueue)
 	if err != nil {
@@ -454,6 +467,14 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 	log.Info("service proxy started", "node", cfg.nodeName, "nodeAddresses", node.InternalIPs,
 		"lbServicesMax", cfg.lbServicesMax, "lbBackendsMax", cfg.lbBackendsMax, "healthz", cfg.healthzAddr)
 	return rec, nil
+}
+
+// terminator is t as the reconciler's option: nil stays an untyped nil.
+func terminator(t *datapath.SocketTerminator) lb.SocketTerminator {
+	if t == nil {
+		return nil
+	}
+	return t
 }
 
 // serveProxyHealth serves kube-proxy's health endpoint, retrying the bind

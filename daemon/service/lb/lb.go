@@ -188,3 +188,20 @@ type Map interface {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// GoneBackend is a UDP backend that left a frontend: removed from its
+// map entry (the endpoint went, or the frontend did), or kept there but
+// no longer serving (Terminating). A UDP socket that the socket hooks
+// connected to it through that frontend keeps sending to it for ever; the
+// datapath destroys such sockets so that their applications reconnect.
+type GoneBackend struct {
+	RevNat uint32 // the frontend's reverse-NAT index
+	Addr   netip.AddrPort
+}
+
+// SocketTerminator destroys the connected UDP sockets of gone backends
+// (datapath.SocketTerminator). TerminateUDP must not block: the
+// reconciler calls it while it writes the maps.
+type SocketTerminator interface {
+	TerminateUDP(gone []GoneBackend)
+}
