@@ -177,26 +177,46 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 }
 
 // pendingRecord is an endpoint record on its way to disk, in the
-// background: a temp file made beside its place, then, once its contents
-// are given (write), written and fsynced. commit waits for that and
+// background: once its contents are given (write), written into a ready
+// file (see ready.go) and fdatasynced, or, when none is ready, into a temp
+// file made beside its place and fsynced. commit waits for that and
 // renames the file into place; abort removes it.
 type pendingRecord struct {
 	content chan []byte
 	done    chan error
-	pf      *renameio.PendingFile // set before done is sent
+	path    string                // the record's place
+	ready   string                // the ready file taken, if one was
+	f       *os.File              // the written ready file; set before done is sent
+	pf      *renameio.PendingFile // the plain way's temp file; set before done is sent
 	ep      *api.Endpoint         // what write was given
 	over    bool
 }
 
-// startRecord begins a record of a. The temp file is made in the records'
-// directory (renameio would otherwise probe the system's temp directory
-// with two more files on every write), so that Restore finds what a crash
-// leaves of it.
+// startRecord begins a record of a. The plain way's temp file is made in
+// the records' directory (renameio would otherwise probe the system's temp
+// directory with two more files on every write), so that Restore finds
+// what a crash leaves of it.
 func (m *Manager) startRecord(a api.Attachment) *pendingRecord {
-	p := &pendingRecord{content: make(chan []byte, 1), done: make(chan error, 1)}
-	path := m.recordPath(a)
+	p := &pendingRecord{content: make(chan []byte, 1), done: make(chan error, 1), path: m.recordPath(a), ready: m.ready.take()}
 	go func() {
-		pf, err := renameio.NewPendingFile(path, renameio.WithTempDir(m.dir), renameio.WithPermissions(0o600))
+		if p.ready != "" {
+			b, ok := <-p.content
+			if !ok {
+				_ = os.Remove(p.ready)
+				p.done <- errors.New("record aborted")
+				return
+			}
+			if len(b) == 0 {
+				_ = os.Remove(p.ready)
+				p.done <- errors.New("encoding the record failed")
+				return
+			}
+			f, err := writeReady(p.ready, b)
+			p.f = f
+			p.done <- err
+			return
+		}
+		pf, err := renameio.NewPendingFile(p.path, renameio.WithTempDir(m.dir), renameio.WithPermissions(0o600))
 		if err != nil {
 			p.done <- err
 			return
@@ -234,7 +254,7 @@ func (p *pendingRecord) write(ep *api.Endpoint) {
 func (p *pendingRecord) written() *api.Endpoint { return p.ep }
 
 // commit waits until the record is on disk and renames it into place (the
-// rename's own fsync finds nothing left to write).
+// plain way's rename fsyncs first, and finds nothing left to write).
 func (p *pendingRecord) commit() error {
 	if p.ep == nil {
 		p.abort()
@@ -242,6 +262,18 @@ func (p *pendingRecord) commit() error {
 	}
 	p.over = true
 	err := <-p.done
+	if p.ready != "" {
+		if err == nil {
+			err = p.f.Close()
+			if err == nil {
+				err = os.Rename(p.ready, p.path)
+			}
+			if err != nil {
+				_ = os.Remove(p.ready)
+			}
+		}
+		return err
+	}
 	if err == nil {
 		err = p.pf.CloseAtomicallyReplace()
 	}
@@ -251,8 +283,8 @@ func (p *pendingRecord) commit() error {
 	return err
 }
 
-// abort removes the temp file, once its write is over. After commit it
-// does nothing.
+// abort removes the temp or ready file, once its write is over. After
+// commit it does nothing.
 func (p *pendingRecord) abort() {
 	if p.over {
 		return
@@ -261,7 +293,14 @@ func (p *pendingRecord) abort() {
 	if p.ep == nil {
 		close(p.content)
 	}
-	<-p.done
+	err := <-p.done
+	if p.ready != "" {
+		if err == nil {
+			p.f.Close()
+			_ = os.Remove(p.ready)
+		}
+		return
+	}
 	if p.pf != nil {
 		_ = p.pf.Cleanup()
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,5 +265,109 @@ func TestAddRecordsNetnsInode(t *testing.T) {
 	got := g.m.Netns()
 	if len(got) != 1 || got[0] != (datapath.NetnsRef{Name: "default/p", Path: "/run/netns/x", Inode: want}) {
 		t.Errorf("Netns after a restart: %+v, want default/p at /run/netns/x, inode %d", got, want)
+	}
+}
+
+// Records go through ready files: an ADD takes one (the pool is refilled
+// behind it), its record lands in the records' directory and restores;
+// with none ready (more ADDs than the pool holds, before the refill) the
+// record is written the plain way, just as well. A ready file an ADD wrote
+// but never renamed (a crash) is gone at the next start, and no endpoint
+// comes of it.
+func TestAddThroughReadyFiles(t *testing.T) {
+	dir := t.TempDir()
+	devices := mapDevices{}
+	w := &wiringDP{fakeDP: newFakeDP(), devices: devices}
+	f := newFixture(t, dir, newFakeDP(), devices)
+	f.m.dp = w
+	readyDir := filepath.Join(dir, "endpoints.ready")
+	ready := func() []string {
+		es, err := os.ReadDir(readyDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range es {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	before := ready()
+	if len(before) != readyKept {
+		t.Fatalf("%d ready files after UseReadyFiles, want %d", len(before), readyKept)
+	}
+	for _, name := range before {
+		b, err := os.ReadFile(filepath.Join(readyDir, name))
+		if err != nil || len(b) != readySize || strings.Trim(string(b), " ") != "" {
+			t.Fatalf("ready file %s: %d bytes, not all spaces (%v)", name, len(b), err)
+		}
+	}
+	// More ADDs than ready files, back to back: some take ready files,
+	// the rest (if the refill is behind) the plain way.
+	var atts []api.Attachment
+	ips := map[netip.Addr]bool{}
+	for i := range 2*readyKept + 1 {
+		a := api.Attachment{Network: "anet", ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"}
+		res, err := f.m.Add(context.Background(), api.AddRequest{Attachment: a}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		atts = append(atts, a)
+		ips[res.IP] = true
+	}
+	if len(ips) != len(atts) {
+		t.Fatalf("%d addresses for %d ADDs", len(ips), len(atts))
+	}
+	used := 0
+	now := map[string]bool{}
+	for _, n := range ready() {
+		now[n] = true
+	}
+	for _, n := range before {
+		if !now[n] {
+			used++
+		}
+	}
+	if used == 0 {
+		t.Fatal("no ADD took a ready file")
+	}
+	// A ready file written by an ADD that crashed before its rename.
+	crashed := filepath.Join(readyDir, "0123456789abcdef")
+	rec, err := json.Marshal(api.Endpoint{EndpointRequest: api.EndpointRequest{
+		Attachment: api.Attachment{Network: "anet", ContainerID: "crashed", IfName: "eth0"},
+		IP:         netip.MustParseAddr("10.244.1.200"), HostIfName: datapath.HostIfName("crashed", "eth0"), HostIfindex: 999,
+		HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: datapath.ModeTC}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crashed, rec, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	devices[datapath.HostIfName("crashed", "eth0")] = 999
+	f.m.Close()
+
+	g := newFixture(t, dir, newFakeDP(), devices)
+	if err := g.m.Restore(Pending{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.m.Count(); n != len(atts) {
+		t.Errorf("%d endpoints after restore, want %d", n, len(atts))
+	}
+	for _, a := range atts {
+		if _, err := g.m.Get(a); err != nil {
+			t.Errorf("%s after restore: %v", a.ContainerID, err)
+		}
+	}
+	if _, err := g.m.Get(api.Attachment{Network: "anet", ContainerID: "crashed", IfName: "eth0"}); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("the crashed ADD's endpoint: %v, want not found", err)
+	}
+	if _, ok := devices[datapath.HostIfName("crashed", "eth0")]; ok {
+		t.Error("the crashed ADD's device is still there")
+	}
+	if _, err := os.Stat(crashed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the crashed ADD's ready file: %v, want removed", err)
+	}
+	if n := len(ready()); n != readyKept {
+		t.Errorf("%d ready files after the restart, want %d", n, readyKept)
 	}
 }

@@ -65,6 +65,8 @@ type Manager struct {
 	devs Devices
 	log  *slog.Logger
 
+	ready *readyPool // nil: records are written the plain way (UseReadyFiles)
+
 	mu   sync.Mutex
 	eps  map[api.Attachment]*api.Endpoint
 	busy map[api.Attachment]chan struct{} // attachments with a verb in progress

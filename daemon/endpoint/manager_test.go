@@ -118,6 +118,11 @@ func newFixture(t *testing.T, dir string, dp *fakeDP, devices map[string]uint32)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As anetd: records through ready files.
+	if err := m.UseReadyFiles(filepath.Join(dir, "endpoints.ready")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
 	return &fixture{dir: dir, dp: dp, devices: devices, m: m}
 }
 

@@ -256,6 +256,12 @@ func run(cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Records go into files made ahead of time (an ADD then waits for a
+	// data write, not a journal commit).
+	if err := eps.UseReadyFiles(filepath.Join(cfg.stateDir, "endpoints.ready")); err != nil {
+		return err
+	}
+	defer eps.Close()
 	pending := endpoint.Pending{Releases: api.PendingReleaseDir(cfg.socket)}
 
 	var ready atomic.Bool
