@@ -198,7 +198,7 @@ var traceRowText = map[string]string{
 	"anetd.pod":      "anetd: pod side IPv6 off, up, address, routes, neighbour",
 	"anetd.host":     "anetd: host side up, route and neighbour to the pod",
 	"anetd.mapped":   "anetd: endpoint map entries written",
-	"anetd.recorded": "anetd: endpoint record in place: the wait for its write and fsync (begun after the attach, in the background) and its rename",
+	"anetd.recorded": "anetd: endpoint record in place: the wait for its write into a ready file and fdatasync (begun after the attach, in the background; the plain write and fsync when none is ready) and its rename",
 	keyTransport:     "request outside anetd's steps: anetd's answer encoded and sent, read and decoded by the plugin",
 	"result":         "result: CNI result printed on stdout",
 	keyProc:          "**plugin process, start to reaped**",
