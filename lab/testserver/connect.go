@@ -27,7 +27,7 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	address := fs.String("address", "", "destination HOST:PORT")
 	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
 	path := fs.String("path", "/", "request path of the http probe")
-	hold := fs.Duration("hold", 0, "tcp only: keep the connection open this long, echoing a line every 100 ms (the tcp-echo listener answers); any lost or late echo fails")
+	hold := fs.Duration("hold", 0, "tcp: keep the connection open this long, echoing a line every 100 ms (the tcp-echo listener answers); any lost or late echo fails. udp: keep a connected socket this long, a datagram every 100 ms; a lost echo is counted, an error on the socket (its backend left: ECONNABORTED) connects again; fails unless the last 5 echoed")
 	repeat := fs.Int("repeat", 1, "probe this many times, each with its own --timeout and a new connection; the first failure ends the run")
 	interval := fs.Duration("interval", 0, "with --repeat: pause between probes")
 	if err := fs.Parse(args); err != nil {
@@ -52,8 +52,8 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	if !strings.HasPrefix(*path, "/") {
 		return usageErr("--path must start with /")
 	}
-	if *hold < 0 || (*hold > 0 && *protocol != "tcp") {
-		return usageErr("--hold needs --protocol tcp and a positive duration")
+	if *hold < 0 || (*hold > 0 && *protocol != "tcp" && *protocol != "udp") {
+		return usageErr("--hold needs --protocol tcp or udp and a positive duration")
 	}
 	if *repeat < 1 || *interval < 0 {
 		return usageErr("--repeat must be at least 1 and --interval not negative")
@@ -71,6 +71,8 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		var err error
 		switch {
+		case *hold > 0 && *protocol == "udp":
+			err = holdUDP(*address, *hold, *timeout, stdout)
 		case *hold > 0:
 			err = holdTCP(ctx, *address, *hold, *timeout, stdout)
 		case *protocol == "tcp":
@@ -127,6 +129,68 @@ func holdTCP(ctx context.Context, address string, d, timeout time.Duration, stdo
 		time.Sleep(100 * time.Millisecond)
 	}
 	fmt.Fprintf(stdout, "held %s with %d echoes\n", d, n)
+	return nil
+}
+
+// holdUDP keeps a connected UDP socket to address for d, sending a
+// numbered datagram every 100 ms and waiting up to 300 ms for its echo. A
+// datagram without an echo is counted as lost; an error of the socket
+// itself (ECONNABORTED when anet destroyed it because its backend left the
+// Service, ECONNREFUSED for an ICMP port unreachable) is printed as
+// "reconnect after N echoes: ERR" and the socket is connected again, as a
+// client that handles errors would. It fails unless the last 5 datagrams
+// were echoed. Dialing is bounded by timeout.
+func holdUDP(address string, d, timeout time.Duration, stdout io.Writer) error {
+	dial := func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var dl net.Dialer
+		return dl.DialContext(ctx, "udp", address)
+	}
+	c, err := dial()
+	if err != nil {
+		return err
+	}
+	defer func() { c.Close() }()
+	fmt.Fprintf(stdout, "connected %s %s\n", c.LocalAddr(), c.RemoteAddr())
+	var echoes, lost, reconnects, streak int
+	buf := make([]byte, 64)
+	end := time.Now().Add(d)
+	for n := 0; time.Now().Before(end); n++ {
+		msg := fmt.Sprintf("datagram %d", n)
+		err := c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if err == nil {
+			_, err = io.WriteString(c, msg)
+		}
+		for err == nil {
+			var k int
+			if k, err = c.Read(buf); err == nil && string(buf[:k]) == msg {
+				break
+			}
+		}
+		var ne net.Error
+		switch {
+		case err == nil:
+			echoes++
+			streak++
+		case errors.As(err, &ne) && ne.Timeout():
+			lost++
+			streak = 0
+		default:
+			reconnects++
+			streak = 0
+			fmt.Fprintf(stdout, "reconnect after %d echoes: %v\n", echoes, err)
+			c.Close()
+			if c, err = dial(); err != nil {
+				return fmt.Errorf("connecting again: %w", err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(stdout, "held %s: %d echoes, %d lost, %d reconnects, %d echoed in a row at the end\n", d, echoes, lost, reconnects, streak)
+	if streak < 5 {
+		return fmt.Errorf("not answering at the end: %d echoed in a row (%d echoes, %d lost, %d reconnects)", streak, echoes, lost, reconnects)
+	}
 	return nil
 }
 

@@ -479,7 +479,25 @@ func TestConnectHoldAndRepeat(t *testing.T) {
 	if status != 1 || !strings.Contains(errOut, "probe 1 of 3") {
 		t.Errorf("repeat against a closed port: status %d, stderr %q", status, errOut)
 	}
-	if status, _, _ = connect("--protocol", "udp", "--address", ls["udp-echo"], "--hold", "1s"); status != 2 {
-		t.Errorf("--hold with udp: status %d, want 2 (usage)", status)
+	if status, _, _ = connect("--protocol", "http", "--address", ls["http"], "--hold", "1s"); status != 2 {
+		t.Errorf("--hold with http: status %d, want 2 (usage)", status)
+	}
+	// A connected UDP socket held against the echo: every datagram comes
+	// back, no reconnect.
+	status, out, errOut = connect("--protocol", "udp", "--address", ls["udp-echo"], "--hold", "1s")
+	if status != 0 || !strings.Contains(out, "held 1s: ") || !strings.Contains(out, " 0 lost, 0 reconnects") {
+		t.Errorf("udp hold: status %d, stdout %q, stderr %q", status, out, errOut)
+	}
+	// Against a UDP port nobody listens on, the socket reports the ICMP
+	// port unreachable: it connects again each time, and fails at the end.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noUDP := pc.LocalAddr().String()
+	pc.Close()
+	status, out, _ = connect("--protocol", "udp", "--address", noUDP, "--hold", "600ms")
+	if status != 1 || !strings.Contains(out, "reconnect after 0 echoes: ") || !strings.Contains(out, "connection refused") {
+		t.Errorf("udp hold against a closed port: status %d, stdout %q", status, out)
 	}
 }
