@@ -60,7 +60,7 @@ static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
  * into the same to one of its backends, and remember the backend for the
  * reverse direction. Returns 1 when *addr and *port were rewritten, 0 when
  * there is nothing to do, or a negative anet_reason to refuse. */
-static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __be32 *addr, __be16 *port)
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __be32 *addr, __be16 *port, bool addressed)
 {
 	__u8 proto = sock_proto(ctx);
 
@@ -86,16 +86,28 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __be32 *ad
 	struct lb4_target t = {};
 	bool found = false;
 	__u64 now = 0;
-	if (fe.affinity_timeout) {
-		/* One network namespace is one pod: the socket layer's
-		 * equivalent of kube-proxy's client address. */
-		akey.client = bpf_get_netns_cookie(ctx);
+	/* An addressed send (sendmsg4: a UDP socket that did not connect)
+	 * to a frontend without affinity keeps to the backend of its first
+	 * datagram, as kube-proxy's conntrack keeps one flow on one
+	 * backend: a protocol over an unconnected socket (QUIC) needs its
+	 * datagrams to reach one server. The entry goes when its backend
+	 * stops being active (the affinity match), or with the LRU. */
+	bool sticky = fe.affinity_timeout || (addressed && proto == IPPROTO_UDP);
+	if (sticky) {
+		if (fe.affinity_timeout) {
+			/* One network namespace is one pod: the socket
+			 * layer's equivalent of kube-proxy's client address. */
+			akey.client = bpf_get_netns_cookie(ctx);
+		} else {
+			akey.kind = ANET_AFFINITY_SOCKET;
+			akey.client = bpf_get_socket_cookie(ctx);
+		}
 		now = bpf_ktime_get_ns();
 		found = lb4_affinity_backend(&akey, &fe, now, &t);
 	}
 	if (!found && !lb4_select_backend(&key, &fe, &t))
 		return 0; /* the frontend is being deleted right now */
-	if (fe.affinity_timeout)
+	if (sticky && (!found || fe.affinity_timeout))
 		lb4_affinity_update(&akey, t.backend_id, now);
 
 	struct sock4_revnat_key rkey = {
@@ -161,11 +173,11 @@ static __always_inline bool sock6_mapped(const struct bpf_sock_addr *ctx, __be32
 	return true;
 }
 
-static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx)
+static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx, bool addressed)
 {
 	__be32 addr = ctx->user_ip4;
 	__be16 port = (__be16)ctx->user_port;
-	int ret = sock4_xlate_fwd(ctx, &addr, &port);
+	int ret = sock4_xlate_fwd(ctx, &addr, &port, addressed);
 
 	if (ret < 0)
 		return sock4_refuse(ret);
@@ -188,14 +200,14 @@ static __always_inline int sock4_rev(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx)
+static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx, bool addressed)
 {
 	__be32 addr;
 	__be16 port = (__be16)ctx->user_port;
 
 	if (!sock6_mapped(ctx, &addr))
 		return SYS_PROCEED; /* IPv6 services come later */
-	int ret = sock4_xlate_fwd(ctx, &addr, &port);
+	int ret = sock4_xlate_fwd(ctx, &addr, &port, addressed);
 	if (ret < 0)
 		return sock4_refuse(ret);
 	if (ret > 0) {
@@ -220,13 +232,13 @@ static __always_inline int sock6_rev(struct bpf_sock_addr *ctx)
 __section("cgroup/connect4")
 int anet_sock4_connect(struct bpf_sock_addr *ctx)
 {
-	return sock4_fwd(ctx);
+	return sock4_fwd(ctx, false);
 }
 
 __section("cgroup/sendmsg4")
 int anet_sock4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock4_fwd(ctx);
+	return sock4_fwd(ctx, true);
 }
 
 __section("cgroup/recvmsg4")
@@ -244,13 +256,13 @@ int anet_sock4_getpeername(struct bpf_sock_addr *ctx)
 __section("cgroup/connect6")
 int anet_sock6_connect(struct bpf_sock_addr *ctx)
 {
-	return sock6_fwd(ctx);
+	return sock6_fwd(ctx, false);
 }
 
 __section("cgroup/sendmsg6")
 int anet_sock6_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock6_fwd(ctx);
+	return sock6_fwd(ctx, true);
 }
 
 __section("cgroup/recvmsg6")

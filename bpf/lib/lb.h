@@ -49,6 +49,7 @@
 /* Who a session-affinity entry is for. */
 #define ANET_AFFINITY_NETNS 0 /* a network namespace cookie: one pod */
 #define ANET_AFFINITY_ADDR 1  /* a client IPv4 address (per-packet translation) */
+#define ANET_AFFINITY_SOCKET 2 /* a socket cookie: an unconnected UDP socket's datagrams to a frontend without affinity stay on one backend, for the socket's life */
 
 struct lb4_key {
 	__be32 addr;
@@ -308,7 +309,8 @@ static __always_inline bool lb4_affinity_backend(const struct lb4_affinity_key *
 		return false;
 	__u64 last = a->last_used_ns;
 	__u32 id = a->backend_id;
-	if (now - last > (__u64)fe->affinity_timeout * 1000000000ULL)
+	/* A socket's own entry has no timeout: the socket is the session. */
+	if (akey->kind != ANET_AFFINITY_SOCKET && now - last > (__u64)fe->affinity_timeout * 1000000000ULL)
 		return false;
 	struct lb4_affinity_match m = { .backend_id = id, .rev_nat = akey->rev_nat, .scope = akey->scope };
 	if (!bpf_map_lookup_elem(&anet_lb4_aff_match, &m))

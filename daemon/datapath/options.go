@@ -17,7 +17,7 @@ type Options struct {
 	// (client, frontend) -> backend.
 	AffinityMapSize uint32
 	// AffinityMatchMapSize is the entries of anet_lb4_aff_match: one per
-	// active backend of every frontend with session affinity.
+	// active backend of every frontend with session affinity or of UDP.
 	AffinityMatchMapSize uint32
 	// SockRevNatMapSize is the entries of the socket reverse-NAT LRU: one
 	// per (socket, backend) the socket hooks translated.

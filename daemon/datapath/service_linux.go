@@ -210,7 +210,10 @@ func (s *ServiceMaps) Put(f lb.MapFrontend) error {
 		st.revNats[f.RevNat] = true
 		s.revRefs.add(f.RevNat)
 	}
-	if f.Affinity > 0 {
+	// The matches say which backends an affinity entry may still follow:
+	// those of session affinity, and, for UDP, those of each unconnected
+	// socket's own entry (ANET_AFFINITY_SOCKET in bpf/lib/lb.h).
+	if f.Affinity > 0 || f.Key.Proto == lb.UDP {
 		for _, b := range f.Backends[:f.Active] {
 			m := bpf.SockLb4AffinityMatch{BackendId: b.ID, RevNat: f.RevNat, Scope: uint8(f.Key.Scope)}
 			if err := s.affMatch.Put(m, uint8(1)); err != nil {

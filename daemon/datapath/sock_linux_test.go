@@ -69,6 +69,9 @@ type sockReq struct {
 	Addr     string
 	N        int
 	Duration time.Duration
+	// KeepSocket: a "udpsame" request leaves its socket open for the
+	// next request.
+	KeepSocket bool
 	ID       int // a held socket (sockterm_linux_test.go)
 }
 
@@ -113,6 +116,14 @@ func runOps(req sockReq) sockResp {
 		return r
 	}
 	r := sockResp{Backends: map[string]int{}, Peers: map[string]int{}, From: map[string]int{}, Errors: map[string]int{}}
+	if req.Op == "udpsame" && !req.KeepSocket {
+		defer func() {
+			if sameFd >= 0 {
+				unix.Close(sameFd)
+				sameFd = -1
+			}
+		}()
+	}
 	ap := netip.MustParseAddrPort(req.Addr)
 	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 	if ap.Addr().Is4() {
@@ -202,6 +213,12 @@ func connectFd(fd int, sa unix.Sockaddr) error {
 	return err
 }
 
+// sameFd is the one socket of "udpsame" requests (unconnected UDP, every
+// datagram of the request from the same socket), or -1; runOps closes it
+// at the end of the request unless the request says to keep it
+// (KeepSocket), so that a later request goes on with the same socket.
+var sameFd = -1
+
 // sockOp does one operation; err is "" or "step: ERRNO". An IPv6 address
 // takes an IPv6 socket.
 func sockOp(op string, sa unix.Sockaddr) (backend, peer, from string, lat time.Duration, err string) {
@@ -213,14 +230,24 @@ func sockOp(op string, sa unix.Sockaddr) (backend, peer, from string, lat time.D
 	if _, ok := sa.(*unix.SockaddrInet6); ok {
 		family = unix.AF_INET6
 	}
-	fd, e := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
-	if e != nil {
-		return "", "", "", 0, errnoName("socket", e)
+	var fd int
+	if op == "udpsame" && sameFd >= 0 {
+		fd, op = sameFd, "udp"
+	} else {
+		var e error
+		fd, e = unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+		if e != nil {
+			return "", "", "", 0, errnoName("socket", e)
+		}
+		if op == "udpsame" {
+			sameFd, op = fd, "udp"
+		} else {
+			defer unix.Close(fd)
+		}
+		tv := unix.Timeval{Sec: 2}
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+		_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	}
-	defer unix.Close(fd)
-	tv := unix.Timeval{Sec: 2}
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	buf := make([]byte, 64)
 	t0 := time.Now()
 	switch op {
@@ -571,6 +598,53 @@ func TestSockTCP(t *testing.T) {
 		t.Errorf("64 connects reached %v, want both %s and %s", r.Backends, a, b)
 	}
 	t.Logf("spread over 64 connects: %v", r.Backends)
+}
+
+// An unconnected UDP socket's datagrams to a frontend stay on one backend
+// (as kube-proxy's conntrack keeps a flow on one), while other sockets
+// spread; when that backend leaves the frontend, the socket's next
+// datagram goes to a live one, and stays there.
+func TestSockUDPUnconnectedSticks(t *testing.T) {
+	e := newSockEnv(t)
+	e.put(frontend(lb.UDP, 53, 0, 1, 2))
+	front := ap(vip, 53).String()
+	seen := map[string]bool{}
+	for range 8 {
+		r := e.do(sockReq{Op: "udpsame", Addr: front, N: 24})
+		if len(r.Errors) != 0 {
+			t.Fatalf("unconnected UDP failed: %v", r.Errors)
+		}
+		wantOnly(t, "recvfrom source", r.From, front, 24)
+		if len(r.Backends) != 1 {
+			t.Fatalf("one socket's 24 datagrams reached %v, want one backend", r.Backends)
+		}
+		for b := range r.Backends {
+			seen[b] = true
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("8 sockets all reached %v: sockets do not spread", seen)
+	}
+	// One socket goes on across a change that removes its backend.
+	r := e.do(sockReq{Op: "udpsame", Addr: front, N: 8, KeepSocket: true})
+	if len(r.Errors) != 0 || len(r.Backends) != 1 {
+		t.Fatalf("before the change: %v %v", r.Backends, r.Errors)
+	}
+	var first string
+	for b := range r.Backends {
+		first = b
+	}
+	var keep []int
+	for i, ip := range backendIPs {
+		if ap(ip, udpPort).String() != first {
+			keep = append(keep, i)
+		}
+	}
+	e.put(frontend(lb.UDP, 53, keep...))
+	r = e.do(sockReq{Op: "udpsame", Addr: front, N: 24})
+	if len(r.Errors) != 0 || len(r.Backends) != 1 || r.Backends[first] != 0 {
+		t.Fatalf("after %s left the frontend, the same socket reached %v (errors %v), want one other backend", first, r.Backends, r.Errors)
+	}
 }
 
 // Unconnected UDP (sendto/recvfrom) and connected UDP see the frontend as
