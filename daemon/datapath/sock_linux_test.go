@@ -72,7 +72,7 @@ type sockReq struct {
 	// KeepSocket: a "udpsame" request leaves its socket open for the
 	// next request.
 	KeepSocket bool
-	ID       int // a held socket (sockterm_linux_test.go)
+	ID         int // a held socket (sockterm_linux_test.go)
 }
 
 // sockResp counts what the operations saw.
