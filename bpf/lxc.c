@@ -135,11 +135,16 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct endpoi
  * netfilter (nothing matches A:p -> B:q), but the backend's SYN-ACK,
  * B:q -> A:p, is the old entry's reply tuple: handed to the host stack, it
  * came back to the client from the Service address and the connect failed
- * (found by the services benchmark). A live entry with the same reply tuple
- * as a direct connection would be a real clash of two connections, which
- * netfilter avoids only for what it sees; it is not looked for. UDP has no
- * state to tell an old flow from a new one on the same ports: its entries
- * count while netfilter keeps them (30 s, 120 s once answered). */
+ * (found by the services benchmark). Every packet of the direct connection
+ * matches the old entry, not its SYN-ACK alone, so the state decides for
+ * all of them. The price: a backend's FIN resent after a Service
+ * connection reached TIME_WAIT (the client's last ACK lost) reaches the
+ * client untranslated and gets an RST, for a connection that had ended for
+ * the client. A live entry with the same reply tuple as a direct
+ * connection would be a real clash of two connections, which netfilter
+ * avoids only for what it sees; it is not looked for. UDP has no state to
+ * tell an old flow from a new one on the same ports: its entries count
+ * while netfilter keeps them (30 s, 120 s once answered). */
 static __always_inline bool netfilter_translated(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen)
 {
 	void *data_end = (void *)(long)skb->data_end;
