@@ -14,6 +14,7 @@
 
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/netfilter/nf_conntrack_tcp.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,9 +31,19 @@ volatile const __u32 ANET_HOST_NAT = 0;
 
 /* The netfilter conntrack lookup from tc (kfuncs, Linux 6.0+). Weak: a
  * kernel without nf_conntrack loads the programs all the same, and the
- * check then finds nothing. */
+ * check then finds nothing. The kernel's types, reduced to the fields read
+ * here: CO-RE relocates each access against the running kernel's BTF. */
+struct ip_ct_tcp {
+	__u8 state; /* enum tcp_conntrack (UAPI, linux/netfilter/nf_conntrack_tcp.h) */
+} __attribute__((preserve_access_index));
+
+union nf_conntrack_proto {
+	struct ip_ct_tcp tcp;
+} __attribute__((preserve_access_index));
+
 struct nf_conn {
 	unsigned long status;
+	union nf_conntrack_proto proto;
 } __attribute__((preserve_access_index));
 
 struct bpf_ct_opts {
@@ -111,9 +122,29 @@ static __always_inline int handle_arp(struct __sk_buff *skb, const struct endpoi
 	return ret;
 }
 
-/* netfilter_translated says whether the host's conntrack holds a NAT for
- * this packet's connection (a kube-proxy's DNAT of a Service address, or a
- * masquerade). */
+/* netfilter_translated says whether the host's conntrack holds a live NAT
+ * for this packet's connection (a kube-proxy's DNAT of a Service address,
+ * or a masquerade): the host stack must then see the packet, to undo or
+ * apply the translation.
+ *
+ * Live, for TCP, means not TIME_WAIT or CLOSE (nor NONE): netfilter keeps a
+ * closed connection's entry for minutes (TIME_WAIT 120 s, CLOSE 10 s after
+ * an RST), and a new connection that reuses its addresses and ports is not
+ * that connection. A pod that connected to a Service and then connects
+ * straight to the backend from the same source port sends its SYN past
+ * netfilter (nothing matches A:p -> B:q), but the backend's SYN-ACK,
+ * B:q -> A:p, is the old entry's reply tuple: handed to the host stack, it
+ * came back to the client from the Service address and the connect failed
+ * (found by the services benchmark). Every packet of the direct connection
+ * matches the old entry, not its SYN-ACK alone, so the state decides for
+ * all of them. The price: a backend's FIN resent after a Service
+ * connection reached TIME_WAIT (the client's last ACK lost) reaches the
+ * client untranslated and gets an RST, for a connection that had ended for
+ * the client. A live entry with the same reply tuple as a direct
+ * connection would be a real clash of two connections, which netfilter
+ * avoids only for what it sees; it is not looked for. UDP has no state to
+ * tell an old flow from a new one on the same ports: its entries count
+ * while netfilter keeps them (30 s, 120 s once answered). */
 static __always_inline bool netfilter_translated(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen)
 {
 	void *data_end = (void *)(long)skb->data_end;
@@ -135,6 +166,11 @@ static __always_inline bool netfilter_translated(struct __sk_buff *skb, const st
 	if (!ct)
 		return false;
 	bool nat = ct->status & (IPS_SRC_NAT | IPS_DST_NAT);
+	if (nat && ip4->protocol == IPPROTO_TCP) {
+		__u8 state = ct->proto.tcp.state;
+
+		nat = state != TCP_CONNTRACK_NONE && state != TCP_CONNTRACK_TIME_WAIT && state != TCP_CONNTRACK_CLOSE;
+	}
 	bpf_ct_release(ct);
 	return nat;
 }

@@ -98,3 +98,27 @@ func TestKubeProxy(t *testing.T) {
 		t.Error("kube-proxy's cleanup left its nftables table")
 	}
 }
+
+// TestBesideKubeProxy: an anetd that leaves the Services to a kube-proxy
+// (the lab's KubeProxy option, or --enable-services=false in its
+// AnetdArgs, the last one winning as in anetd's flags) is not started with
+// --purge-kube-proxy-rules.
+func TestBesideKubeProxy(t *testing.T) {
+	for _, c := range []struct {
+		o    Options
+		want bool
+	}{
+		{Options{}, false},
+		{Options{KubeProxy: "iptables"}, true},
+		{Options{AnetdArgs: map[string][]string{"node1": {"--enable-services=false"}}}, true},
+		{Options{AnetdArgs: map[string][]string{"node1": {"-enable-services=0"}}}, true},
+		{Options{AnetdArgs: map[string][]string{"node2": {"--enable-services=false"}}}, false},
+		{Options{AnetdArgs: map[string][]string{"node1": {"--enable-services=false", "--enable-services"}}}, false},
+		{Options{AnetdArgs: map[string][]string{"node1": {"--endpoint-attach", "tcx"}}}, false},
+	} {
+		l := &Lab{opts: c.o}
+		if got := l.besideKubeProxy("node1"); got != c.want {
+			t.Errorf("%+v: beside a kube-proxy %v, want %v", c.o, got, c.want)
+		}
+	}
+}

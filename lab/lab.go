@@ -121,6 +121,14 @@ type Options struct {
 	// kube-proxy serves the Services, as the benchmarks compare).
 	AnetdArgs map[string][]string
 
+	// KubeProxy, "iptables" or "nftables", runs the real kube-proxy in
+	// that mode on every node (StartKubeProxy, once the nodes are Ready)
+	// and starts every anetd with its own service handling off
+	// (--enable-services=false): a cluster that keeps its kube-proxy
+	// beside anet. Empty: no kube-proxy runs and anet serves the
+	// Services.
+	KubeProxy string
+
 	// DNS deploys the cluster DNS (CoreDNS, built from its Go module by
 	// scripts/coredns-binary.sh, as the kube-dns Service on the tenth
 	// address of ServiceCIDR, kubelet's clusterDNS) and waits for it to be
@@ -184,6 +192,11 @@ func (o *Options) defaults() error {
 	case CNIAnet, CNIBridge:
 	default:
 		return fmt.Errorf("lab: CNI %q: want %q or %q", o.CNI, CNIAnet, CNIBridge)
+	}
+	switch o.KubeProxy {
+	case "", "iptables", "nftables":
+	default:
+		return fmt.Errorf("lab: kube-proxy mode %q: want iptables or nftables", o.KubeProxy)
 	}
 	if o.ImageDir == "" {
 		cache := os.Getenv("ANET_CACHE")
@@ -263,7 +276,11 @@ func (l *Lab) up(ctx context.Context) error {
 	if o.DNS {
 		dns = "cluster DNS"
 	}
-	l.say("lab %q in %s: %d node(s), CNI %s, %s", o.Name, o.Dir, o.Nodes, o.CNI, dns)
+	proxy := "anet serves the Services"
+	if o.KubeProxy != "" {
+		proxy = "kube-proxy (" + o.KubeProxy + " mode) serves the Services"
+	}
+	l.say("lab %q in %s: %d node(s), CNI %s, %s, %s", o.Name, o.Dir, o.Nodes, o.CNI, dns, proxy)
 	if err := ensureRuntime(l.say); err != nil {
 		return err
 	}
@@ -358,6 +375,13 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	if err := l.routePodCIDRs(ctx); err != nil {
 		return err
+	}
+	if o.KubeProxy != "" {
+		for _, n := range l.Nodes {
+			if err := l.StartKubeProxy(n.Name, o.KubeProxy); err != nil {
+				return err
+			}
+		}
 	}
 	if o.DNS {
 		if err := l.deployDNS(ctx, dnsRef); err != nil {

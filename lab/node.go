@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -209,10 +210,15 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
 		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr,
-		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName),
-		// No kube-proxy runs in a lab node unless a test or a benchmark
-		// starts one (StartKubeProxy); what one left goes when anetd starts.
-		"--purge-kube-proxy-rules"}
+		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName)}
+	if l.opts.KubeProxy != "" {
+		args = append(args, "--enable-services=false")
+	}
+	if !l.besideKubeProxy(n.Name) {
+		// No kube-proxy serves this node unless a test starts one
+		// (StartKubeProxy): what one left goes when anetd starts.
+		args = append(args, "--purge-kube-proxy-rules")
+	}
 	if l.opts.EndpointGCGrace > 0 {
 		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())
 	}
@@ -229,6 +235,32 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 	}
 	l.say("%s: anetd ready (pid %d)", n.Name, p.PID)
 	return nil
+}
+
+// besideKubeProxy tells whether a node's anetd leaves the Services to a
+// kube-proxy: the lab runs one on every node (Options.KubeProxy), or the
+// node's AnetdArgs turn anet's off (a benchmark starts one there). Such an
+// anetd is not given --purge-kube-proxy-rules, which would remove the live
+// kube-proxy's rules whenever anetd starts again.
+func (l *Lab) besideKubeProxy(node string) bool {
+	if l.opts.KubeProxy != "" {
+		return true
+	}
+	off := false // the last --enable-services wins, as in anetd's flags
+	for _, a := range l.opts.AnetdArgs[node] {
+		name, val, ok := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "enable-services" {
+			continue
+		}
+		on, err := true, error(nil)
+		if ok {
+			on, err = strconv.ParseBool(val)
+		}
+		if err == nil {
+			off = !on
+		}
+	}
+	return off
 }
 
 // tenthAddress is the address 10 after a CIDR's base (10.96.0.10 for

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anet-dev/anet/lab"
 )
 
 // kubeletChains are the chains kubelet writes in every node: they stay.
@@ -44,7 +46,7 @@ func chains(save string) map[string]bool {
 // exactly kube-proxy's chains, kubelet's stay, and the node's pods reach
 // the same Services.
 func TestLegacyKubeProxyPurged(t *testing.T) {
-	l, echo, _ := setupEcho(t)
+	l, echo, _ := lab.SharedEcho(t)
 	const node = "node3"
 	before := chains(iptablesSave(t, node))
 	if err := l.StartKubeProxy(node, "iptables"); err != nil {
@@ -98,6 +100,6 @@ func TestLegacyKubeProxyPurged(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	// The node's pods still reach Services, through anet.
-	p := testPodOn(t, l, "purge-client", node)
-	waitBackends(t, l, p, clusterIP(t, l, "echo")+":80", names(echo), 30*time.Second)
+	p := l.TestPodOn(t, "purge-client", node)
+	l.WaitBackends(t, p, l.ClusterIP(t, "echo")+":80", lab.PodNames(echo), 30*time.Second)
 }

@@ -5,8 +5,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,37 +14,14 @@ import (
 )
 
 // testserver is the machine's anet-testserver, for probes run outside pods
-// (the outside namespace) or in a pod through Lab.ExecCmd: the one in the
-// lab's binary directory (ANET_BIN, or what the lab built).
+// (Lab.Testserver).
 func testserver(t *testing.T) string {
 	t.Helper()
-	p := filepath.Join(labOf(t).State().AnetBinDir, "anet-testserver")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("no anet-testserver for probes outside pods: %v (make build makes it)", err)
+	p, err := labOf(t).Testserver()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
-}
-
-// outside runs the probe in the lab's outside namespace: a client beyond
-// the nodes, as a user of a NodePort or a load balancer is.
-func outside(t *testing.T, l *lab.Lab, args ...string) (string, error) {
-	t.Helper()
-	out, err := l.OutsideCmd(append([]string{testserver(t), "connect"}, args...)...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// outsideHTTP probes http://addr/ from outside and decodes the answer.
-func outsideHTTP(t *testing.T, l *lab.Lab, addr string) (answer, error) {
-	t.Helper()
-	out, err := outside(t, l, "--protocol", "http", "--address", addr, "--timeout", "2s")
-	if err != nil {
-		return answer{}, fmt.Errorf("outside -> %s: %w: %s", addr, err, out)
-	}
-	var a answer
-	if err := json.Unmarshal([]byte(out), &a); err != nil {
-		return answer{}, fmt.Errorf("outside -> %s: answer %q: %w", addr, out, err)
-	}
-	return a, nil
 }
 
 // outsideRoute routes dst (a LoadBalancer or external IP) from the
@@ -72,47 +47,12 @@ func nodeAddr(t *testing.T, l *lab.Lab, node string) string {
 	return n.Address
 }
 
-// waitOutside probes addr from outside until the answering pods are
-// exactly want, or fails after timeout; it returns the last answers.
-func waitOutside(t *testing.T, l *lab.Lab, addr string, want []string, timeout time.Duration) []answer {
-	t.Helper()
-	wantSet := map[string]bool{}
-	for _, w := range want {
-		wantSet[w] = true
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		seen := map[string]bool{}
-		var as []answer
-		var bad []string
-		for range 4 * len(want) {
-			a, err := outsideHTTP(t, l, addr)
-			if err != nil {
-				bad = append(bad, err.Error())
-				continue
-			}
-			if !wantSet[a.Pod] {
-				bad = append(bad, "answered by "+a.Pod)
-			}
-			seen[a.Pod] = true
-			as = append(as, a)
-		}
-		if len(bad) == 0 && len(seen) == len(want) {
-			return as
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outside -> %s: want answers from exactly %v; saw %v; problems: %v", addr, want, seen, bad)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-}
-
 // TestNodePortFromOutside: a NodePort on any node's address reaches every
 // backend, those on other nodes too (their answers show the node's address
 // as the client: SNAT, externalTrafficPolicy Cluster); a pod reaches it as
 // well.
 func TestNodePortFromOutside(t *testing.T) {
-	l, echo, client := setupEcho(t)
+	l, echo, client := lab.SharedEcho(t)
 	const m = `
 apiVersion: v1
 kind: Service
@@ -128,7 +68,7 @@ spec:
 	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
 	for _, node := range []string{"node1", "node2"} {
 		addr := nodeAddr(t, l, node) + ":30080"
-		as := waitOutside(t, l, addr, names(echo), 30*time.Second)
+		as := l.WaitOutside(t, addr, lab.PodNames(echo), 30*time.Second)
 		for _, a := range as {
 			local := false
 			for _, p := range echo {
@@ -145,14 +85,14 @@ spec:
 		}
 	}
 	// From a pod, to another node's address.
-	waitBackends(t, l, client.Name, nodeAddr(t, l, "node3")+":30080", names(echo), 30*time.Second)
+	l.WaitBackends(t, client.Name, nodeAddr(t, l, "node3")+":30080", lab.PodNames(echo), 30*time.Second)
 }
 
 // TestExternalTrafficPolicyLocal: only a node with a local endpoint serves
 // the NodePort, the client's own address reaches the backend, and the
 // healthCheckNodePort says which nodes have one, as kube-proxy's does.
 func TestExternalTrafficPolicyLocal(t *testing.T) {
-	l, _, _ := setupEcho(t)
+	l, _, _ := lab.SharedEcho(t)
 	const m = `
 apiVersion: v1
 kind: Pod
@@ -183,15 +123,15 @@ spec:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
-	waitPods(t, l, "app=local-only", 1)
-	as := waitOutside(t, l, nodeAddr(t, l, "node2")+":30081", []string{"local-only"}, 30*time.Second)
+	l.WaitPods(t, "app=local-only", 1)
+	as := l.WaitOutside(t, nodeAddr(t, l, "node2")+":30081", []string{"local-only"}, 30*time.Second)
 	for _, a := range as {
 		if !strings.HasPrefix(a.Client, lab.OutsideIP+":") {
 			t.Errorf("externalTrafficPolicy Local: the backend saw %s, want the outside client %s", a.Client, lab.OutsideIP)
 		}
 	}
 	// node1 has no local endpoint: not served.
-	if out, err := outside(t, l, "--protocol", "tcp", "--address", nodeAddr(t, l, "node1")+":30081", "--timeout", "1s"); err == nil {
+	if out, err := l.Outside("--protocol", "tcp", "--address", nodeAddr(t, l, "node1")+":30081", "--timeout", "1s"); err == nil {
 		t.Errorf("node1 served an externalTrafficPolicy Local NodePort without a local endpoint: %s", out)
 	}
 	// The health check node port: 200 with one local endpoint on node2,
@@ -199,7 +139,7 @@ spec:
 	for node, want := range map[string]int{"node2": 1, "node1": 0} {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			out, err := outside(t, l, "--protocol", "http", "--address", nodeAddr(t, l, node)+":30999", "--timeout", "1s")
+			out, err := l.Outside("--protocol", "http", "--address", nodeAddr(t, l, node)+":30999", "--timeout", "1s")
 			var body struct {
 				Service             struct{ Namespace, Name string } `json:"service"`
 				LocalEndpoints      int                              `json:"localEndpoints"`
@@ -243,7 +183,7 @@ spec:
 // TestExternalIPAndLoadBalancer: an ExternalIP and a LoadBalancer ingress
 // IP answer from outside, through a route to a node.
 func TestExternalIPAndLoadBalancer(t *testing.T) {
-	l, echo, _ := setupEcho(t)
+	l, echo, _ := lab.SharedEcho(t)
 	const m = `
 apiVersion: v1
 kind: Service
@@ -272,14 +212,14 @@ spec:
 	}
 	outsideRoute(t, l, "198.51.100.10", "node3")
 	outsideRoute(t, l, "198.51.100.20", "node1")
-	waitOutside(t, l, "198.51.100.10:80", names(echo), 30*time.Second)
-	waitOutside(t, l, "198.51.100.20:8080", names(echo), 30*time.Second)
+	l.WaitOutside(t, "198.51.100.10:80", lab.PodNames(echo), 30*time.Second)
+	l.WaitOutside(t, "198.51.100.20:8080", lab.PodNames(echo), 30*time.Second)
 }
 
 // TestSessionAffinity: ClientIP affinity keeps a client on one backend for
 // its timeout, and lets go after it.
 func TestSessionAffinity(t *testing.T) {
-	l, _, client := setupEcho(t)
+	l, _, client := lab.SharedEcho(t)
 	const m = `
 apiVersion: v1
 kind: Service
@@ -294,11 +234,11 @@ spec:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
-	vip := clusterIP(t, l, "sticky")
+	vip := l.ClusterIP(t, "sticky")
 	var first string
 	deadline := time.Now().Add(20 * time.Second)
 	for first == "" {
-		if a, err := httpAnswer(l, client.Name, vip+":80"); err == nil {
+		if a, err := l.HTTPAnswer(client.Name, vip+":80"); err == nil {
 			first = a.Pod
 		} else if time.Now().After(deadline) {
 			t.Fatal(err)
@@ -307,7 +247,7 @@ spec:
 	// Within the timeout (each probe well under 2 s after the last): one
 	// backend.
 	for range 8 {
-		a, err := httpAnswer(l, client.Name, vip+":80")
+		a, err := l.HTTPAnswer(client.Name, vip+":80")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -320,7 +260,7 @@ spec:
 	seen := map[string]bool{first: true}
 	for range 8 {
 		time.Sleep(2500 * time.Millisecond)
-		a, err := httpAnswer(l, client.Name, vip+":80")
+		a, err := l.HTTPAnswer(client.Name, vip+":80")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -334,9 +274,9 @@ spec:
 // TestServiceByName: pods reach Services by their DNS names, through the
 // cluster DNS, itself reached at its Service address.
 func TestServiceByName(t *testing.T) {
-	l, echo, client := setupEcho(t)
+	l, echo, client := lab.SharedEcho(t)
 	for _, name := range []string{"echo", "echo.default", "echo.default.svc.cluster.local"} {
-		waitBackends(t, l, client.Name, name+":80", names(echo), 30*time.Second)
+		l.WaitBackends(t, client.Name, name+":80", lab.PodNames(echo), 30*time.Second)
 	}
 }
 
@@ -344,7 +284,7 @@ func TestServiceByName(t *testing.T) {
 // while a ready one exists, and a connection open to it goes on until it
 // ends.
 func TestTerminatingEndpoint(t *testing.T) {
-	l, _, client := setupEcho(t)
+	l, _, client := lab.SharedEcho(t)
 	pod := func(name string) string {
 		return fmt.Sprintf(`
 apiVersion: v1
@@ -381,9 +321,9 @@ spec:
 	if err := l.Apply(svc + "---" + pod("drain-a")); err != nil {
 		t.Fatal(err)
 	}
-	waitPods(t, l, "app=drain", 1)
-	vip := clusterIP(t, l, "drain")
-	waitBackends(t, l, client.Name, vip+":80", []string{"drain-a"}, 30*time.Second)
+	l.WaitPods(t, "app=drain", 1)
+	vip := l.ClusterIP(t, "drain")
+	l.WaitBackends(t, client.Name, vip+":80", []string{"drain-a"}, 30*time.Second)
 	holdOut := &strings.Builder{}
 	hold := l.KubectlCmd("exec", client.Name, "--", "/anet-testserver", "connect", "--protocol", "tcp",
 		"--address", vip+":81", "--hold", "15s", "--timeout", "2s")
@@ -396,8 +336,8 @@ spec:
 	if err := l.Apply(pod("drain-b")); err != nil {
 		t.Fatal(err)
 	}
-	waitPods(t, l, "app=drain", 2)
-	waitBackends(t, l, client.Name, vip+":80", []string{"drain-a", "drain-b"}, 30*time.Second)
+	l.WaitPods(t, "app=drain", 2)
+	l.WaitBackends(t, client.Name, vip+":80", []string{"drain-a", "drain-b"}, 30*time.Second)
 	if _, err := l.Kubectl("delete", "pod", "drain-a", "--wait=false"); err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +352,7 @@ spec:
 		time.Sleep(300 * time.Millisecond)
 	}
 	for range 10 {
-		a, err := httpAnswer(l, client.Name, vip+":80")
+		a, err := l.HTTPAnswer(client.Name, vip+":80")
 		if err != nil {
 			t.Fatal(err)
 		}

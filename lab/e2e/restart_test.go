@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/anet-dev/anet/lab"
 )
 
 // TestAnetdKilledKeepsServices: anetd SIGKILLed and restarted on the
@@ -17,8 +19,8 @@ import (
 // loop and holds one long connection open: none fails (the hooks and maps
 // are pinned; the restart moves the hooks to the new programs atomically).
 func TestAnetdKilledKeepsServices(t *testing.T) {
-	l, _, client := setupEcho(t)
-	vip := clusterIP(t, l, "echo")
+	l, _, client := lab.SharedEcho(t)
+	vip := l.ClusterIP(t, "echo")
 	holdOut, loopOut := &strings.Builder{}, &strings.Builder{}
 	hold := l.KubectlCmd("exec", client.Name, "--", "/anet-testserver", "connect", "--protocol", "tcp",
 		"--address", vip+":81", "--hold", "12s", "--timeout", "2s")
@@ -56,8 +58,8 @@ func TestAnetdKilledKeepsServices(t *testing.T) {
 	if _, err := l.Kubectl("scale", "deployment", "echo", "--replicas=2"); err != nil {
 		t.Fatal(err)
 	}
-	two := waitPods(t, l, "app=echo", 2)
-	waitBackends(t, l, client.Name, vip+":80", names(two), 30*time.Second)
+	two := l.WaitPods(t, "app=echo", 2)
+	l.WaitBackends(t, client.Name, vip+":80", lab.PodNames(two), 30*time.Second)
 	if _, err := l.Kubectl("scale", "deployment", "echo", "--replicas=3"); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +68,7 @@ func TestAnetdKilledKeepsServices(t *testing.T) {
 // TestNoKubeProxy: no kube-proxy runs in the lab, and no node holds its
 // chains or its nftables table; Services work all the same.
 func TestNoKubeProxy(t *testing.T) {
-	l, _, _ := setupEcho(t)
+	l, _, _ := lab.SharedEcho(t)
 	for _, n := range l.Nodes {
 		// Processes of this lab's node only (other labs may run one).
 		pids, err := exec.Command("ip", "netns", "pids", n.Netns).Output()

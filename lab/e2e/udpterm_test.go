@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/anet-dev/anet/lab"
 )
 
 const udpHoldManifest = `
@@ -49,19 +51,19 @@ spec:
 // address, for ever, as kube-proxy's users know from stale conntrack
 // entries (which kube-proxy flushes for UDP).
 func TestConnectedUDPMovesOn(t *testing.T) {
-	l, _, client := setupEcho(t)
+	l, _, client := lab.SharedEcho(t)
 	if err := l.Apply(udpHoldManifest); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		_, _ = l.KubectlStdin(udpHoldManifest, "delete", "-f", "-", "--ignore-not-found", "--wait=false")
 	})
-	first := waitPods(t, l, "app=udphold", 1)[0]
-	vip := clusterIP(t, l, "udphold")
+	first := l.WaitPods(t, "app=udphold", 1)[0]
+	vip := l.ClusterIP(t, "udphold")
 	// The Service answers before the hold starts (its frontend is written).
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, err := probe(l, client.Name, "udp", vip+":53")
+		out, err := l.Probe(client.Name, "udp", vip+":53")
 		if err == nil {
 			break
 		}
@@ -88,7 +90,7 @@ func TestConnectedUDPMovesOn(t *testing.T) {
 	if _, err := l.Kubectl("scale", "deployment", "udphold", "--replicas=2"); err != nil {
 		t.Fatal(err)
 	}
-	waitPods(t, l, "app=udphold", 2)
+	l.WaitPods(t, "app=udphold", 2)
 	if _, err := l.Kubectl("delete", "pod", first.Name, "--wait=false"); err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	hold := fs.Duration("hold", 0, "tcp: keep the connection open this long, echoing a line every 100 ms (the tcp-echo listener answers); any lost or late echo fails. udp: keep a connected socket this long, a datagram every 100 ms; a lost echo is counted, an error on the socket (its backend left: ECONNABORTED) connects again; fails unless the last 5 echoed")
 	repeat := fs.Int("repeat", 1, "probe this many times, each with its own --timeout and a new connection; the first failure ends the run")
 	interval := fs.Duration("interval", 0, "with --repeat: pause between probes")
+	sport := fs.Int("source-port", 0, "connect from this local port (SO_REUSEADDR, so that a port whose last connection is in TIME_WAIT can be bound again); 0: any")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -55,6 +56,9 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	if *hold < 0 || (*hold > 0 && *protocol != "tcp" && *protocol != "udp") {
 		return usageErr("--hold needs --protocol tcp or udp and a positive duration")
 	}
+	if *sport < 0 || *sport > 65535 {
+		return usageErr("--source-port must be a port number")
+	}
 	if *repeat < 1 || *interval < 0 {
 		return usageErr("--repeat must be at least 1 and --interval not negative")
 	}
@@ -64,6 +68,7 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 		return usageErr("unknown --protocol %q (want tcp, udp or http)", *protocol)
 	}
 
+	d := dialer(*sport)
 	for i := range *repeat {
 		if i > 0 && *interval > 0 {
 			time.Sleep(*interval)
@@ -74,13 +79,13 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 		case *hold > 0 && *protocol == "udp":
 			err = holdUDP(*address, *hold, *timeout, stdout)
 		case *hold > 0:
-			err = holdTCP(ctx, *address, *hold, *timeout, stdout)
+			err = holdTCP(ctx, d, *address, *hold, *timeout, stdout)
 		case *protocol == "tcp":
-			err = probeTCP(ctx, *address)
+			err = probeTCP(ctx, d, *address)
 		case *protocol == "udp":
-			err = probeUDP(ctx, *address)
+			err = probeUDP(ctx, d, *address)
 		case *protocol == "http":
-			err = probeHTTP(ctx, *address, *path, stdout)
+			err = probeHTTP(ctx, d, *address, *path, stdout)
 		}
 		cancel()
 		if err != nil {
@@ -95,14 +100,39 @@ func connectMain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// dialer makes the probes' dialers, by network ("tcp" or "udp"): from
+// local port sport when it is not 0, with SO_REUSEADDR.
+func dialer(sport int) func(network string) *net.Dialer {
+	return func(network string) *net.Dialer {
+		var d net.Dialer
+		if sport == 0 {
+			return &d
+		}
+		if network == "udp" {
+			d.LocalAddr = &net.UDPAddr{Port: sport}
+		} else {
+			d.LocalAddr = &net.TCPAddr{Port: sport}
+		}
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+		return &d
+	}
+}
+
 // holdTCP connects, prints "connected <local> <peer>" (the peer as
 // getpeername shows it), then for d sends a numbered line every 100 ms and
 // reads it back from the echo server: an open connection that keeps
 // working, for tests of what must not break it. Each echo must come within
 // timeout of its line.
-func holdTCP(ctx context.Context, address string, d, timeout time.Duration, stdout io.Writer) error {
-	var dl net.Dialer
-	c, err := dl.DialContext(ctx, "tcp", address)
+func holdTCP(ctx context.Context, dialer func(string) *net.Dialer, address string, d, timeout time.Duration, stdout io.Writer) error {
+	c, err := dialer("tcp").DialContext(ctx, "tcp", address)
 	if err != nil {
 		return err
 	}
@@ -194,9 +224,8 @@ func holdUDP(address string, d, timeout time.Duration, stdout io.Writer) error {
 	return nil
 }
 
-func probeTCP(ctx context.Context, address string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", address)
+func probeTCP(ctx context.Context, dialer func(string) *net.Dialer, address string) error {
+	c, err := dialer("tcp").DialContext(ctx, "tcp", address)
 	if err != nil {
 		return err
 	}
@@ -206,9 +235,8 @@ func probeTCP(ctx context.Context, address string) error {
 // probeUDP sends one datagram carrying a random token on a connected socket
 // and waits for the same bytes to come back. A connected socket also
 // reports an ICMP port unreachable as "connection refused".
-func probeUDP(ctx context.Context, address string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", address)
+func probeUDP(ctx context.Context, dialer func(string) *net.Dialer, address string) error {
+	c, err := dialer("udp").DialContext(ctx, "udp", address)
 	if err != nil {
 		return err
 	}
@@ -244,10 +272,11 @@ func probeUDP(ctx context.Context, address string) error {
 	}
 }
 
-func probeHTTP(ctx context.Context, address, path string, stdout io.Writer) error {
+func probeHTTP(ctx context.Context, dialer func(string) *net.Dialer, address, path string, stdout io.Writer) error {
 	client := &http.Client{Transport: &http.Transport{
 		Proxy:             nil, // never send lab traffic to a proxy
 		DisableKeepAlives: true,
+		DialContext:       dialer("tcp").DialContext,
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+address+path, nil)
 	if err != nil {

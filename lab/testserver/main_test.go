@@ -501,3 +501,36 @@ func TestConnectHoldAndRepeat(t *testing.T) {
 		t.Errorf("udp hold against a closed port: status %d, stdout %q", status, out)
 	}
 }
+
+// TestConnectSourcePort: --source-port connects from that port, again and
+// again (SO_REUSEADDR: the last connection's TIME_WAIT does not hold it).
+func TestConnectSourcePort(t *testing.T) {
+	ls := startServe(t, loopbackArgs...)
+	l, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port // free, as far as the kernel knows
+	l.Close()
+	for i := range 2 {
+		status, out, errOut := connect("--protocol", "http", "--address", ls["http"], "--source-port", strconv.Itoa(port))
+		if status != 0 {
+			t.Fatalf("connect %d = %d, stderr %q", i, status, errOut)
+		}
+		var resp struct{ Client string }
+		if err := json.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("body %q: %v", out, err)
+		}
+		if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(port)); resp.Client != want {
+			t.Errorf("connect %d: the server saw client %s, want %s", i, resp.Client, want)
+		}
+	}
+	for _, proto := range []string{"tcp", "udp"} {
+		if status, _, errOut := connect("--protocol", proto, "--address", ls[proto+"-echo"], "--source-port", strconv.Itoa(port)); status != 0 {
+			t.Errorf("connect %s from port %d = %d, stderr %q", proto, port, status, errOut)
+		}
+	}
+	if status, _, _ := connect("--protocol", "tcp", "--address", ls["tcp-echo"], "--source-port", "70000"); status != 2 {
+		t.Errorf("--source-port 70000: status %d, want 2 (usage)", status)
+	}
+}

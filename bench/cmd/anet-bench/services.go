@@ -392,10 +392,12 @@ func (b *bench) svcPods(ctx context.Context, l *lab.Lab, cs *kubernetes.Clientse
 		// The direct connects come from a pod of their own: a connection
 		// from the proxy's client to a backend could reuse the source port
 		// of an earlier one through a ClusterIP whose conntrack entry
-		// (CLOSE, 10 s) netfilter still holds, and anet, beside a
-		// kube-proxy, hands a reply that matches a NAT entry to the host
-		// stack, which reverse-translates it (bpf/lxc.c,
-		// netfilter_translated): the connect would fail.
+		// (CLOSE, 10 s) netfilter still holds. anet, beside a kube-proxy,
+		// used to hand such a reply to the host stack, which
+		// reverse-translated it and the connect failed (found here); it
+		// now counts only live entries (bpf/lxc.c, netfilter_translated),
+		// and the separate pod keeps the direct samples clear of
+		// netfilter's table all the same.
 		n.client, n.direct = "client-"+n.node, "direct-"+n.node
 		pods := []*corev1.Pod{pod(n.client, n.node), pod(n.direct, n.node)}
 		n.backends = nil

@@ -90,8 +90,8 @@ func (r *svcResult) markdown() string {
 		"kube-proxy's iptables chain holds the Services in no fixed order), or, **direct**, to the backends' pod addresses: the limit. On anet's node the client alternates, connect by connect, "+
 		"between a ClusterIP and a backend, so that the two are paired sample by sample. On the kube-proxy nodes the direct connects come from "+
 		"another pod of the node: beside a kube-proxy, a direct connection from the proxy's client could reuse the source port of an earlier one "+
-		"through a ClusterIP whose conntrack entry (closed, kept 10 s) netfilter still holds, and anet hands a reply that matches a NAT entry to the "+
-		"host stack (`netfilter_translated` in bpf/lxc.c), which reverse-translates it, so the connect fails (found by this benchmark). "+
+		"through a ClusterIP whose conntrack entry (closed, kept 10 s) netfilter still holds (anet handed such a reply to the host stack, which "+
+		"reverse-translated it and the connect failed, until `netfilter_translated` in bpf/lxc.c counted only live entries; found by this benchmark). "+
 		"For each number of Services, made fresh: %d runs of %d connects per setup, the five kinds of run (anet paired with direct, and per kube-proxy "+
 		"mode one through it and one direct) rotating run by run; percentiles are over every connect of the runs. Lower is better.\n\n",
 		anetNode, r.nodeOf("iptables"), r.nodeOf("nftables"), r.kpVersion, svcPort, svcTarget, svcManagedBy, c.backends,

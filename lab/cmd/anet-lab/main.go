@@ -3,7 +3,7 @@
 // containerd, kubelet and anetd, and an outside client, all inside network
 // namespaces of their own (see package lab).
 //
-//	anet-lab up [--nodes 2] [--dir /var/lib/anet-lab] [--name anet-lab] [--cni anet|bridge] [--dns=true|false] [--endpoint-gc-grace D] [--keep-on-failure]
+//	anet-lab up [--nodes 2] [--dir /var/lib/anet-lab] [--name anet-lab] [--cni anet|bridge] [--dns=true|false] [--kube-proxy iptables|nftables] [--endpoint-gc-grace D] [--keep-on-failure]
 //	anet-lab status [--dir DIR]
 //	anet-lab down [--dir DIR]
 //	anet-lab kubectl [--dir DIR] -- ARGS...
@@ -13,7 +13,8 @@
 //	anet-lab restart [--dir DIR] [--signal TERM|KILL] NODE/COMPONENT
 //
 // up deploys the cluster DNS (CoreDNS as the kube-dns Service) unless
-// --dns=false. exec runs a program of the machine inside a pod's network
+// --dns=false; --kube-proxy runs the real kube-proxy on every node beside
+// anet, which then leaves the Services to it (anetd --enable-services=false). exec runs a program of the machine inside a pod's network
 // namespace and its container's cgroup (so that the node's socket-level
 // hooks see it, as they see `kubectl exec`); `anet-lab kubectl -- exec POD
 // -- CMD` runs one inside the pod's container. outside and node run a program in the outside client's or a
@@ -37,7 +38,7 @@ import (
 )
 
 const usage = `usage:
-  anet-lab up [--nodes 2] [--dir DIR] [--name anet-lab] [--cni anet|bridge] [--dns=true|false] [--endpoint-gc-grace D] [--keep-on-failure]
+  anet-lab up [--nodes 2] [--dir DIR] [--name anet-lab] [--cni anet|bridge] [--dns=true|false] [--kube-proxy iptables|nftables] [--endpoint-gc-grace D] [--keep-on-failure]
   anet-lab status [--dir DIR]
   anet-lab down [--dir DIR]
   anet-lab kubectl [--dir DIR] -- ARGS...
@@ -76,6 +77,7 @@ func run(args []string) int {
 	var cni *string
 	var gcGrace *time.Duration
 	var dns *bool
+	var kubeProxy *string
 	sigName := fs.String("signal", "TERM", "restart: the signal that stops the component (TERM or KILL)")
 	if cmd == "up" {
 		nodes = fs.Int("nodes", lab.DefaultNodes, "number of simulated nodes")
@@ -83,6 +85,7 @@ func run(args []string) int {
 		keep = fs.Bool("keep-on-failure", false, "leave a lab that failed to come up in place, for inspection")
 		gcGrace = fs.Duration("endpoint-gc-grace", 0, "anetd's --endpoint-gc-grace (0: anetd's default)")
 		dns = fs.Bool("dns", true, "deploy the cluster DNS (CoreDNS, the kube-dns Service) and wait for it")
+		kubeProxy = fs.String("kube-proxy", "", "run the real kube-proxy in this mode (iptables or nftables) on every node, anet's own service handling off")
 		cni = fs.String("cni", lab.CNIAnet, "the pods' network: anet, or bridge (the reference bridge + host-local plugins, no anetd; for comparisons)")
 	}
 	// Arguments after "--" belong to the command run in the lab.
@@ -116,7 +119,7 @@ func run(args []string) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 		defer stop()
 		t0 := time.Now()
-		l, err := lab.Up(ctx, lab.Options{Nodes: *nodes, Dir: *dir, Name: *name, Progress: os.Stderr, KeepOnFailure: *keep, CNI: *cni, EndpointGCGrace: *gcGrace, DNS: *dns})
+		l, err := lab.Up(ctx, lab.Options{Nodes: *nodes, Dir: *dir, Name: *name, Progress: os.Stderr, KeepOnFailure: *keep, CNI: *cni, EndpointGCGrace: *gcGrace, DNS: *dns, KubeProxy: *kubeProxy})
 		if err != nil {
 			return fail(err)
 		}
