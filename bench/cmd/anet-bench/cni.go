@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,7 +61,6 @@ type network struct {
 	subnet netip.Prefix
 	logs   *syncBuffer // anetd's log (anet only)
 	cache  string      // libcni's cache dir, of this run
-	fifo   bool        // CNI calls at SCHED_FIFO (-cni-fifo)
 
 	mu   sync.Mutex
 	pods []*pod
@@ -113,9 +111,11 @@ func (e *timedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []b
 		environ = append(slices.Clone(environ), "ANET_CNI_TRACE=1")
 	}
 	// The plugin's standard streams are in-memory files, not pipes: with
-	// pipes os/exec copies through goroutines, whose threads are not the
-	// caller's (not at SCHED_FIFO, see fifo) and which the wait for the
-	// plugin would also wait for.
+	// pipes os/exec copies through goroutines, which the wait for the
+	// plugin would also wait for. (The plugins are not run at a real-time
+	// priority to shield them from other jobs: tried, anetd at SCHED_FIFO
+	// livelocked within minutes, a Go runtime thread spinning at the
+	// priority that the threads it waited for could not get.)
 	files := make([]*os.File, 3)
 	for i, name := range []string{"stdin", "stdout", "stderr"} {
 		fd, err := unix.MemfdCreate("anet-bench-"+name, unix.MFD_CLOEXEC)
@@ -162,32 +162,6 @@ func readAll(f *os.File) ([]byte, error) {
 	return b.Bytes(), err
 }
 
-// benchFIFO is the real-time priority of the CNI section's work (-cni-fifo):
-// the thread that calls libcni, and so the plugin processes it forks (and
-// theirs: bridge execs host-local), and anetd. The machine's other jobs run
-// at SCHED_OTHER and then take none of the CPU while an ADD runs, so that
-// load from elsewhere does not skew the ratio (it favoured anet: the
-// bridge's ADD is mostly CPU in two Go process starts, anet's more waiting
-// in the kernel). Both networks get the same; kernel threads (RCU, the
-// netns cleanup) keep their own priority.
-const benchFIFO = 10
-
-// fifo runs f on the current (locked) thread at SCHED_FIFO when on, and
-// puts the thread back to SCHED_OTHER after.
-func fifo(on bool, f func()) error {
-	if !on {
-		f()
-		return nil
-	}
-	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: benchFIFO}, 0); err != nil {
-		return fmt.Errorf("SCHED_FIFO: %w", err)
-	}
-	defer func() {
-		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}, 0)
-	}()
-	f()
-	return nil
-}
 
 // opTiming is one CNI call: libcni's whole call and the plugin process in it.
 type opTiming struct {
@@ -214,11 +188,10 @@ func (w *network) addTimed(p *pod, trace bool) (opTiming, error) {
 	ctx := context.WithValue(context.Background(), execCallKey{}, rec)
 	p.live = true
 	doErr := w.nodeNS.Do(func(ns.NetNS) error {
-		return fifo(w.fifo, func() {
-			start := time.Now()
-			res, err = w.cni.AddNetworkList(ctx, w.list, w.rt(p))
-			d = time.Since(start)
-		})
+		start := time.Now()
+		res, err = w.cni.AddNetworkList(ctx, w.list, w.rt(p))
+		d = time.Since(start)
+		return nil
 	})
 	t := opTiming{call: d, proc: rec.end.Sub(rec.start), rec: rec}
 	if doErr != nil {
@@ -256,11 +229,10 @@ func (w *network) delTimed(p *pod) (opTiming, error) {
 	rec := &execCall{}
 	ctx := context.WithValue(context.Background(), execCallKey{}, rec)
 	doErr := w.nodeNS.Do(func(ns.NetNS) error {
-		return fifo(w.fifo, func() {
-			start := time.Now()
-			err = w.cni.DelNetworkList(ctx, w.list, w.rt(p))
-			d = time.Since(start)
-		})
+		start := time.Now()
+		err = w.cni.DelNetworkList(ctx, w.list, w.rt(p))
+		d = time.Since(start)
+		return nil
 	})
 	t := opTiming{call: d, proc: rec.end.Sub(rec.start), rec: rec}
 	if doErr != nil {
@@ -331,7 +303,6 @@ func (b *bench) anetNetwork(name, podCIDR string, anetdArgs ...string) (*network
 		cache:  filepath.Join(n.Dir, "cni-cache"),
 		subnet: netip.MustParsePrefix(n.PodCIDR),
 		logs:   logs,
-		fifo:   b.cfg.cniFIFO,
 	}
 	b.t.Cleanup(w.delLive)
 	return w, n
@@ -367,10 +338,6 @@ func (b *bench) restartAnetdAtInfo(n *testnode.Node, extra ...string) *syncBuffe
 	args := append([]string{filepath.Join(b.bin, "anetd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
 		"--node-name", n.Name, "--pod-cidr", n.PodCIDR}, extra...)
-	if b.cfg.cniFIFO {
-		// chrt execs anetd in place too.
-		args = append([]string{"chrt", "--fifo", strconv.Itoa(benchFIFO)}, args...)
-	}
 	cmd := n.NSEnter(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -440,7 +407,6 @@ func (b *bench) bridgeNetwork() *network {
 		cni:    libcni.NewCNIConfigWithCacheDir([]string{b.bin}, filepath.Join(dir, "cni-cache"), &timedExec{}),
 		cache:  filepath.Join(dir, "cni-cache"),
 		subnet: netip.MustParsePrefix("10.99.0.0/16"),
-		fifo:   b.cfg.cniFIFO,
 	}
 	b.bridgeDir = dir
 	b.t.Cleanup(w.delLive)

@@ -57,7 +57,6 @@ type config struct {
 	rrReps, rrSeconds       int
 	tputReps, tputSeconds   int
 	progPackets, progPasses int
-	cniFIFO                 bool
 	labNodes, labPods       int
 	labRounds, labSerial    int
 	cpu                     string
@@ -97,7 +96,6 @@ func run() int {
 	flag.IntVar(&cfg.pods, "pods", 100, "pods per network in the CNI benchmark")
 	flag.IntVar(&cfg.parallel, "parallel", 4, "CNI operations in flight in the parallel rounds")
 	flag.IntVar(&cfg.rounds, "rounds", 3, "parallel CNI rounds per network")
-	flag.BoolVar(&cfg.cniFIFO, "cni-fifo", true, "run the CNI section's plugin processes and anetd at SCHED_FIFO (see bench/README.md), so that other jobs on the machine do not skew the ratios")
 	flag.IntVar(&cfg.rrReps, "rr-reps", 5, "request/response runs per setup")
 	flag.IntVar(&cfg.rrSeconds, "rr-time", 3, "seconds of each request/response run (sockperf adds about 2.5 s of warm-up and teardown)")
 	flag.IntVar(&cfg.tputReps, "tput-reps", 3, "throughput runs per setup")
