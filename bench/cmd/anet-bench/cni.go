@@ -162,7 +162,6 @@ func readAll(f *os.File) ([]byte, error) {
 	return b.Bytes(), err
 }
 
-
 // opTiming is one CNI call: libcni's whole call and the plugin process in it.
 type opTiming struct {
 	call, proc time.Duration
