@@ -185,7 +185,8 @@ func holdUDP(address string, d, timeout time.Duration, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "connected %s %s\n", c.LocalAddr(), c.RemoteAddr())
 	var echoes, lost, reconnects, streak int
 	buf := make([]byte, 64)
-	end := time.Now().Add(d)
+	begin := time.Now()
+	end := begin.Add(d)
 	for n := 0; time.Now().Before(end); n++ {
 		msg := fmt.Sprintf("datagram %d", n)
 		err := c.SetDeadline(time.Now().Add(300 * time.Millisecond))
@@ -209,7 +210,7 @@ func holdUDP(address string, d, timeout time.Duration, stdout io.Writer) error {
 		default:
 			reconnects++
 			streak = 0
-			fmt.Fprintf(stdout, "reconnect after %d echoes: %v\n", echoes, err)
+			fmt.Fprintf(stdout, "reconnect at %.1fs after %d echoes: %v\n", time.Since(begin).Seconds(), echoes, err)
 			c.Close()
 			if c, err = dial(); err != nil {
 				return fmt.Errorf("connecting again: %w", err)
