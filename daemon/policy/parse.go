@@ -28,9 +28,9 @@ type rawRule struct {
 }
 
 type rawPeer struct {
-	field      string
-	pods, nss  labels.Selector // nil: not given
-	block      *rawBlock
+	field     string
+	pods, nss labels.Selector // nil: not given
+	block     *rawBlock
 	matchNone bool
 }
 
