@@ -300,3 +300,67 @@ spec:
 }
 
 func labOf(t *testing.T) *lab.Lab { t.Helper(); return lab.SharedLab(t) }
+
+// TestInternalTrafficPolicyLocal: a Service with internalTrafficPolicy
+// Local sends a pod's connections only to the backends on the pod's own
+// node (the echo Deployment has one on each), and a pod on a node without
+// one is not served (kube-proxy drops such connections; anet refuses them
+// at once, which the client sees as a refusal rather than a timeout).
+func TestInternalTrafficPolicyLocal(t *testing.T) {
+	l, echo, client := lab.SharedEcho(t)
+	const m = `
+apiVersion: v1
+kind: Service
+metadata: {name: echo-itp-local}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-elsewhere}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: itp-elsewhere}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`
+	if err := l.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	var local []string
+	for _, p := range echo {
+		if p.Node == client.Node {
+			local = append(local, p.Name)
+		}
+	}
+	if len(local) == 0 {
+		t.Fatalf("no echo backend on the client's node %s: %+v", client.Node, echo)
+	}
+	vip := l.ClusterIP(t, "echo-itp-local")
+	l.WaitBackends(t, client.Name, vip+":80", local, 30*time.Second)
+
+	// A backend only on another node: the client's node has none.
+	other := "node2"
+	if client.Node == other {
+		other = "node3"
+	}
+	l.TestPodOn(t, "itp-elsewhere", other)
+	far := l.ClusterIP(t, "itp-elsewhere")
+	// Reached through a Service without the policy, it answers (so the
+	// refusal below is the policy's).
+	direct := l.WaitPods(t, "app=itp-elsewhere", 1)[0]
+	if _, err := l.HTTPAnswer(client.Name, direct.IP+":8080"); err != nil {
+		t.Fatalf("the backend on %s does not answer directly: %v", other, err)
+	}
+	for i := range 5 {
+		out, err := l.Probe(client.Name, "http", far+":80")
+		if err == nil {
+			t.Fatalf("probe %d: the client on %s reached an internalTrafficPolicy Local Service whose only backend is on %s: %s", i, client.Node, other, out)
+		}
+		if i == 0 {
+			t.Logf("not served from %s: %s", client.Node, out)
+		}
+	}
+}
