@@ -143,51 +143,21 @@ func (dp *Datapath) Wire(podNS *os.File, c WireConfig) (w Wired, err error) {
 	w.PodMAC = podMAC
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.HostIfName+"/disable_ipv6", []byte("1"), 0o644)
 	c.mark(StepVeth)
-	// While the programs are attached, a thread in the pod's namespace
-	// turns IPv6 off on the pod side and opens the netlink socket that
-	// configures it (a netlink socket stays in the namespace it was made
-	// in, so the rest needs no thread there).
+	if w.Mode, err = dp.attachWith(h, c.HostIfName, w.HostIfindex); err != nil {
+		return w, err
+	}
+	attached = true
+	c.mark(StepAttached)
+	if c.Made != nil {
+		c.Made(w)
+	}
+
 	podNet, err := ns.GetNS(fmt.Sprintf("/proc/self/fd/%d", podNS.Fd()))
 	if err != nil {
 		return w, fmt.Errorf("opening the pod's network namespace: %w", err)
 	}
 	defer podNet.Close()
-	type podPrep struct {
-		h   *netlink.Handle
-		err error
-	}
-	prepped := make(chan podPrep, 1)
-	go func() {
-		var p podPrep
-		p.err = podNet.Do(func(ns.NetNS) error {
-			var err error
-			if p.h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-				return fmt.Errorf("opening a netlink socket in the pod: %w", err)
-			}
-			// IPv4 only for now: no IPv6 on either end (the programs
-			// drop it), switched off before the link is up.
-			_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
-			return nil
-		})
-		prepped <- p
-	}()
-	w.Mode, err = dp.attachWith(h, c.HostIfName, w.HostIfindex)
-	p := <-prepped
-	if p.h != nil {
-		defer p.h.Close()
-	}
-	if err != nil {
-		return w, err
-	}
-	attached = true
-	c.mark(StepAttached)
-	if p.err != nil {
-		return w, p.err
-	}
-	if c.Made != nil {
-		c.Made(w)
-	}
-	if err := configurePod(p.h, c, &w); err != nil {
+	if err := podNet.Do(func(ns.NetNS) error { return configurePod(c, &w) }); err != nil {
 		return w, err
 	}
 	c.mark(StepPod)
@@ -216,13 +186,17 @@ func randomMAC() (net.HardwareAddr, error) {
 	return mac, nil
 }
 
-// configurePod configures the pod side through h, a netlink socket in the
-// pod's netns, after the host side's programs are attached and IPv6 is off
-// on it: the link up, the address as a /32, the gateway as an on-link host
-// route and the default route through it, and a permanent neighbour entry
-// for the gateway (the host-side MAC), so the pod needs no ARP to leave.
-// The programs answer ARP too, should the entry go.
-func configurePod(h *netlink.Handle, c WireConfig, w *Wired) error {
+// configurePod runs in the pod's netns, after the host side's programs are
+// attached: IPv6 off, the link up, the address as a /32, the gateway
+// as an on-link host route and the default route through it, and a
+// permanent neighbour entry for the gateway (the host-side MAC), so the pod
+// needs no ARP to leave. The programs answer ARP too, should the entry go.
+func configurePod(c WireConfig, w *Wired) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // in the pod's netns
+	if err != nil {
+		return fmt.Errorf("opening a netlink socket in the pod: %w", err)
+	}
+	defer h.Close()
 	lk, err := h.LinkByName(c.PodIfName)
 	if err != nil {
 		return fmt.Errorf("finding %s in the pod: %w", c.PodIfName, err)
@@ -232,6 +206,9 @@ func configurePod(h *netlink.Handle, c WireConfig, w *Wired) error {
 	}
 	w.PodMAC = lk.Attrs().HardwareAddr
 	w.PodIfindex = lk.Attrs().Index
+	// IPv4 only for now: no IPv6 on either end (the programs drop it),
+	// switched off before the link is up.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+c.PodIfName+"/disable_ipv6", []byte("1"), 0o644)
 	if err := h.LinkSetUp(lk); err != nil {
 		return fmt.Errorf("setting %s up: %w", c.PodIfName, err)
 	}
