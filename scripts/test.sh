@@ -58,6 +58,7 @@ ANET_LAB_SCALE=1 go test -count=1 -timeout 25m -run '^TestScale$' ./lab/
 stage "fuzzing the parsers of outside input briefly"
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 15s ./cniconf/
 go test -run '^$' -fuzz '^FuzzDecode' -fuzztime 15s ./daemon/api/
+go test -run '^$' -fuzz '^FuzzCompile$' -fuzztime 15s ./daemon/policy/
 
 stage "the machine is as the tests found it"
 snapshot | sort >"$after"
