@@ -121,7 +121,8 @@ func (dp *Datapath) loadPolicy() error {
 // some new allows, or the new one: no flow that both allow is ever
 // refused in between, and none that neither allows opens. On an error
 // (a full map: ErrMapFull) the endpoint is left between the two and the
-// call can be repeated.
+// call can be repeated. Since adds come first, a change needs room in the
+// map for the old and the new rules of the endpoint at once.
 func (dp *Datapath) SetEndpointPolicy(ifindex uint32, ingressEnforced, egressEnforced bool, ingress, egress []PolicyRule) error {
 	want := map[bpf.LxcPolicyKey]struct{}{}
 	for _, s := range []struct {
