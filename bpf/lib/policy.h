@@ -181,9 +181,9 @@ struct pol_pkt {
 #define IP_OFFMASK 0x1fff
 
 /* pol_parse fills p from an IPv4 packet whose header (hdrlen bytes at
- * ETH_HLEN) the caller validated. The L4 header is read with
- * bpf_skb_load_bytes: it may lie beyond the linear area, and no packet
- * pointer of the caller is invalidated. */
+ * ETH_HLEN) the caller validated. The L4 header is read in place when it
+ * is in the linear area, else copied with bpf_skb_load_bytes; neither
+ * invalidates the caller's packet pointers (no pull). */
 static __always_inline int pol_parse(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen, struct pol_pkt *p)
 {
 	__u8 proto = ip4->protocol;
@@ -206,26 +206,38 @@ static __always_inline int pol_parse(struct __sk_buff *skb, const struct iphdr *
 		}
 		return 0;
 	}
+	/* Direct access when the header is in the linear area (the common
+	 * case: cheaper than a helper call), else a copy. */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	if (proto == IPPROTO_TCP) {
-		__u8 th[20];
-		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)) < 0)
-			return -DROP_MALFORMED_L4;
+		__u8 buf[20];
+		__u8 *th = data + off;
+		if ((void *)(th + 20) > data_end) {
+			if (bpf_skb_load_bytes(skb, off, buf, sizeof(buf)) < 0)
+				return -DROP_MALFORMED_L4;
+			th = buf;
+		}
 		__builtin_memcpy(&p->key.sport, &th[0], 2);
 		__builtin_memcpy(&p->key.dport, &th[2], 2);
 		__u8 fl = th[13];
 		p->syn_only = (fl & 0x12) == 0x02; /* SYN, no ACK */
 		p->closing = fl & 0x05;            /* FIN or RST */
-	} else if (proto == IPPROTO_UDP) {
-		__be16 h[4];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
-			return -DROP_MALFORMED_L4;
-		p->key.sport = h[0];
-		p->key.dport = h[1];
 	} else {
-		/* SCTP's common header: ports, verification tag, checksum. */
-		__be16 h[6];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
-			return -DROP_MALFORMED_L4;
+		/* UDP's header is 8 bytes; SCTP's common header 12 (ports,
+		 * verification tag, checksum). Both start with the ports. */
+		__u32 need = proto == IPPROTO_UDP ? 8 : 12;
+		__be16 buf[6];
+		__be16 *h = data + off;
+		if ((void *)h + need > data_end) {
+			int err = proto == IPPROTO_UDP ? bpf_skb_load_bytes(skb, off, buf, 8)
+						       : bpf_skb_load_bytes(skb, off, buf, 12);
+			if (err < 0)
+				return -DROP_MALFORMED_L4;
+			h = buf;
+		} else if ((void *)(h + 2) > data_end) {
+			return -DROP_MALFORMED_L4; /* for the verifier: need >= 4 */
+		}
 		p->key.sport = h[0];
 		p->key.dport = h[1];
 	}
@@ -279,6 +291,15 @@ static __always_inline bool pol_egress_allows(__u32 ifindex, const struct pol_pk
 	return pol_rule_allows(ifindex, DIR_EGRESS, ipcache_identity(p->key.daddr), p);
 }
 
+/* pol_now is the conntrack's clock: CLOCK_MONOTONIC at the tick's
+ * precision (the coarse clock costs a fraction of bpf_ktime_get_ns, and a
+ * tick is plenty for lifetimes of seconds). Go reads the same clock
+ * (Monotonic) to collect expired entries. */
+static __always_inline __u64 pol_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* pol_ct_hit records a packet of a tracked connection and says whether it
  * was one. A SYN on a closed connection's tuple starts a new one. */
 static __always_inline bool pol_ct_hit(const struct pol_pkt *p, __u64 now)
@@ -329,7 +350,7 @@ static __always_inline int policy_from_pod(struct __sk_buff *skb, const struct i
 
 	if (ret < 0)
 		return ret;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = pol_now();
 	if (pol_ct_hit(&p, now))
 		return 0;
 	if (pol_isolated(src_if, DIR_EGRESS) && !pol_egress_allows(src_if, &p))
@@ -350,7 +371,7 @@ static __always_inline int policy_to_pod(struct __sk_buff *skb, const struct iph
 
 	if (ret < 0)
 		return ret;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = pol_now();
 	if (pol_ct_hit(&p, now))
 		return 0;
 	if (pol_isolated(ifindex, DIR_INGRESS) && !pol_ingress_allows(ifindex, &p))

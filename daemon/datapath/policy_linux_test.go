@@ -33,13 +33,13 @@ var (
 )
 
 type polEnv struct {
-	t    *testing.T
+	t    testing.TB
 	dp   *Datapath
 	a, b uint32 // the endpoints' ifindexes
 	port uint16 // the next source port: every connection a fresh one
 }
 
-func newPolEnv(t *testing.T) *polEnv {
+func newPolEnv(t testing.TB) *polEnv {
 	t.Helper()
 	needRoot(t)
 	enterNewNetns(t)
