@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -567,4 +568,20 @@ func TestPolicyUpdateNoGap(t *testing.T) {
 		t.Errorf("%d of %d packets got the wrong verdict during the updates", wrong.Load(), sent.Load())
 	}
 	t.Logf("%d packets during 300 updates", sent.Load())
+}
+
+// GCPolicyConntrack deletes expired entries only.
+func TestGCPolicyConntrack(t *testing.T) {
+	e := newPolEnv(t)
+	wantVerdict(t, "udp", e.from(e.a, udpPkt(podIP, remoteIP, e.next(), 53)), tcActOK)
+	wantVerdict(t, "tcp", e.from(e.a, tcpPkt(podIP, remoteIP, e.next(), 80, testpkt.TCPSyn)), tcActOK)
+	live, expired, err := e.dp.GCPolicyConntrack(Monotonic())
+	if err != nil || live != 4 || expired != 0 {
+		t.Errorf("now: live %d expired %d (%v), want 4 0", live, expired, err)
+	}
+	// Two minutes on: the UDP flow and the unanswered SYN have expired.
+	live, expired, err = e.dp.GCPolicyConntrack(Monotonic() + uint64(2*time.Minute))
+	if err != nil || live != 0 || expired != 4 {
+		t.Errorf("later: live %d expired %d (%v), want 0 4", live, expired, err)
+	}
 }
