@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/anet-dev/anet/bpf"
 )
@@ -63,6 +64,15 @@ func BenchmarkPolicyPerPacket(b *testing.B) {
 		}
 		b.Run(c.name, func(b *testing.B) { benchRun(b, c.prog, c.pkt, c.want, c.chunks) })
 	}
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_empty", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer empty.Close()
+	b.Run("empty-program", func(b *testing.B) { benchRun(b, empty, udpPkt(podIP, remoteIP, 1, 1), tcActOK, false) })
 	if path := os.Getenv("ANET_BENCH_LXC_OBJ"); path != "" {
 		old := loadOtherLxc(b, path)
 		b.Run("other-build/from/to-host-stack", func(b *testing.B) {

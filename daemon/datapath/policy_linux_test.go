@@ -585,3 +585,49 @@ func TestGCPolicyConntrack(t *testing.T) {
 		t.Errorf("later: live %d expired %d (%v), want 0 4", live, expired, err)
 	}
 }
+
+// Policy lives in pinned maps: a restarted anetd (a new Load of the same
+// bpffs) finds it in force and changes it by difference.
+func TestPolicySurvivesRestart(t *testing.T) {
+	needRoot(t)
+	enterNewNetns(t)
+	root := tmpBPFFS(t)
+	load := func() *Datapath {
+		t.Helper()
+		dp, err := Load(root, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.Activate(); err != nil {
+			dp.Close()
+			t.Fatal(err)
+		}
+		return dp
+	}
+	r1 := PolicyRule{Identity: idA, Proto: protoTCP, Port: 80, PortPrefixLen: 16}
+	r2 := PolicyRule{Identity: idB, Proto: protoUDP}
+	dp := load()
+	if err := dp.SetEndpointPolicy(42, true, false, []PolicyRule{r1, r2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetIPCache(netip.PrefixFrom(podIP, 32), idA); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+
+	dp = load()
+	defer dp.Close()
+	ing, eg, ri, re, err := dp.EndpointPolicy(42)
+	if err != nil || !ing || eg || !sameRules(ri, []PolicyRule{r1, r2}) || len(re) != 0 {
+		t.Fatalf("after the restart: %v %v %v %v (%v)", ing, eg, ri, re, err)
+	}
+	if got, _ := dp.IPCache(); got[netip.PrefixFrom(podIP, 32)] != idA {
+		t.Errorf("ipcache after the restart: %v", got)
+	}
+	if err := dp.SetEndpointPolicy(42, true, false, []PolicyRule{r2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ri, _, _ := dp.EndpointPolicy(42); !sameRules(ri, []PolicyRule{r2}) {
+		t.Errorf("the restarted anetd's change left %v, want only %v", ri, r2)
+	}
+}
