@@ -49,8 +49,10 @@
  * an endpoint of this node whose ingress is isolated. The host (identity
  * 1) is always allowed in. ICMP and other port-less protocols match only
  * rules that allow any protocol (Proto 0): NetworkPolicy port rules name
- * TCP, UDP and SCTP only. An ICMP error about a connection is judged as a
- * packet of its own (no "related" tracking yet). */
+ * TCP, UDP and SCTP only. An ICMP error (destination unreachable, time
+ * exceeded, parameter problem) about a tracked connection passes as part
+ * of it, so that path MTU discovery works for isolated pods; one about
+ * no tracked connection is judged as any ICMP packet. */
 #pragma once
 
 #include "common.h"
@@ -175,7 +177,41 @@ struct pol_pkt {
 	struct ct4_key key; /* ports 0 for port-less protocols */
 	bool syn_only;      /* TCP SYN without ACK */
 	bool closing;       /* TCP FIN or RST */
+	bool related;       /* an ICMP error: inner is the packet it is about */
+	struct ct4_key inner;
 };
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+/* pol_parse_icmp_error reads the datagram an ICMP error quotes (its IPv4
+ * header and first 8 bytes: the ports of TCP, UDP and SCTP) into
+ * p->inner, as that datagram's own tuple: it went the other way, so its
+ * connection's entry is the one of the quoted tuple. */
+static __always_inline void pol_parse_icmp_error(struct __sk_buff *skb, __u32 off, struct pol_pkt *p)
+{
+	__u8 type;
+
+	if (bpf_skb_load_bytes(skb, off, &type, 1) < 0)
+		return;
+	if (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
+		return;
+	struct iphdr in;
+	if (bpf_skb_load_bytes(skb, off + 8, &in, sizeof(in)) < 0 || in.version != 4 || in.ihl < 5)
+		return;
+	if (in.protocol != IPPROTO_TCP && in.protocol != IPPROTO_UDP && in.protocol != IPPROTO_SCTP)
+		return;
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, off + 8 + in.ihl * 4, ports, sizeof(ports)) < 0)
+		return;
+	p->inner.saddr = in.saddr;
+	p->inner.daddr = in.daddr;
+	p->inner.sport = ports[0];
+	p->inner.dport = ports[1];
+	p->inner.proto = in.protocol;
+	p->related = true;
+}
 
 #define IP_MF 0x2000
 #define IP_OFFMASK 0x1fff
@@ -194,6 +230,10 @@ static __always_inline int pol_parse(struct __sk_buff *skb, const struct iphdr *
 	p->key.saddr = ip4->saddr;
 	p->key.daddr = ip4->daddr;
 	p->key.proto = proto;
+	if (proto == IPPROTO_ICMP && !(frag & IP_OFFMASK)) {
+		pol_parse_icmp_error(skb, off, p);
+		return 0;
+	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return 0;
 
@@ -314,6 +354,17 @@ static __always_inline bool pol_ct_hit(const struct pol_pkt *p, __u64 now)
 	return true;
 }
 
+/* pol_related says whether p is an ICMP error about a tracked
+ * connection (a fragmentation-needed, a port unreachable): it passes
+ * without an entry of its own. */
+static __always_inline bool pol_related(const struct pol_pkt *p, __u64 now)
+{
+	if (!p->related)
+		return false;
+	struct pol_ct_entry *e = bpf_map_lookup_elem(&anet_pol_ct4, &p->inner);
+	return e && e->expires >= now;
+}
+
 /* pol_ct_create tracks an allowed new connection, both directions. A full
  * table evicts its oldest entries (LRU); should the kernel refuse all the
  * same, the packet still goes (policy allowed it) and the next one is
@@ -351,7 +402,7 @@ static __always_inline int policy_from_pod(struct __sk_buff *skb, const struct i
 	if (ret < 0)
 		return ret;
 	__u64 now = pol_now();
-	if (pol_ct_hit(&p, now))
+	if (pol_ct_hit(&p, now) || pol_related(&p, now))
 		return 0;
 	if (pol_isolated(src_if, DIR_EGRESS) && !pol_egress_allows(src_if, &p))
 		return -DROP_POLICY_EGRESS;
@@ -372,7 +423,7 @@ static __always_inline int policy_to_pod(struct __sk_buff *skb, const struct iph
 	if (ret < 0)
 		return ret;
 	__u64 now = pol_now();
-	if (pol_ct_hit(&p, now))
+	if (pol_ct_hit(&p, now) || pol_related(&p, now))
 		return 0;
 	if (pol_isolated(ifindex, DIR_INGRESS) && !pol_ingress_allows(ifindex, &p))
 		return -DROP_POLICY_INGRESS;

@@ -631,3 +631,47 @@ func TestPolicySurvivesRestart(t *testing.T) {
 		t.Errorf("the restarted anetd's change left %v, want only %v", ri, r2)
 	}
 }
+
+// icmpError is an ICMP error of type/code from src to dst quoting the
+// first 28 bytes (IPv4 header and 8 bytes) of the datagram orig (a frame).
+func icmpError(src, dst netip.Addr, typ, code uint8, orig []byte) []byte {
+	msg := append([]byte{typ, code, 0, 0, 0, 0, 0x05, 0xdc}, orig[testpkt.OffIPv4:testpkt.OffIPv4+28]...)
+	c := testpkt.Checksum(msg)
+	msg[2], msg[3] = byte(c>>8), byte(c)
+	return testpkt.IPv4{DstMAC: hostMAC, SrcMAC: podMAC, Src: src, Dst: dst, Proto: 1, Payload: msg}.Frame()
+}
+
+// An ICMP error about a tracked connection passes into an isolated pod
+// (path MTU discovery, port unreachable); one about nothing tracked is
+// judged as ICMP, and port rules do not admit it.
+func TestPolicyRelatedICMP(t *testing.T) {
+	e := newPolEnv(t)
+	e.set(e.a, true, true, nil, []PolicyRule{
+		{Identity: idRemote, Proto: protoTCP, Port: 443, PortPrefixLen: 16},
+		{Identity: idRemote, Proto: protoUDP, Port: 53, PortPrefixLen: 16},
+	})
+	syn := tcpPkt(podIP, remoteIP, e.next(), 443, testpkt.TCPSyn)
+	wantVerdict(t, "A→remote SYN", e.from(e.a, syn), tcActOK)
+	router := netip.MustParseAddr("192.0.2.1") // world
+	wantVerdict(t, "frag needed from a router", e.to(e.a, icmpError(router, podIP, 3, 4, syn)), tcActOK)
+	dns := udpPkt(podIP, remoteIP, e.next(), 53)
+	wantVerdict(t, "A→remote udp/53", e.from(e.a, dns), tcActOK)
+	wantVerdict(t, "port unreachable", e.to(e.a, icmpError(remoteIP, podIP, 3, 3, dns)), tcActOK)
+	wantVerdict(t, "time exceeded", e.to(e.a, icmpError(router, podIP, 11, 0, dns)), tcActOK)
+	// Untracked: A never sent this.
+	other := tcpPkt(podIP, remoteIP, e.next(), 8443, testpkt.TCPSyn)
+	wantVerdict(t, "error about nothing tracked", e.to(e.a, icmpError(router, podIP, 3, 4, other)), tcActShot)
+	// Not an error: an echo request is no reply of anything.
+	wantVerdict(t, "echo request", e.to(e.a, icmpPkt(remoteIP, podIP, false)), tcActShot)
+	if n := counter(t, e.dp, e.a, DirIngress, DropPolicyIngress); n != 2 {
+		t.Errorf("A ingress policy drops = %d, want 2", n)
+	}
+	// Same-node: B's error about A's connection to it, B isolated for
+	// egress with nothing allowed.
+	e.set(e.b, false, true, nil, nil)
+	e.set(e.a, false, false, nil, nil)
+	u := udpPkt(podIP, peerIP, e.next(), 9)
+	wantVerdict(t, "A→B udp/9", e.from(e.a, u), tcActRedirect)
+	wantVerdict(t, "B→A port unreachable", e.from(e.b, icmpError(peerIP, podIP, 3, 3, u)), tcActRedirect)
+	wantVerdict(t, "B→A unrelated error", e.from(e.b, icmpError(peerIP, podIP, 3, 3, udpPkt(podIP, peerIP, e.next(), 9))), tcActShot)
+}
