@@ -8,9 +8,16 @@
  *
  * Entry points dispatch; helpers return a negative anet_reason to drop, and
  * the entry point turns it into one counted drop (one drop path).
+ *
+ * NetworkPolicy (lib/policy.h): the pod's egress is judged here on every
+ * packet it sends, on the destination address as the packet has it (the
+ * socket hooks already put a Service's backend there); a destination pod
+ * of this node has its ingress judged before the redirect; what the host
+ * stack delivers to a pod has its ingress judged in anet_to_container.
  */
 #include "lib/common.h"
 #include "lib/eth.h"
+#include "lib/policy.h"
 
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -175,7 +182,10 @@ static __always_inline bool netfilter_translated(struct __sk_buff *skb, const st
 	return nat;
 }
 
-static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpoint_info *src)
+/* handle_ipv4 forwards a packet of the pod src. A drop that belongs to
+ * another endpoint's counters (its ingress policy refused the packet) sets
+ * *acct_if to that endpoint. */
+static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpoint_info *src, __u32 *acct_if)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -207,6 +217,15 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 
 	__u32 daddr = ip4->daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&anet_ep_by_ip, &daddr);
+	/* A destination pod of this node is judged here whichever way the
+	 * packet goes on (redirect, or the host stack when netfilter
+	 * translated it): the connection's entry then covers both ends. */
+	int ret = policy_from_pod(skb, ip4, hdrlen, src->ifindex, dst);
+	if (ret < 0) {
+		if (ret == -DROP_POLICY_INGRESS && dst)
+			*acct_if = dst->ifindex;
+		return ret;
+	}
 	if (!dst)
 		return TC_ACT_OK; /* the node itself, or beyond it: the host stack decides */
 	if (ANET_HOST_NAT && netfilter_translated(skb, ip4, hdrlen))
@@ -224,7 +243,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
 		return -DROP_CSUM_FAILED;
 
-	int ret = bpf_redirect_peer(dst->ifindex, 0);
+	ret = bpf_redirect_peer(dst->ifindex, 0);
 	if (ret != TC_ACT_REDIRECT)
 		return -DROP_REDIRECT_FAILED;
 	account(dst->ifindex, DIR_INGRESS, REASON_FORWARDED, skb->len);
@@ -239,6 +258,8 @@ int anet_from_container(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	__u32 acct_if = ifindex;
+	__u8 acct_dir = DIR_EGRESS;
 	int ret;
 
 	struct endpoint_info *src = bpf_map_lookup_elem(&anet_ep_by_if, &ifindex);
@@ -254,7 +275,7 @@ int anet_from_container(struct __sk_buff *skb)
 	}
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_IP):
-		ret = handle_ipv4(skb, src);
+		ret = handle_ipv4(skb, src, &acct_if);
 		break;
 	case bpf_htons(ETH_P_ARP):
 		ret = handle_arp(skb, src);
@@ -264,27 +285,58 @@ int anet_from_container(struct __sk_buff *skb)
 	}
 out:
 	if (ret < 0) {
-		account(ifindex, DIR_EGRESS, (__u8)-ret, len);
+		if (acct_if != ifindex)
+			acct_dir = DIR_INGRESS;
+		account(acct_if, acct_dir, (__u8)-ret, len);
 		return TC_ACT_SHOT;
 	}
 	account(ifindex, DIR_EGRESS, REASON_FORWARDED, len);
 	return ret;
 }
 
+/* to_container judges an IPv4 packet for the endpoint ifindex. */
+static __always_inline int to_container(struct __sk_buff *skb, __u32 ifindex)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK; /* ARP and the rest: the host stack's business */
+	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
+		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
+		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
+			return -DROP_MALFORMED_IP;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	struct iphdr *ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return -DROP_MALFORMED_IP;
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return -DROP_MALFORMED_IP;
+	int ret = policy_to_pod(skb, ip4, ip4->ihl * 4, ifindex);
+	return ret < 0 ? ret : TC_ACT_OK;
+}
+
 __section("tc")
 int anet_to_container(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
+	__u32 len = skb->len;
 
 	/* Only a registered endpoint is delivered to and counted: a device
 	 * whose endpoint was deleted (collected while the runtime keeps the
 	 * veth) gets nothing and re-creates no counter of its own. */
 	if (!bpf_map_lookup_elem(&anet_ep_by_if, &ifindex)) {
-		account(ANET_IFINDEX_NODE, DIR_INGRESS, DROP_UNKNOWN_ENDPOINT, skb->len);
+		account(ANET_IFINDEX_NODE, DIR_INGRESS, DROP_UNKNOWN_ENDPOINT, len);
 		return TC_ACT_SHOT;
 	}
-	/* Ingress policy will sit here; for now the host stack's packets to a
-	 * pod are counted and delivered. */
-	account(ifindex, DIR_INGRESS, REASON_FORWARDED, skb->len);
-	return TC_ACT_OK;
+	int ret = to_container(skb, ifindex);
+	if (ret < 0) {
+		account(ifindex, DIR_INGRESS, (__u8)-ret, len);
+		return TC_ACT_SHOT;
+	}
+	account(ifindex, DIR_INGRESS, REASON_FORWARDED, len);
+	return ret;
 }

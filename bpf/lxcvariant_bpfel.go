@@ -13,6 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type LxcCt4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type LxcEndpointInfo struct {
 	_          structs.HostLayout
 	Ip         uint32
@@ -22,6 +32,33 @@ type LxcEndpointInfo struct {
 	Flags      uint32
 	Identity   uint32
 	VariantPad uint32
+}
+
+type LxcFrag4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type LxcFrag4Ports struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
+type LxcIpcacheEntry struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
+type LxcIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
 }
 
 type LxcMetricsKey struct {
@@ -39,13 +76,46 @@ type LxcMetricsValue struct {
 	VariantExtra uint64
 }
 
+type LxcPolCtEntry struct {
+	_        structs.HostLayout
+	Expires  uint64
+	Flags    uint16
+	Pad      uint16
+	Reserved uint32
+}
+
+type LxcPolicyEntry struct {
+	_      structs.HostLayout
+	Cookie uint32
+}
+
+type LxcPolicyEp struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
+type LxcPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ifindex   uint32
+	Identity  uint32
+	Dir       uint8
+	Proto     uint8
+	Dport     uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	LxcMapAnetEpByIf         = "anet_ep_by_if"
 	LxcMapAnetEpByIp         = "anet_ep_by_ip"
+	LxcMapAnetFrag4          = "anet_frag4"
+	LxcMapAnetIpcache4       = "anet_ipcache4"
 	LxcMapAnetMetrics        = "anet_metrics"
+	LxcMapAnetPolCt4         = "anet_pol_ct4"
+	LxcMapAnetPolEp          = "anet_pol_ep"
+	LxcMapAnetPolicy         = "anet_policy"
 	LxcProgAnetFromContainer = "anet_from_container"
 	LxcProgAnetToContainer   = "anet_to_container"
 	LxcVarANET_HOST_NAT      = "ANET_HOST_NAT"
@@ -101,9 +171,14 @@ type LxcProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LxcMapSpecs struct {
-	AnetEpByIf  *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
-	AnetEpByIp  *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
-	AnetMetrics *ebpf.MapSpec `ebpf:"anet_metrics"`
+	AnetEpByIf   *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
+	AnetEpByIp   *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
+	AnetFrag4    *ebpf.MapSpec `ebpf:"anet_frag4"`
+	AnetIpcache4 *ebpf.MapSpec `ebpf:"anet_ipcache4"`
+	AnetMetrics  *ebpf.MapSpec `ebpf:"anet_metrics"`
+	AnetPolCt4   *ebpf.MapSpec `ebpf:"anet_pol_ct4"`
+	AnetPolEp    *ebpf.MapSpec `ebpf:"anet_pol_ep"`
+	AnetPolicy   *ebpf.MapSpec `ebpf:"anet_policy"`
 }
 
 // LxcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -133,16 +208,26 @@ func (o *LxcObjects) Close() error {
 //
 // It can be passed to LoadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LxcMaps struct {
-	AnetEpByIf  *ebpf.Map `ebpf:"anet_ep_by_if"`
-	AnetEpByIp  *ebpf.Map `ebpf:"anet_ep_by_ip"`
-	AnetMetrics *ebpf.Map `ebpf:"anet_metrics"`
+	AnetEpByIf   *ebpf.Map `ebpf:"anet_ep_by_if"`
+	AnetEpByIp   *ebpf.Map `ebpf:"anet_ep_by_ip"`
+	AnetFrag4    *ebpf.Map `ebpf:"anet_frag4"`
+	AnetIpcache4 *ebpf.Map `ebpf:"anet_ipcache4"`
+	AnetMetrics  *ebpf.Map `ebpf:"anet_metrics"`
+	AnetPolCt4   *ebpf.Map `ebpf:"anet_pol_ct4"`
+	AnetPolEp    *ebpf.Map `ebpf:"anet_pol_ep"`
+	AnetPolicy   *ebpf.Map `ebpf:"anet_policy"`
 }
 
 func (m *LxcMaps) Close() error {
 	return _LxcClose(
 		m.AnetEpByIf,
 		m.AnetEpByIp,
+		m.AnetFrag4,
+		m.AnetIpcache4,
 		m.AnetMetrics,
+		m.AnetPolCt4,
+		m.AnetPolEp,
+		m.AnetPolicy,
 	)
 }
 

@@ -30,8 +30,10 @@ enum anet_reason {
 	DROP_NO_SERVICE_BACKEND = 10, /* a frontend with no backend that may serve this client */
 	DROP_NO_SNAT_PORT = 11,     /* no free SNAT port (or no node address) for a remote backend */
 	DROP_FIB_FAILED = 12,       /* no route for a translated packet */
-	DROP_MALFORMED_L4 = 13,     /* truncated TCP or UDP header */
+	DROP_MALFORMED_L4 = 13,     /* truncated TCP, UDP or SCTP header */
 	DROP_CT_FULL = 14,          /* the conntrack table refused an entry */
+	DROP_POLICY_EGRESS = 15,    /* a new connection the sending pod's egress policy does not allow */
+	DROP_POLICY_INGRESS = 16,   /* a new connection the receiving pod's ingress policy does not allow */
 	__REASON_MAX,
 };
 

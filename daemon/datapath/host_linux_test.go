@@ -113,7 +113,7 @@ func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 
 // enterNewNetns moves the test's goroutine, locked to its thread, into a
 // new network namespace until the test ends.
-func enterNewNetns(t *testing.T) {
+func enterNewNetns(t testing.TB) {
 	t.Helper()
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -136,7 +136,7 @@ func enterNewNetns(t *testing.T) {
 	})
 }
 
-func mustLink(t *testing.T, name string) netlink.Link {
+func mustLink(t testing.TB, name string) netlink.Link {
 	t.Helper()
 	l, err := netlink.LinkByName(name)
 	if err != nil {

@@ -74,6 +74,10 @@ type Datapath struct {
 	svc     *ServiceMaps
 	svcErr  error
 
+	// The shadow of the policy map (policy_linux.go).
+	polMu sync.Mutex
+	pol   policyState
+
 	// The UDP socket terminator (sockterm_linux.go), or nil and why.
 	term    *sockTerm
 	termErr error
@@ -127,6 +131,14 @@ var refills = map[string]refill{
 	// upgrade; the node's config is rewritten by anetd at start.
 	bpf.HostMapAnetCt4:        refillCopy,
 	bpf.HostMapAnetNodeConfig: refillCopy,
+	// Policy is copied, never rebuilt empty: an empty anet_pol_ep would
+	// open every isolated pod until the policy reconciler's first sync.
+	// The reconciler rewrites only what differs (SetEndpointPolicy).
+	bpf.LxcMapAnetPolicy:   refillCopy,
+	bpf.LxcMapAnetPolEp:    refillCopy,
+	bpf.LxcMapAnetIpcache4: refillCopy,
+	bpf.LxcMapAnetPolCt4:   refillCopy,
+	bpf.LxcMapAnetFrag4:    refillCopy,
 }
 
 // collection is one eBPF object (one C entry file) that Load loads against
@@ -559,13 +571,19 @@ func (dp *Datapath) Close() error {
 // LoadUnpinned loads the programs with fresh maps of their own, pinned
 // nowhere and attached to nothing: for BPF_PROG_TEST_RUN tests and
 // benchmarks, never for a node.
-func LoadUnpinned() (*Datapath, error) {
+func LoadUnpinned() (*Datapath, error) { return LoadUnpinnedWith(Options{}) }
+
+// LoadUnpinnedWith is LoadUnpinned with the map sizes and constants of opts.
+func LoadUnpinnedWith(opts Options) (*Datapath, error) {
 	dp := &Datapath{log: slog.Default(), shared: map[string]*ebpf.Map{}}
 	colls, err := dp.collections()
 	if err != nil {
 		return nil, err
 	}
-	specs, err := sharedSpecs(colls, Options{})
+	if err := setConstants(colls, opts); err != nil {
+		return nil, err
+	}
+	specs, err := sharedSpecs(colls, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -40,7 +40,7 @@ var (
 	gwIP    = netip.MustParseAddr("10.244.1.1")
 )
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to load eBPF programs (CI runs as root)")
@@ -93,7 +93,7 @@ func udp4(src, dst netip.Addr, ttl uint8, payload []byte) []byte {
 
 func arpReq(sender, target netip.Addr) []byte { return testpkt.WhoHas(podMAC, sender, target) }
 
-func counter(t *testing.T, dp *Datapath, ifindex uint32, d Dir, r Reason) uint64 {
+func counter(t testing.TB, dp *Datapath, ifindex uint32, d Dir, r Reason) uint64 {
 	t.Helper()
 	all, err := dp.Counters()
 	if err != nil {

@@ -26,6 +26,17 @@ type Options struct {
 	// LRU (bpf/lib/ct.h): two per connection from outside.
 	CTMapSize uint32
 
+	// PolicyMapSize is the entries of anet_policy, the allow rules of
+	// every endpoint of the node: one per (endpoint, direction, peer
+	// identity, protocol, port prefix block).
+	PolicyMapSize uint32
+	// IPCacheMapSize is the entries of anet_ipcache4: every pod and node
+	// address of the cluster and every ipBlock CIDR and except.
+	IPCacheMapSize uint32
+	// PolicyCTMapSize is the entries of the pod conntrack LRU
+	// (anet_pol_ct4): two per connection to or from a pod of the node.
+	PolicyCTMapSize uint32
+
 	// HostNAT makes the pod programs send a packet between two pods of
 	// the node through the host stack when netfilter translated its
 	// connection (a kube-proxy beside anet; see bpf/lxc.c ANET_HOST_NAT).
@@ -33,7 +44,12 @@ type Options struct {
 }
 
 // DefaultOptions are the sizes for at least 65 536 Services and 262 144
-// backends: the services map holds a master and a slot per backend.
+// backends: the services map holds a master and a slot per backend. The
+// policy maps fit 10 000 NetworkPolicies, 5 000 identities and 50 000
+// ipcache entries: the ipcache takes 131 072 prefixes; the policy map
+// holds 262 144 rules of the node's endpoints (for example 100 pods with
+// 2 600 (identity, port) rules each), and its LPM trie allocates only
+// what it holds. A full map makes the write fail with ErrMapFull.
 func DefaultOptions() Options {
 	return Options{
 		ServiceMapSize:       327680,
@@ -43,6 +59,9 @@ func DefaultOptions() Options {
 		AffinityMatchMapSize: 262144,
 		SockRevNatMapSize:    262144,
 		CTMapSize:            262144,
+		PolicyMapSize:        262144,
+		IPCacheMapSize:       131072,
+		PolicyCTMapSize:      262144,
 	}
 }
 
@@ -62,6 +81,9 @@ func (o Options) withDefaults() Options {
 		AffinityMatchMapSize: or(o.AffinityMatchMapSize, d.AffinityMatchMapSize),
 		SockRevNatMapSize:    or(o.SockRevNatMapSize, d.SockRevNatMapSize),
 		CTMapSize:            or(o.CTMapSize, d.CTMapSize),
+		PolicyMapSize:        or(o.PolicyMapSize, d.PolicyMapSize),
+		IPCacheMapSize:       or(o.IPCacheMapSize, d.IPCacheMapSize),
+		PolicyCTMapSize:      or(o.PolicyCTMapSize, d.PolicyCTMapSize),
 		HostNAT:              o.HostNAT,
 	}
 }
@@ -76,5 +98,8 @@ func (o Options) sizes() map[string]uint32 {
 		bpf.SockMapAnetLb4AffMatch: o.AffinityMatchMapSize,
 		bpf.SockMapAnetSock4Revnat: o.SockRevNatMapSize,
 		bpf.HostMapAnetCt4:         o.CTMapSize,
+		bpf.LxcMapAnetPolicy:       o.PolicyMapSize,
+		bpf.LxcMapAnetIpcache4:     o.IPCacheMapSize,
+		bpf.LxcMapAnetPolCt4:       o.PolicyCTMapSize,
 	}
 }

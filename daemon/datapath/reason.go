@@ -26,6 +26,8 @@ const (
 	DropFIBFailed
 	DropMalformedL4
 	DropCTFull
+	DropPolicyEgress
+	DropPolicyIngress
 	reasonMax
 )
 
@@ -48,6 +50,10 @@ var reasonNames = [...]string{
 	DropFIBFailed:        "fib-failed",
 	DropMalformedL4:      "malformed-l4",
 	DropCTFull:           "conntrack-full",
+	// Counted on the endpoint whose policy refused the new connection:
+	// the sender's egress, or the receiver's ingress.
+	DropPolicyEgress:  "policy-egress-denied",
+	DropPolicyIngress: "policy-ingress-denied",
 }
 
 // cNames are the C enumerator names, checked against the header by tests.
@@ -67,6 +73,8 @@ var cNames = [...]string{
 	DropFIBFailed:        "DROP_FIB_FAILED",
 	DropMalformedL4:      "DROP_MALFORMED_L4",
 	DropCTFull:           "DROP_CT_FULL",
+	DropPolicyEgress:     "DROP_POLICY_EGRESS",
+	DropPolicyIngress:    "DROP_POLICY_INGRESS",
 }
 
 func (r Reason) String() string {

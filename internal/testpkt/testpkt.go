@@ -188,3 +188,63 @@ func L4Checksum(ip []byte) uint16 {
 	pseudo = append(pseudo, l4...)
 	return Checksum(pseudo)
 }
+
+// IPv4 is an Ethernet/IPv4 frame around an L4 payload that the caller
+// built (an SCTP packet, an ICMP message, a later fragment), with a valid
+// IPv4 header checksum. FragOff is the IPv4 flags-and-offset field (0x2000
+// more fragments, the low 13 bits the offset in 8-byte units).
+type IPv4 struct {
+	DstMAC, SrcMAC net.HardwareAddr
+	Src, Dst       netip.Addr
+	Proto          uint8
+	ID             uint16
+	FragOff        uint16
+	TTL            uint8
+	Payload        []byte
+}
+
+// Frame builds the frame.
+func (p IPv4) Frame() []byte {
+	ttl := p.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	ip := make([]byte, IPv4Len+len(p.Payload))
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], p.ID)
+	binary.BigEndian.PutUint16(ip[6:], p.FragOff)
+	ip[8] = ttl
+	ip[9] = p.Proto
+	s, d := p.Src.As4(), p.Dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip[:IPv4Len]))
+	copy(ip[IPv4Len:], p.Payload)
+	return append(Eth(p.DstMAC, p.SrcMAC, EtherTypeIPv4), ip...)
+}
+
+// SCTPHeader is an SCTP common header (ports, verification tag, a zero
+// checksum: nothing on the path checks it) followed by one chunk of
+// chunkType with an empty body (1 INIT, 0 DATA...).
+func SCTPHeader(srcPort, dstPort uint16, tag uint32, chunkType uint8) []byte {
+	b := binary.BigEndian.AppendUint16(nil, srcPort)
+	b = binary.BigEndian.AppendUint16(b, dstPort)
+	b = binary.BigEndian.AppendUint32(b, tag)
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = append(b, chunkType, 0)
+	return binary.BigEndian.AppendUint16(b, 4)
+}
+
+// ICMPEcho is an ICMP echo request (or reply) message with a valid
+// checksum.
+func ICMPEcho(reply bool, id, seq uint16) []byte {
+	b := []byte{8, 0, 0, 0}
+	if reply {
+		b[0] = 0
+	}
+	b = binary.BigEndian.AppendUint16(b, id)
+	b = binary.BigEndian.AppendUint16(b, seq)
+	binary.BigEndian.PutUint16(b[2:], Checksum(b))
+	return b
+}
