@@ -191,8 +191,8 @@ func TestCRD(t *testing.T) {
 		// goroutines in its own order, in a range of 300 numbers (so that
 		// they often pick the same free number for different keys).
 		cfg := CRDConfig{Min: 1000, Max: 1299}
-		a, _ := newAlloc(t, s, cfg)
-		b, _ := newAlloc(t, s, cfg)
+		a, alog := newAlloc(t, s, cfg)
+		b, blog := newAlloc(t, s, cfg)
 		var keys []Key
 		for i := range 200 {
 			keys = append(keys, KeyOf("race", nil, map[string]string{"app": fmt.Sprint("k", i)}))
@@ -286,7 +286,8 @@ func TestCRD(t *testing.T) {
 				t.Errorf("Identities()[%d] = %q, want %q", got[a][k], ids[got[a][k]], k)
 			}
 		}
-		t.Logf("200 keys, 2 racing nodes: %d objects in all", len(after.Items))
+		lost := strings.Count(alog.String(), "lost an identity race") + strings.Count(blog.String(), "lost an identity race")
+		t.Logf("200 keys, 2 racing nodes: %d objects in all; %d same-key races lost (and their objects deleted)", len(after.Items), lost)
 	})
 
 	t.Run("BadObjects", func(t *testing.T) {

@@ -11,19 +11,22 @@
 // # Allocation
 //
 // An Allocator turns a Key into a number. Local is an in-memory allocator
-// (tests, and a single node). The cluster-wide allocator comes later, as
-// Cilium's CRD mode does it: a cluster-scoped custom resource
-// (anet.dev/v1alpha1 SecurityIdentity) whose object name is the number in
-// decimal and whose body holds the key and its labels. Allocating a key
-// first looks it up through an informer indexed by key; if absent, the
-// node picks a free number and creates the object: creation fails with
-// AlreadyExists when another node took that number first, and the node
-// retries with another (the API server is the arbiter, no leader needed).
-// Nodes mark the identities they use (a heartbeat annotation or a
-// per-node usage list); an operator-less collector in each anetd deletes
-// objects unused for a grace period, with a precondition on the resource
-// version so that a concurrent new user wins. Numbers survive anetd
-// restarts because they live in the API server.
+// (tests, and a single node). CRD is the cluster-wide one, as Cilium's CRD
+// mode does it: a cluster-scoped custom resource (anet.dev/v1alpha1
+// SecurityIdentity, installer/manifests/crds) whose object name is the
+// number in decimal and whose spec holds the key and its labels, with a
+// label carrying the key's hash. Allocating a key first looks it up
+// through an informer indexed by key, then in the API by the hash label;
+// if absent, the node picks a free number and creates the object:
+// creation fails with AlreadyExists when another node took that number
+// first, and the node retries with another (the API server is the
+// arbiter, no leader needed). Two nodes creating objects for one key at
+// once settle on the earliest created (resource versions are comparable);
+// the other is deleted by its creator. A Collector, runnable in every
+// anetd, deletes objects whose key no pod in the cluster has had for a
+// grace period, with preconditions on the UID and resource version; a
+// node still holding a deleted identity re-creates it. Numbers survive
+// anetd restarts because they live in the API server.
 package identity
 
 import (
