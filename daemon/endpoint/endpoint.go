@@ -557,3 +557,23 @@ func (m *Manager) releasePendingLocked(dir string) error {
 	}
 	return nil
 }
+
+// PodIfindexes returns the host-side ifindex of every endpoint by its
+// pod's namespace/name (for the policy reconciler). A pod with several
+// attachments gets the one named eth0, else any.
+func (m *Manager) PodIfindexes() map[string]uint32 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]uint32, len(m.eps))
+	for a, ep := range m.eps {
+		if ep.Pod.Namespace == "" || ep.Pod.Name == "" {
+			continue
+		}
+		key := ep.Pod.Namespace + "/" + ep.Pod.Name
+		if _, dup := out[key]; dup && a.IfName != "eth0" {
+			continue
+		}
+		out[key] = ep.HostIfindex
+	}
+	return out
+}
