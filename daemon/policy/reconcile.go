@@ -53,7 +53,13 @@ type Config struct {
 	Endpoints func() map[string]uint32
 	// Report is called once for each new problem (anetd emits an Event
 	// on the policy); the reconciler logs it too.
-	Report  func(Problem)
+	Report func(Problem)
+	// Gateway, when set, gives the address a node owns in each of its
+	// pod CIDRs (ipam.Gateway: on its lo, the source of what the node
+	// itself sends its pods when no other address is closer, kubelet's
+	// probes among them). It is a node address as InternalIP is: Host
+	// on this node, RemoteNode on the others.
+	Gateway func(podCIDR netip.Prefix) netip.Addr
 	Options Options
 	Log     *slog.Logger
 	// Resync is how often the reconciler runs without a change event
@@ -173,7 +179,7 @@ func (r *Reconciler) Sync() bool {
 	}
 	ok := r.allocate(pods, nss)
 	res := r.compiler.Compile(Input{
-		Policies: pols, Pods: pods, Namespaces: nss, Nodes: NodesOf(nodes), LocalNode: r.cfg.Node,
+		Policies: pols, Pods: pods, Namespaces: nss, Nodes: NodesOf(nodes, r.cfg.Gateway), LocalNode: r.cfg.Node,
 		Identity: func(k identity.Key) (uint32, bool) { id, ok := r.held[k]; return id, ok },
 	})
 	r.report(res.Problems)
@@ -211,20 +217,37 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// NodesOf takes the nodes' own addresses (InternalIP, ExternalIP).
-func NodesOf(nodes []*corev1.Node) []Node {
+// NodesOf takes the nodes' own addresses (InternalIP, ExternalIP, and
+// with gateway the gateway of each pod CIDR).
+func NodesOf(nodes []*corev1.Node, gateway func(netip.Prefix) netip.Addr) []Node {
 	out := make([]Node, 0, len(nodes))
 	for _, n := range nodes {
 		if n == nil {
 			continue
 		}
 		nd := Node{Name: n.Name}
+		add := func(ip netip.Addr) {
+			if ip = ip.Unmap(); ip.IsValid() && !slices.Contains(nd.Addrs, ip) {
+				nd.Addrs = append(nd.Addrs, ip)
+			}
+		}
 		for _, a := range n.Status.Addresses {
 			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
 				continue
 			}
-			if ip, err := netip.ParseAddr(a.Address); err == nil && !slices.Contains(nd.Addrs, ip.Unmap()) {
-				nd.Addrs = append(nd.Addrs, ip.Unmap())
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				add(ip)
+			}
+		}
+		if gateway != nil {
+			cidrs := n.Spec.PodCIDRs
+			if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+				cidrs = []string{n.Spec.PodCIDR}
+			}
+			for _, c := range cidrs {
+				if p, err := netip.ParsePrefix(c); err == nil {
+					add(gateway(p.Masked()))
+				}
 			}
 		}
 		out = append(out, nd)

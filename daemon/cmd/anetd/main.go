@@ -517,7 +517,7 @@ func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *dat
 	}
 	rec := policy.NewReconciler(policy.Config{
 		Node: cfg.nodeName, Source: kc, Datapath: policyMaps{dp}, Endpoints: eps.PodIfindexes,
-		Report: report, Log: plog,
+		Report: report, Gateway: ipam.Gateway, Log: plog,
 	})
 	synced, _, err := kc.OnPolicyChange(rec.Enqueue)
 	if err != nil {
