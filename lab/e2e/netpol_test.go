@@ -17,13 +17,18 @@ import (
 const netpolNS = "netpol"
 
 // netpolPod is an anet-testserver pod of netpolNS on node (HTTP 8080,
-// TCP/UDP echo 8081), labelled app=name plus extra. Its readiness probe
+// TCP/UDP echo 8081), labelled app=name plus extra (or only extra when it
+// starts with "app:"). Its readiness probe
 // (kubelet, from the node) fails it after one missed second.
 func netpolPod(name, node, extra string) string {
+	labels := "app: " + name + extra
+	if strings.HasPrefix(extra, "app:") {
+		labels = extra
+	}
 	return fmt.Sprintf(`
 apiVersion: v1
 kind: Pod
-metadata: {name: %[1]s, namespace: %[4]s, labels: {app: %[1]s%[3]s}}
+metadata: {name: %[1]s, namespace: %[4]s, labels: {%[3]s}}
 spec:
   nodeName: %[2]s
   terminationGracePeriodSeconds: 1
@@ -37,7 +42,7 @@ spec:
       periodSeconds: 1
       failureThreshold: 1
 ---
-`, name, node, extra, netpolNS)
+`, name, node, labels, netpolNS)
 }
 
 // reach is one expected verdict: from pod from, a TCP connection to addr.
@@ -105,8 +110,9 @@ func expectReach(t *testing.T, l *lab.Lab, stage string, cases []reach) {
 // Ready (the host is always allowed in) and its own connections out still
 // work (replies pass); (c) an allow from a podSelector lets the labelled
 // clients in, same node and remote, and no other; (d) an egress deny on a
-// client stops everything it sends; (e) deleting the policies opens
-// everything again.
+// client stops everything it sends; a policy anet cannot enforce as
+// written yields a PolicyNotEnforced Event on it naming the field, and the
+// other verdicts stay; (e) deleting the policies opens everything again.
 func TestNetworkPolicy(t *testing.T) {
 	start := time.Now()
 	l := lab.SharedLab(t)
@@ -115,7 +121,9 @@ func TestNetworkPolicy(t *testing.T) {
 		netpolPod("ok-same", lab.NodeName(2), ", access: \"yes\"") +
 		netpolPod("ok-far", lab.NodeName(1), ", access: \"yes\"") +
 		netpolPod("no-same", lab.NodeName(2), "") +
-		netpolPod("no-far", lab.NodeName(3), "") + `
+		netpolPod("no-far", lab.NodeName(3), "") +
+		netpolPod("twin-a", lab.NodeName(1), "app: twin") +
+		netpolPod("twin-b", lab.NodeName(3), "app: twin") + `
 apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: ` + netpolNS + `}
@@ -210,6 +218,35 @@ spec:
 `)
 	expectReach(t, l, "(d) egress deny on ok-far", append(toServer(func(c string) bool { return c == "ok-same" }),
 		reach{"ok-far", noFar, "no-far (not isolated)", false}))
+
+	// A policy anet cannot enforce as written (an ipBlock holding one of
+	// two pods of one identity: rules are per identity) is reported as an
+	// Event on it, and the other policies stay as they are.
+	apply(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: split-block, namespace: ` + netpolNS + `}
+spec:
+  podSelector: {matchLabels: {app: no-far}}
+  ingress:
+  - from: [{ipBlock: {cidr: ` + ip("twin-a") + `/32}}]
+`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := l.Kubectl("get", "events", "-n", netpolNS, "--field-selector",
+			"involvedObject.kind=NetworkPolicy,involvedObject.name=split-block,reason=PolicyNotEnforced",
+			"-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+		if err == nil && strings.Contains(out, "ingress[0].from[0]") {
+			t.Logf("Event on the policy: %s", strings.SplitN(strings.TrimSpace(out), "\n", 2)[0])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no PolicyNotEnforced Event on split-block naming the field after 30s: %v %q", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	expectReach(t, l, "(d) with a policy anet reports", append(toServer(func(c string) bool { return c == "ok-same" }),
+		reach{"ok-far", noFar, "no-far", false}))
 
 	// (e) Policies deleted: open again.
 	if _, err := l.Kubectl("delete", "networkpolicy", "-n", netpolNS, "--all"); err != nil {
