@@ -523,6 +523,7 @@ func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *dat
 	if err != nil {
 		return err
 	}
+	eps.SetOnChange(rec.Enqueue)
 	go func() {
 		for {
 			err := identity.ApplyCRD(ctx, dyn)
