@@ -167,6 +167,7 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 	mark(StepRecorded)
 	m.mu.Lock()
 	m.eps[r.Attachment] = ep
+	m.changed()
 	m.mu.Unlock()
 	ok = true
 	m.log.Info("endpoint added", "containerID", r.ContainerID, "ifName", r.IfName, "ip", ip, "hostIf", hostIf, "mode", got.Mode, "pod", r.Pod.Namespace+"/"+r.Pod.Name)

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -66,6 +67,8 @@ type Manager struct {
 	log  *slog.Logger
 
 	ready *readyPool // nil: records are written the plain way (UseReadyFiles)
+
+	onChange atomic.Pointer[func()] // SetOnChange
 
 	mu   sync.Mutex
 	eps  map[api.Attachment]*api.Endpoint
@@ -149,6 +152,7 @@ func (m *Manager) Register(r api.EndpointRequest) error {
 		return fmt.Errorf("programming datapath: %w", err)
 	}
 	m.eps[r.Attachment] = ep
+	m.changed()
 	m.log.Info("endpoint registered", "containerID", r.ContainerID, "ifName", r.IfName, "ip", r.IP, "hostIf", r.HostIfName, "mode", r.AttachMode)
 	return nil
 }
@@ -247,6 +251,9 @@ func (m *Manager) deleteWith(a api.Attachment, synced bool) error {
 		return err
 	}
 	delete(m.eps, a)
+	if ep != nil {
+		m.changed()
+	}
 	if ep != nil || released {
 		m.log.Info("endpoint deleted", "containerID", a.ContainerID, "ifName", a.IfName, "ip", ip)
 	}
@@ -556,4 +563,36 @@ func (m *Manager) releasePendingLocked(dir string) error {
 		_ = os.Remove(path)
 	}
 	return nil
+}
+
+// SetOnChange sets f to be called whenever an endpoint is added or
+// deleted (the policy reconciler's Enqueue: the new endpoint gets its
+// policy at once, not at the next Pod event). f is called with the
+// manager's lock held: it must not block nor call the manager.
+func (m *Manager) SetOnChange(f func()) { m.onChange.Store(&f) }
+
+func (m *Manager) changed() {
+	if f := m.onChange.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// PodIfindexes returns the host-side ifindex of every endpoint by its
+// pod's namespace/name (for the policy reconciler). A pod with several
+// attachments gets the one named eth0, else any.
+func (m *Manager) PodIfindexes() map[string]uint32 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]uint32, len(m.eps))
+	for a, ep := range m.eps {
+		if ep.Pod.Namespace == "" || ep.Pod.Name == "" {
+			continue
+		}
+		key := ep.Pod.Namespace + "/" + ep.Pod.Name
+		if _, dup := out[key]; dup && a.IfName != "eth0" {
+			continue
+		}
+		out[key] = ep.HostIfindex
+	}
+	return out
 }

@@ -440,3 +440,34 @@ func TestPendingReleaseSparesLaterAdd(t *testing.T) {
 		t.Error("a release without a time did not apply")
 	}
 }
+
+// TestPodIfindexesAndOnChange: endpoints by pod for the policy
+// reconciler, and its hook called on every add and delete.
+func TestPodIfindexesAndOnChange(t *testing.T) {
+	f := newFixture(t, t.TempDir(), newFakeDP(), map[string]uint32{})
+	var calls int
+	f.m.SetOnChange(func() { calls++ })
+	att := api.Attachment{ContainerID: "c1", IfName: "eth0"}
+	pod := api.PodRef{Namespace: "ns", Name: "p"}
+	a, err := f.m.Allocate(api.AllocateRequest{Attachment: att, Pod: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := datapath.HostIfName("c1", "eth0")
+	r := api.EndpointRequest{Attachment: att, Pod: pod, IP: a.IP, HostIfName: host, HostIfindex: 12,
+		HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", AttachMode: "tcx"}
+	if err := f.m.Register(r); err != nil {
+		t.Fatal(err)
+	}
+	f.devices[host] = 12
+	f.add(t, "c2", 13) // no pod: not listed
+	if got := f.m.PodIfindexes(); len(got) != 1 || got["ns/p"] != 12 {
+		t.Errorf("PodIfindexes = %v", got)
+	}
+	if err := f.m.Delete(att); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 3 || len(f.m.PodIfindexes()) != 0 {
+		t.Errorf("%d change calls for two adds and a delete, endpoints %v", calls, f.m.PodIfindexes())
+	}
+}

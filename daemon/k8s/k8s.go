@@ -1,6 +1,6 @@
 // Package k8s connects anetd to the Kubernetes API: client-go informers for
-// Nodes, Namespaces, Pods (of this node only), Services, EndpointSlices and
-// NetworkPolicies, the node's pod CIDR and addresses from its Node object,
+// Nodes, Namespaces, Pods (of this node, and of the cluster for policy),
+// Services, EndpointSlices and NetworkPolicies, the node's pod CIDR and addresses from its Node object,
 // the node's NetworkUnavailable condition, native routes to the other
 // nodes' pod CIDRs, the collection of endpoints whose pod is gone, and for
 // the service proxy the Services and EndpointSlices themselves (listers
@@ -62,7 +62,8 @@ type Client struct {
 	factory    informers.SharedInformerFactory
 	podFactory informers.SharedInformerFactory
 	nodes      cache.SharedIndexInformer
-	pods       cache.SharedIndexInformer
+	pods       cache.SharedIndexInformer // this node's
+	allPods    cache.SharedIndexInformer // the cluster's (policy)
 	services   cache.SharedIndexInformer
 	slices     cache.SharedIndexInformer
 	synced     []cache.InformerSynced
@@ -95,6 +96,7 @@ func newClient(cs kubernetes.Interface, node string, log *slog.Logger) *Client {
 		}))
 	c.nodes = c.factory.Core().V1().Nodes().Informer()
 	c.pods = c.podFactory.Core().V1().Pods().Informer()
+	c.allPods = c.factory.Core().V1().Pods().Informer()
 	c.services = c.factory.Core().V1().Services().Informer()
 	c.slices = c.factory.Discovery().V1().EndpointSlices().Informer()
 	// A Service's slices by the Service's key, so that looking them up
@@ -102,9 +104,8 @@ func newClient(cs kubernetes.Interface, node string, log *slog.Logger) *Client {
 	if err := c.slices.AddIndexers(cache.Indexers{sliceServiceIndex: sliceServiceKeys}); err != nil {
 		panic(err) // only when the informer runs already or the index exists: a bug here
 	}
-	// Watched now so that their caches are warm for the features that use
-	// them (policy); nothing reads them yet.
 	others := []cache.SharedIndexInformer{
+		c.allPods,
 		c.factory.Core().V1().Namespaces().Informer(),
 		c.services,
 		c.slices,

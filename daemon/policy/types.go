@@ -19,7 +19,7 @@ const (
 )
 
 // Rule is one allow entry of an endpoint's policy, with the fields of the
-// datapath's PolicyRule (the lead converts one to the other).
+// datapath's PolicyRule (anetd's main converts one to the other).
 type Rule struct {
 	Identity      uint32 // peer identity; 0 = any peer
 	Proto         uint8  // 0 = any protocol (then Port and PortPrefixLen are 0)

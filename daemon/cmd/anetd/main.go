@@ -7,7 +7,9 @@
 // routes the other nodes' pod CIDRs, collects endpoints whose pod is gone,
 // sets the Node's NetworkUnavailable=False and, as the node's service
 // proxy (--enable-services), programs every Service into the datapath's
-// service maps and answers kube-proxy's health endpoints. Without one
+// service maps and answers kube-proxy's health endpoints, and enforces
+// NetworkPolicy (identities from SecurityIdentity objects, the pod
+// programs' policy maps). Without one
 // (standalone) it runs from --pod-cidr alone.
 package main
 
@@ -27,6 +29,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/anet-dev/anet/daemon/api"
@@ -34,9 +39,11 @@ import (
 	"github.com/anet-dev/anet/daemon/datapath"
 	"github.com/anet-dev/anet/daemon/endpoint"
 	"github.com/anet-dev/anet/daemon/health"
+	"github.com/anet-dev/anet/daemon/identity"
 	"github.com/anet-dev/anet/daemon/ipam"
 	"github.com/anet-dev/anet/daemon/k8s"
 	"github.com/anet-dev/anet/daemon/kubeproxy"
+	"github.com/anet-dev/anet/daemon/policy"
 	"github.com/anet-dev/anet/daemon/proxyhealth"
 	"github.com/anet-dev/anet/daemon/routing"
 	"github.com/anet-dev/anet/daemon/service"
@@ -75,6 +82,10 @@ type config struct {
 	// The per-packet translation on the underlay device(s).
 	devices          []string
 	snatMin, snatMax uint16
+
+	// NetworkPolicy (with an API).
+	enablePolicy bool
+	identityGC   time.Duration
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -95,6 +106,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 directory where the socket-level service hooks attach (they apply to every process below it); when it is a cgroup v1 layout, its unified/ subdirectory is used if that is cgroup v2")
 	fs.StringVar(&c.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "with services: address of kube-proxy's health endpoint (/healthz, /livez), for load balancers and tools that probe it (empty: off)")
 	fs.BoolVar(&c.purgeKubeProxy, "purge-kube-proxy-rules", false, "remove the iptables chains and nftables table a kube-proxy left in the node (kubelet's chains stay); without it they are only reported. Stop kube-proxy first, or it writes them again")
+	fs.BoolVar(&c.enablePolicy, "enable-network-policy", true, "with an API: enforce NetworkPolicies (off only for tests of other things: pods are then open)")
+	fs.DurationVar(&c.identityGC, "identity-gc-interval", 5*time.Minute, "with network policy: how often this anetd collects SecurityIdentities no pod uses (0: never)")
 	devices := fs.String("devices", "", "with services: the underlay device(s) that carry NodePort, ExternalIP and LoadBalancer traffic from outside, comma-separated (default: the device holding the node's InternalIP)")
 	snatRange := fs.String("snat-port-range", "61000-65535", "with services: source ports for connections from outside that a backend on another node serves (SNAT to the node's address); keep it outside net.ipv4.ip_local_port_range and the NodePort range")
 	servicesMax := fs.Uint("lb-services-max", service.DefaultMaxFrontends, "size of the service frontend map (frontends: address, port and protocol, of every Service)")
@@ -330,6 +343,13 @@ func run(cfg *config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		if cfg.enablePolicy {
+			if err := startPolicy(ctx, cfg, restCfg, dp, kc, eps, log); err != nil {
+				return err
+			}
+		} else {
+			log.Warn("network policy off (--enable-network-policy=false): every pod is open")
+		}
 		kc.Start(ctx)
 		go kc.CheckPodCIDR(ctx, alloc.CIDR())
 		go kc.WatchAPI(ctx, 5*time.Second)
@@ -474,6 +494,96 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 		"lbServicesMax", cfg.lbServicesMax, "lbBackendsMax", cfg.lbBackendsMax, "healthz", cfg.healthzAddr)
 	return rec, nil
 }
+
+// startPolicy starts the NetworkPolicy reconciler. The identity allocator
+// needs the API (the SecurityIdentity CRD is applied, then its informer
+// lists), so all of that runs in the background: the node serves CNI and
+// Services meanwhile, and pods stay as the pinned maps have them.
+func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *datapath.Datapath, kc *k8s.Client,
+	eps *endpoint.Manager, log *slog.Logger) error {
+	plog := log.With("from", "policy")
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	events, _ := kc.EventRecorder("anetd")
+	report := func(p policy.Problem) {
+		ns, name, _ := strings.Cut(p.Policy, "/")
+		np, err := kc.NetworkPolicy(ns, name)
+		if err != nil {
+			return // gone meanwhile
+		}
+		events.Eventf(np, corev1.EventTypeWarning, "PolicyNotEnforced", "%s: %s", p.Field, p.Why)
+	}
+	rec := policy.NewReconciler(policy.Config{
+		Node: cfg.nodeName, Source: kc, Datapath: policyMaps{dp}, Endpoints: eps.PodIfindexes,
+		Report: report, Gateway: ipam.Gateway, Log: plog,
+	})
+	synced, _, err := kc.OnPolicyChange(rec.Enqueue)
+	if err != nil {
+		return err
+	}
+	eps.SetOnChange(rec.Enqueue)
+	go func() {
+		for {
+			err := identity.ApplyCRD(ctx, dyn)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			plog.Warn("installing the SecurityIdentity CRD; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+		alloc, err := identity.NewCRD(ctx, identity.CRDConfig{Client: dyn, Log: plog})
+		if err != nil {
+			if ctx.Err() == nil {
+				plog.Error("network policy not enforced: starting the identity allocator", "err", err)
+			}
+			return
+		}
+		rec.SetAllocator(alloc)
+		if cfg.identityGC > 0 {
+			gc := &identity.Collector{Alloc: alloc, Kube: kc.Clientset()}
+			go gc.Loop(ctx, cfg.identityGC)
+		}
+		listed := make(chan struct{})
+		go func() {
+			if cache.WaitForCacheSync(ctx.Done(), synced) {
+				close(listed)
+			}
+		}()
+		rec.Run(ctx, listed)
+	}()
+	plog.Info("network policy reconciler starting")
+	return nil
+}
+
+// policyMaps is the datapath's policy maps as the reconciler sees them.
+type policyMaps struct{ dp *datapath.Datapath }
+
+func toPolicyRules(rs []policy.Rule) []datapath.PolicyRule {
+	out := make([]datapath.PolicyRule, len(rs))
+	for i, r := range rs {
+		out[i] = datapath.PolicyRule(r)
+	}
+	return out
+}
+
+func (m policyMaps) SetEndpointPolicy(ifindex uint32, ingressEnforced, egressEnforced bool, ingress, egress []policy.Rule) error {
+	return m.dp.SetEndpointPolicy(ifindex, ingressEnforced, egressEnforced, toPolicyRules(ingress), toPolicyRules(egress))
+}
+func (m policyMaps) DeleteEndpointPolicy(ifindex uint32) error {
+	return m.dp.DeleteEndpointPolicy(ifindex)
+}
+func (m policyMaps) SetIPCache(p netip.Prefix, id uint32) error { return m.dp.SetIPCache(p, id) }
+func (m policyMaps) DeleteIPCache(p netip.Prefix) error         { return m.dp.DeleteIPCache(p) }
+func (m policyMaps) IPCache() (map[netip.Prefix]uint32, error)  { return m.dp.IPCache() }
 
 // terminator is t as the reconciler's option: nil stays an untyped nil.
 func terminator(t *datapath.SocketTerminator) lb.SocketTerminator {

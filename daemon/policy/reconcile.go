@@ -1,0 +1,385 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/anet-dev/anet/daemon/identity"
+)
+
+// Datapath is what the reconciler writes: the datapath's policy maps
+// (daemon/datapath, adapted in anetd's main).
+type Datapath interface {
+	// SetEndpointPolicy replaces an endpoint's policy, writing only the
+	// difference to what its map holds (adds first, then deletes).
+	SetEndpointPolicy(ifindex uint32, ingressEnforced, egressEnforced bool, ingress, egress []Rule) error
+	DeleteEndpointPolicy(ifindex uint32) error
+	SetIPCache(p netip.Prefix, id uint32) error
+	DeleteIPCache(p netip.Prefix) error
+	// IPCache reads the ipcache back (once, at the first sync: the map is
+	// pinned and outlives anetd).
+	IPCache() (map[netip.Prefix]uint32, error)
+}
+
+// Source is the cluster as the informers have it (daemon/k8s's listers).
+type Source interface {
+	NetworkPolicies() ([]*networkingv1.NetworkPolicy, error)
+	Namespaces() ([]*corev1.Namespace, error)
+	Nodes() ([]*corev1.Node, error)
+	AllPods() ([]*corev1.Pod, error)
+}
+
+// Config configures a Reconciler.
+type Config struct {
+	Node     string // this node's name
+	Source   Source
+	Datapath Datapath
+	// Alloc gives identity numbers: the cluster-wide CRD allocator in
+	// anetd. The reconciler holds one reference to the key of every live
+	// pod of the cluster it sees, so that a number never depends on
+	// which node allocated it first.
+	Alloc identity.Allocator
+	// Endpoints returns this node's endpoints: host-side ifindex by the
+	// pod's namespace/name.
+	Endpoints func() map[string]uint32
+	// Report is called once for each new problem (anetd emits an Event
+	// on the policy); the reconciler logs it too.
+	Report func(Problem)
+	// Gateway, when set, gives the address a node owns in each of its
+	// pod CIDRs (ipam.Gateway: on its lo, the source of what the node
+	// itself sends its pods when no other address is closer, kubelet's
+	// probes among them). It is a node address as InternalIP is: Host
+	// on this node, RemoteNode on the others.
+	Gateway func(podCIDR netip.Prefix) netip.Addr
+	Options Options
+	Log     *slog.Logger
+	// Resync is how often the reconciler runs without a change event
+	// (endpoints added by CNI, failed writes); default 10s.
+	Resync time.Duration
+}
+
+// Reconciler keeps the datapath's policy maps in line with the cluster:
+// on every change (coalesced) it compiles the policies for this node's
+// endpoints and writes what differs from what it wrote last.
+type Reconciler struct {
+	cfg      Config
+	log      *slog.Logger
+	compiler *Compiler
+	kick     chan struct{}
+
+	held     map[identity.Key]uint32
+	written  map[uint32]written // by ifindex
+	ipcache  map[netip.Prefix]uint32
+	reported map[Problem]bool
+
+	mu   sync.Mutex
+	last Result
+}
+
+// SetAllocator sets the allocator when it is not known at NewReconciler
+// (anetd starts the CRD allocator in the background). Call it before Run.
+func (r *Reconciler) SetAllocator(a identity.Allocator) { r.cfg.Alloc = a }
+
+type written struct {
+	key string // pod namespace/name
+	ep  EndpointPolicy
+}
+
+// NewReconciler returns a reconciler; Run starts it.
+func NewReconciler(cfg Config) *Reconciler {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 10 * time.Second
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Log, compiler: NewCompiler(cfg.Options), kick: make(chan struct{}, 1),
+		held: map[identity.Key]uint32{}, written: map[uint32]written{}, reported: map[Problem]bool{}}
+}
+
+// Enqueue asks for a run; it never blocks (runs coalesce).
+func (r *Reconciler) Enqueue() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles once listed is closed (never from a partial cache: a
+// missing policy would open a pod), then on every Enqueue and every
+// Resync, until ctx ends. What is written stays in force after.
+func (r *Reconciler) Run(ctx context.Context, listed <-chan struct{}) {
+	select {
+	case <-listed:
+	case <-ctx.Done():
+		return
+	}
+	tick := time.NewTicker(r.cfg.Resync)
+	defer tick.Stop()
+	var retry <-chan time.Time
+	first := true
+	for {
+		start := time.Now()
+		ok := r.safeSync()
+		if first {
+			r.log.Info("network policy in force", "took", time.Since(start).Round(time.Millisecond), "complete", ok)
+			first = false
+		}
+		retry = nil
+		if !ok {
+			retry = time.After(time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.kick:
+			// Let a burst of events (a deployment rolling) land in one run.
+			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-r.kick:
+			default:
+			}
+		case <-tick.C:
+		case <-retry:
+		}
+	}
+}
+
+// safeSync is Sync that survives a panic (a policy the model mishandles
+// must not take anetd and every other policy down).
+func (r *Reconciler) safeSync() (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("policy reconcile panicked; retrying", "panic", fmt.Sprint(p))
+			ok = false
+		}
+	}()
+	return r.Sync()
+}
+
+// Sync makes one run and reports whether everything was written.
+func (r *Reconciler) Sync() bool {
+	src := r.cfg.Source
+	pols, err1 := src.NetworkPolicies()
+	nss, err2 := src.Namespaces()
+	nodes, err3 := src.Nodes()
+	pods, err4 := src.AllPods()
+	if err := firstErr(err1, err2, err3, err4); err != nil {
+		r.log.Warn("listing for policy", "err", err)
+		return false
+	}
+	ok := r.allocate(pods, nss)
+	res := r.compiler.Compile(Input{
+		Policies: pols, Pods: pods, Namespaces: nss, Nodes: NodesOf(nodes, r.cfg.Gateway), LocalNode: r.cfg.Node,
+		Identity: func(k identity.Key) (uint32, bool) { id, ok := r.held[k]; return id, ok },
+	})
+	r.report(res.Problems)
+	if !r.writeIPCache(res.IPCache, true) {
+		ok = false
+	}
+	if !r.writeEndpoints(res.Endpoints) {
+		ok = false
+	}
+	if !r.writeIPCache(res.IPCache, false) {
+		ok = false
+	}
+	if len(res.Unresolved) > 0 {
+		r.log.Debug("pods without an identity yet", "count", len(res.Unresolved))
+	}
+	r.mu.Lock()
+	r.last = res
+	r.mu.Unlock()
+	return ok
+}
+
+// Last returns the result of the last run (for anetctl and tests).
+func (r *Reconciler) Last() Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// NodesOf takes the nodes' own addresses (InternalIP, ExternalIP, and
+// with gateway the gateway of each pod CIDR).
+func NodesOf(nodes []*corev1.Node, gateway func(netip.Prefix) netip.Addr) []Node {
+	out := make([]Node, 0, len(nodes))
+	for _, n := range nodes {
+		if n == nil {
+			continue
+		}
+		nd := Node{Name: n.Name}
+		add := func(ip netip.Addr) {
+			if ip = ip.Unmap(); ip.IsValid() && !slices.Contains(nd.Addrs, ip) {
+				nd.Addrs = append(nd.Addrs, ip)
+			}
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				add(ip)
+			}
+		}
+		if gateway != nil {
+			cidrs := n.Spec.PodCIDRs
+			if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+				cidrs = []string{n.Spec.PodCIDR}
+			}
+			for _, c := range cidrs {
+				if p, err := netip.ParsePrefix(c); err == nil {
+					add(gateway(p.Masked()))
+				}
+			}
+		}
+		out = append(out, nd)
+	}
+	return out
+}
+
+// allocate holds a reference to the identity of every live pod's key and
+// releases those no pod has any more.
+func (r *Reconciler) allocate(pods []*corev1.Pod, nss []*corev1.Namespace) bool {
+	nsl := map[string]map[string]string{}
+	for _, ns := range nss {
+		if ns != nil {
+			nsl[ns.Name] = ns.Labels
+		}
+	}
+	want := map[identity.Key]bool{}
+	for _, p := range pods {
+		if live(p) {
+			want[identity.KeyOf(p.Namespace, nsl[p.Namespace], p.Labels)] = true
+		}
+	}
+	ok := true
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if _, have := r.held[k]; have {
+			continue
+		}
+		id, err := r.cfg.Alloc.Allocate(k)
+		if err != nil {
+			r.log.Warn("allocating an identity; its pods are left out until it is", "key", k, "err", err)
+			ok = false
+			continue
+		}
+		r.held[k] = id
+	}
+	for k := range r.held {
+		if !want[k] {
+			if err := r.cfg.Alloc.Release(k); err != nil {
+				r.log.Warn("releasing an identity", "key", k, "err", err)
+			}
+			delete(r.held, k)
+		}
+	}
+	return ok
+}
+
+// report logs and reports the problems not seen in the last run.
+func (r *Reconciler) report(problems []Problem) {
+	now := make(map[Problem]bool, len(problems))
+	for _, p := range problems {
+		now[p] = true
+		if r.reported[p] {
+			continue
+		}
+		r.log.Warn("network policy not enforced as written", "policy", p.Policy, "field", p.Field, "why", p.Why)
+		if r.cfg.Report != nil {
+			r.cfg.Report(p)
+		}
+	}
+	r.reported = now
+}
+
+// writeIPCache writes the entries that are new or changed (sets) or
+// deletes those that went (!sets).
+func (r *Reconciler) writeIPCache(want map[netip.Prefix]uint32, sets bool) bool {
+	if r.ipcache == nil {
+		have, err := r.cfg.Datapath.IPCache()
+		if err != nil {
+			r.log.Warn("reading the ipcache", "err", err)
+			return false
+		}
+		r.ipcache = have
+	}
+	set, del := DiffIPCache(r.ipcache, want)
+	ok := true
+	if sets {
+		for _, p := range Prefixes(set) {
+			if err := r.cfg.Datapath.SetIPCache(p, set[p]); err != nil {
+				r.log.Warn("writing the ipcache", "prefix", p, "identity", set[p], "err", err)
+				ok = false
+				continue
+			}
+			r.ipcache[p] = set[p]
+		}
+		return ok
+	}
+	for _, p := range del {
+		if err := r.cfg.Datapath.DeleteIPCache(p); err != nil {
+			r.log.Warn("deleting from the ipcache", "prefix", p, "err", err)
+			ok = false
+			continue
+		}
+		delete(r.ipcache, p)
+	}
+	return ok
+}
+
+// writeEndpoints writes the policy of every local endpoint whose policy
+// changed, and deletes that of endpoints that went. An endpoint whose pod
+// the cache does not know (yet) is open, as before any policy.
+func (r *Reconciler) writeEndpoints(want map[string]EndpointPolicy) bool {
+	eps := r.cfg.Endpoints()
+	ok := true
+	seen := map[uint32]bool{}
+	for _, key := range slices.Sorted(maps.Keys(eps)) {
+		ifindex := eps[key]
+		seen[ifindex] = true
+		ep := want[key]
+		if w, have := r.written[ifindex]; have && w.key == key && Diff(w.ep, ep).Empty(w.ep) {
+			continue
+		}
+		if err := r.cfg.Datapath.SetEndpointPolicy(ifindex, ep.IngressEnforced, ep.EgressEnforced, ep.Ingress, ep.Egress); err != nil {
+			r.log.Warn("writing an endpoint's policy", "pod", key, "ifindex", ifindex, "err", err)
+			delete(r.written, ifindex)
+			ok = false
+			continue
+		}
+		r.written[ifindex] = written{key: key, ep: ep}
+		r.log.Debug("endpoint policy written", "pod", key, "ifindex", ifindex,
+			"ingressEnforced", ep.IngressEnforced, "egressEnforced", ep.EgressEnforced,
+			"ingress", len(ep.Ingress), "egress", len(ep.Egress))
+	}
+	for ifindex, w := range r.written {
+		if seen[ifindex] {
+			continue
+		}
+		if err := r.cfg.Datapath.DeleteEndpointPolicy(ifindex); err != nil {
+			r.log.Warn("deleting an endpoint's policy", "pod", w.key, "ifindex", ifindex, "err", err)
+			ok = false
+			continue
+		}
+		delete(r.written, ifindex)
+	}
+	return ok
+}

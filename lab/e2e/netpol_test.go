@@ -1,0 +1,257 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anet-dev/anet/lab"
+)
+
+// netpolNS is the namespace of TestNetworkPolicy: its policies select
+// nothing outside it.
+const netpolNS = "netpol"
+
+// netpolPod is an anet-testserver pod of netpolNS on node (HTTP 8080,
+// TCP/UDP echo 8081), labelled app=name plus extra (or only extra when it
+// starts with "app:"). Its readiness probe
+// (kubelet, from the node) fails it after one missed second.
+func netpolPod(name, node, extra string) string {
+	labels := "app: " + name + extra
+	if strings.HasPrefix(extra, "app:") {
+		labels = extra
+	}
+	return fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: %[4]s, labels: {%[3]s}}
+spec:
+  nodeName: %[2]s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: s
+    image: anet-testserver:latest
+    imagePullPolicy: Never
+    env: [{name: POD_NAME, value: %[1]s}]
+    readinessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+`, name, node, labels, netpolNS)
+}
+
+// reach is one expected verdict: from pod from, a TCP connection to addr.
+type reach struct {
+	from, addr, what string
+	ok               bool
+}
+
+// netpolProbe connects from a pod of netpolNS over TCP, 1 s timeout.
+func netpolProbe(l *lab.Lab, from, addr string) error {
+	out, err := l.Kubectl("exec", "-n", netpolNS, from, "--", "/anet-testserver", "connect",
+		"--protocol", "tcp", "--address", addr, "--timeout", "1s")
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// expectReach probes every case in parallel until all give their verdict
+// (policy takes a moment to reach every node), then once more: the second
+// round must agree entirely (nothing flaps).
+func expectReach(t *testing.T, l *lab.Lab, stage string, cases []reach) {
+	t.Helper()
+	start := time.Now()
+	round := func() []string {
+		var mu sync.Mutex
+		var wrong []string
+		var wg sync.WaitGroup
+		for _, c := range cases {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := netpolProbe(l, c.from, c.addr)
+				if (err == nil) != c.ok {
+					mu.Lock()
+					wrong = append(wrong, fmt.Sprintf("%s -> %s (%s): want reachable=%v, err=%v", c.from, c.addr, c.what, c.ok, err))
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return wrong
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		wrong := round()
+		if len(wrong) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: after 30s:\n  %s", stage, strings.Join(wrong, "\n  "))
+		}
+	}
+	converged := time.Since(start)
+	if wrong := round(); len(wrong) > 0 {
+		t.Fatalf("%s: the verdicts changed after they were all right once:\n  %s", stage, strings.Join(wrong, "\n  "))
+	}
+	t.Logf("%s: %d probes right after %v (confirmed in %v)", stage, len(cases), converged.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// TestNetworkPolicy: NetworkPolicy enforced by anetd, same node and
+// across nodes, directly and through a ClusterIP Service (judged on the
+// backend): (a) no policy, all open; (b) default-deny ingress on the
+// server refuses every client while kubelet's readiness probe keeps it
+// Ready (the host is always allowed in) and its own connections out still
+// work (replies pass); (c) an allow from a podSelector lets the labelled
+// clients in, same node and remote, and no other; (d) an egress deny on a
+// client stops everything it sends; a policy anet cannot enforce as
+// written yields a PolicyNotEnforced Event on it naming the field, and the
+// other verdicts stay; (e) deleting the policies opens everything again.
+func TestNetworkPolicy(t *testing.T) {
+	start := time.Now()
+	l := lab.SharedLab(t)
+	m := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + netpolNS + "}\n---\n" +
+		netpolPod("server", lab.NodeName(2), "") +
+		netpolPod("ok-same", lab.NodeName(2), ", access: \"yes\"") +
+		netpolPod("ok-far", lab.NodeName(1), ", access: \"yes\"") +
+		netpolPod("no-same", lab.NodeName(2), "") +
+		netpolPod("no-far", lab.NodeName(3), "") +
+		netpolPod("twin-a", lab.NodeName(1), "app: twin") +
+		netpolPod("twin-b", lab.NodeName(3), "app: twin") + `
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: ` + netpolNS + `}
+spec:
+  selector: {app: server}
+  ports:
+  - {name: tcp, port: 80, targetPort: 8081, protocol: TCP}
+`
+	if err := l.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.Kubectl("delete", "namespace", netpolNS, "--wait=false") })
+	if out, err := l.Kubectl("wait", "-n", netpolNS, "--for=condition=Ready", "pod", "--all", "--timeout=120s"); err != nil {
+		t.Fatalf("pods not ready: %v: %s", err, out)
+	}
+	ip := func(pod string) string {
+		out, err := l.Kubectl("get", "pod", "-n", netpolNS, pod, "-o", "jsonpath={.status.podIP}")
+		if err != nil || strings.TrimSpace(out) == "" {
+			t.Fatalf("pod %s: %v %q", pod, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	srv := ip("server") + ":8081"
+	vipOut, err := l.Kubectl("get", "service", "-n", netpolNS, "server", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := strings.TrimSpace(vipOut) + ":80"
+	noFar := ip("no-far") + ":8081"
+	okFar := ip("ok-far") + ":8081"
+	clients := []string{"ok-same", "ok-far", "no-same", "no-far"}
+	toServer := func(allowed func(string) bool) []reach {
+		var cs []reach
+		for _, c := range clients {
+			cs = append(cs, reach{c, srv, "server", allowed(c)}, reach{c, vip, "server through its ClusterIP", allowed(c)})
+		}
+		return cs
+	}
+	apply := func(y string) {
+		t.Helper()
+		if err := l.Apply(y); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := func(string) bool { return true }
+
+	// (a) No policy: everything is open.
+	expectReach(t, l, "(a) no policy", append(toServer(all), reach{"server", okFar, "ok-far", true}))
+
+	// (b) Default-deny ingress on the server.
+	apply(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-server, namespace: ` + netpolNS + `}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+`)
+	expectReach(t, l, "(b) default-deny ingress", append(toServer(func(string) bool { return false }),
+		reach{"server", okFar, "ok-far (the server's own connection out)", true}))
+	// Readiness probes every second with failureThreshold 1: three more
+	// seconds under the policy would have failed it if the node's probes
+	// were refused.
+	time.Sleep(3 * time.Second)
+	ready, err := l.Kubectl("get", "pod", "-n", netpolNS, "server", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+	if err != nil || strings.TrimSpace(ready) != "True" {
+		t.Errorf("server not Ready under default-deny ingress (kubelet's probes must pass): %q %v", ready, err)
+	}
+
+	// (c) Allow from pods labelled access=yes, on the echo port.
+	apply(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-access, namespace: ` + netpolNS + `}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {access: "yes"}}}]
+    ports: [{protocol: TCP, port: 8081}]
+`)
+	okOnly := func(c string) bool { return strings.HasPrefix(c, "ok-") }
+	expectReach(t, l, "(c) allow from access=yes", toServer(okOnly))
+
+	// (d) Egress deny on ok-far: it reaches nothing, the others are as in (c).
+	apply(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-egress, namespace: ` + netpolNS + `}
+spec:
+  podSelector: {matchLabels: {app: ok-far}}
+  policyTypes: [Egress]
+`)
+	expectReach(t, l, "(d) egress deny on ok-far", append(toServer(func(c string) bool { return c == "ok-same" }),
+		reach{"ok-far", noFar, "no-far (not isolated)", false}))
+
+	// A policy anet cannot enforce as written (an ipBlock holding one of
+	// two pods of one identity: rules are per identity) is reported as an
+	// Event on it, and the other policies stay as they are.
+	apply(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: split-block, namespace: ` + netpolNS + `}
+spec:
+  podSelector: {matchLabels: {app: no-far}}
+  ingress:
+  - from: [{ipBlock: {cidr: ` + ip("twin-a") + `/32}}]
+`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := l.Kubectl("get", "events", "-n", netpolNS, "--field-selector",
+			"involvedObject.kind=NetworkPolicy,involvedObject.name=split-block,reason=PolicyNotEnforced",
+			"-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+		if err == nil && strings.Contains(out, "ingress[0].from[0]") {
+			t.Logf("Event on the policy: %s", strings.SplitN(strings.TrimSpace(out), "\n", 2)[0])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no PolicyNotEnforced Event on split-block naming the field after 30s: %v %q", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	expectReach(t, l, "(d) with a policy anet reports", append(toServer(func(c string) bool { return c == "ok-same" }),
+		reach{"ok-far", noFar, "no-far", false}))
+
+	// (e) Policies deleted: open again.
+	if _, err := l.Kubectl("delete", "networkpolicy", "-n", netpolNS, "--all"); err != nil {
+		t.Fatal(err)
+	}
+	expectReach(t, l, "(e) policies deleted", append(toServer(all), reach{"ok-far", noFar, "no-far", true}))
+	t.Logf("TestNetworkPolicy took %v", time.Since(start).Round(time.Millisecond))
+}
