@@ -3,9 +3,11 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +22,10 @@ const netpolNS = "netpol"
 // TCP/UDP echo 8081), labelled app=name plus extra (or only extra when it
 // starts with "app:"). Its readiness probe
 // (kubelet, from the node) fails it after one missed second.
-func netpolPod(name, node, extra string) string {
+func netpolPod(name, node, extra string) string { return netpolPodIn(netpolNS, name, node, extra) }
+
+// netpolPodIn is netpolPod in namespace ns.
+func netpolPodIn(ns, name, node, extra string) string {
 	labels := "app: " + name + extra
 	if strings.HasPrefix(extra, "app:") {
 		labels = extra
@@ -42,7 +47,7 @@ spec:
       periodSeconds: 1
       failureThreshold: 1
 ---
-`, name, node, labels, netpolNS)
+`, name, node, labels, ns)
 }
 
 // reach is one expected verdict: from pod from, a TCP connection to addr.
@@ -52,8 +57,8 @@ type reach struct {
 }
 
 // netpolProbe connects from a pod of netpolNS over TCP, 1 s timeout.
-func netpolProbe(l *lab.Lab, from, addr string) error {
-	out, err := l.Kubectl("exec", "-n", netpolNS, from, "--", "/anet-testserver", "connect",
+func netpolProbe(l *lab.Lab, ns, from, addr string) error {
+	out, err := l.Kubectl("exec", "-n", ns, from, "--", "/anet-testserver", "connect",
 		"--protocol", "tcp", "--address", addr, "--timeout", "1s")
 	if err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(out))
@@ -66,6 +71,12 @@ func netpolProbe(l *lab.Lab, from, addr string) error {
 // round must agree entirely (nothing flaps).
 func expectReach(t *testing.T, l *lab.Lab, stage string, cases []reach) {
 	t.Helper()
+	expectReachIn(t, l, netpolNS, stage, cases)
+}
+
+// expectReachIn is expectReach for pods of namespace ns.
+func expectReachIn(t *testing.T, l *lab.Lab, ns, stage string, cases []reach) {
+	t.Helper()
 	start := time.Now()
 	round := func() []string {
 		var mu sync.Mutex
@@ -75,7 +86,7 @@ func expectReach(t *testing.T, l *lab.Lab, stage string, cases []reach) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				err := netpolProbe(l, c.from, c.addr)
+				err := netpolProbe(l, ns, c.from, c.addr)
 				if (err == nil) != c.ok {
 					mu.Lock()
 					wrong = append(wrong, fmt.Sprintf("%s -> %s (%s): want reachable=%v, err=%v", c.from, c.addr, c.what, c.ok, err))
@@ -254,4 +265,85 @@ spec:
 	}
 	expectReach(t, l, "(e) policies deleted", append(toServer(all), reach{"ok-far", noFar, "no-far", true}))
 	t.Logf("TestNetworkPolicy took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestNetworkPolicyAnetdKilled: anetd of the server's node SIGKILLed under
+// a default-deny policy with one allow: while it is down, denied clients
+// stay denied and allowed ones (same node and remote) get in, the long
+// connection of an allowed client keeps echoing throughout, and all of it
+// holds after anetd is back (the policy maps are pinned; the restarted
+// reconciler rewrites only what changed).
+func TestNetworkPolicyAnetdKilled(t *testing.T) {
+	const ns = "netpol-kill"
+	l := lab.SharedLab(t)
+	server := lab.NodeName(2)
+	m := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + ns + "}\n---\n" +
+		netpolPodIn(ns, "server", server, "") +
+		netpolPodIn(ns, "ok-same", server, ", access: \"yes\"") +
+		netpolPodIn(ns, "ok-far", lab.NodeName(1), ", access: \"yes\"") +
+		netpolPodIn(ns, "no-same", server, "") +
+		netpolPodIn(ns, "no-far", lab.NodeName(3), "") + `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-access, namespace: ` + ns + `}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {access: "yes"}}}]
+`
+	if err := l.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = l.Kubectl("delete", "namespace", ns, "--wait=false") })
+	if out, err := l.Kubectl("wait", "-n", ns, "--for=condition=Ready", "pod", "--all", "--timeout=120s"); err != nil {
+		t.Fatalf("pods not ready: %v: %s", err, out)
+	}
+	out, err := l.Kubectl("get", "pod", "-n", ns, "server", "-o", "jsonpath={.status.podIP}")
+	if err != nil || strings.TrimSpace(out) == "" {
+		t.Fatalf("server's address: %v %q", err, out)
+	}
+	srv := strings.TrimSpace(out) + ":8081"
+	cases := []reach{
+		{"ok-same", srv, "allowed, same node", true}, {"ok-far", srv, "allowed, other node", true},
+		{"no-same", srv, "denied, same node", false}, {"no-far", srv, "denied, other node", false},
+	}
+	expectReachIn(t, l, ns, "under the policy", cases)
+
+	// A long connection of an allowed client, held across the kill.
+	holdOut := &strings.Builder{}
+	hold := l.KubectlCmd("exec", "-n", ns, "ok-far", "--", "/anet-testserver", "connect", "--protocol", "tcp",
+		"--address", srv, "--hold", "15s", "--timeout", "2s")
+	hold.Stdout, hold.Stderr = holdOut, holdOut
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	holdDone := make(chan error, 1)
+	go func() { holdDone <- hold.Wait() }()
+
+	time.Sleep(time.Second)
+	if err := l.Kill(server+"/anetd", syscall.SIGKILL); err != nil {
+		t.Fatalf("killing %s's anetd: %v", server, err)
+	}
+	t.Logf("%s's anetd killed", server)
+	// While it is down: the same verdicts (each probe once; the pinned
+	// programs and maps keep working without anetd).
+	var wrong []string
+	for _, c := range cases {
+		if err := netpolProbe(l, ns, c.from, c.addr); (err == nil) != c.ok {
+			wrong = append(wrong, fmt.Sprintf("%s -> %s (%s): want reachable=%v, err=%v", c.from, c.addr, c.what, c.ok, err))
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("with anetd down:\n  %s", strings.Join(wrong, "\n  "))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.Start(ctx, server+"/anetd"); err != nil {
+		t.Fatalf("starting %s's anetd again: %v", server, err)
+	}
+	t.Logf("%s's anetd back", server)
+	expectReachIn(t, l, ns, "after the restart", cases)
+	if err := <-holdDone; err != nil {
+		t.Errorf("the allowed long connection broke across the kill: %v: %s", err, holdOut)
+	}
 }
