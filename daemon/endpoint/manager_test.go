@@ -108,8 +108,17 @@ type fixture struct {
 	m       *Manager
 }
 
+// fixtureManagers is the live manager of each fixture directory: a new
+// fixture on the same directory (a restart) closes the one before, as a
+// restarted anetd follows a dead one (whose ready-file filler would
+// otherwise still be writing where the new one clears).
+var fixtureManagers sync.Map // dir -> *Manager
+
 func newFixture(t *testing.T, dir string, dp *fakeDP, devices map[string]uint32) *fixture {
 	t.Helper()
+	if old, ok := fixtureManagers.Load(dir); ok {
+		old.(*Manager).Close()
+	}
 	alloc, err := ipam.New(filepath.Join(dir, "ipam"), netip.MustParsePrefix("10.244.1.0/24"), slog.Default())
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +132,7 @@ func newFixture(t *testing.T, dir string, dp *fakeDP, devices map[string]uint32)
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
+	fixtureManagers.Store(dir, m)
 	return &fixture{dir: dir, dp: dp, devices: devices, m: m}
 }
 

@@ -514,6 +514,14 @@ func TestConnectSourcePort(t *testing.T) {
 	l.Close()
 	for i := range 2 {
 		status, out, errOut := connect("--protocol", "http", "--address", ls["http"], "--source-port", strconv.Itoa(port))
+		// The first connection's end may be in TIME_WAIT on this side:
+		// Linux lets a connect() take its 4-tuple again (tcp_tw_reuse,
+		// on for loopback) only once its last timestamp is over a second
+		// old, and refuses with EADDRNOTAVAIL before.
+		for deadline := time.Now().Add(5 * time.Second); i > 0 && status != 0 && strings.Contains(errOut, "cannot assign requested address") && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			status, out, errOut = connect("--protocol", "http", "--address", ls["http"], "--source-port", strconv.Itoa(port))
+		}
 		if status != 0 {
 			t.Fatalf("connect %d = %d, stderr %q", i, status, errOut)
 		}
