@@ -203,12 +203,30 @@ spec:
       httpGet: {path: /healthz, port: 8080}
       periodSeconds: 1
 `, name, node)
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	l.ApplyForTest(t, m, "--wait=false")
 	l.WaitPods(t, "app="+name, 1)
 	return name
+}
+
+// ApplyForTest applies manifest and, when the test ends, deletes what it
+// made (kubectl delete with deleteArgs added, e.g. "--wait=false").
+func (l *Lab) ApplyForTest(t testing.TB, manifest string, deleteArgs ...string) {
+	t.Helper()
+	if err := l.Apply(manifest); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"delete", "-f", "-", "--ignore-not-found"}, deleteArgs...)
+	t.Cleanup(func() { _, _ = l.KubectlStdin(manifest, args...) })
+}
+
+// NodeAddress is a node's underlay address.
+func (l *Lab) NodeAddress(t testing.TB, node string) string {
+	t.Helper()
+	n, ok := l.Node(node)
+	if !ok {
+		t.Fatalf("no node %s", node)
+	}
+	return n.Address
 }
 
 // ClusterIP is a Service's cluster IP.

@@ -28,23 +28,11 @@ func testserver(t *testing.T) string {
 // outside namespace to a node, as a load balancer or router would.
 func outsideRoute(t *testing.T, l *lab.Lab, dst, node string) {
 	t.Helper()
-	n, ok := l.Node(node)
-	if !ok {
-		t.Fatalf("no node %s", node)
-	}
-	if out, err := l.OutsideCmd("ip", "route", "replace", dst+"/32", "via", n.Address).CombinedOutput(); err != nil {
-		t.Fatalf("route %s via %s: %v: %s", dst, n.Address, err, out)
+	via := l.NodeAddress(t, node)
+	if out, err := l.OutsideCmd("ip", "route", "replace", dst+"/32", "via", via).CombinedOutput(); err != nil {
+		t.Fatalf("route %s via %s: %v: %s", dst, via, err, out)
 	}
 	t.Cleanup(func() { _ = l.OutsideCmd("ip", "route", "del", dst+"/32").Run() })
-}
-
-func nodeAddr(t *testing.T, l *lab.Lab, node string) string {
-	t.Helper()
-	n, ok := l.Node(node)
-	if !ok {
-		t.Fatalf("no node %s", node)
-	}
-	return n.Address
 }
 
 // TestNodePortFromOutside: a NodePort on any node's address reaches every
@@ -62,12 +50,9 @@ spec:
   selector: {app: echo}
   ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	for _, node := range []string{"node1", "node2"} {
-		addr := nodeAddr(t, l, node) + ":30080"
+		addr := l.NodeAddress(t, node) + ":30080"
 		as := l.WaitOutside(t, addr, lab.PodNames(echo), 30*time.Second)
 		for _, a := range as {
 			local := false
@@ -76,7 +61,7 @@ spec:
 					local = true
 				}
 			}
-			if !local && !strings.HasPrefix(a.Client, nodeAddr(t, l, node)+":") {
+			if !local && !strings.HasPrefix(a.Client, l.NodeAddress(t, node)+":") {
 				t.Errorf("%s: backend %s on another node saw client %s, want the node's address (SNAT)", addr, a.Pod, a.Client)
 			}
 			if local && !strings.HasPrefix(a.Client, lab.OutsideIP+":") {
@@ -85,7 +70,7 @@ spec:
 		}
 	}
 	// From a pod, to another node's address.
-	l.WaitBackends(t, client.Name, nodeAddr(t, l, "node3")+":30080", lab.PodNames(echo), 30*time.Second)
+	l.WaitBackends(t, client.Name, l.NodeAddress(t, "node3")+":30080", lab.PodNames(echo), 30*time.Second)
 }
 
 // TestExternalTrafficPolicyLocal: only a node with a local endpoint serves
@@ -119,19 +104,16 @@ spec:
   selector: {app: local-only}
   ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30081}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	l.ApplyForTest(t, m, "--wait=false")
 	l.WaitPods(t, "app=local-only", 1)
-	as := l.WaitOutside(t, nodeAddr(t, l, "node2")+":30081", []string{"local-only"}, 30*time.Second)
+	as := l.WaitOutside(t, l.NodeAddress(t, "node2")+":30081", []string{"local-only"}, 30*time.Second)
 	for _, a := range as {
 		if !strings.HasPrefix(a.Client, lab.OutsideIP+":") {
 			t.Errorf("externalTrafficPolicy Local: the backend saw %s, want the outside client %s", a.Client, lab.OutsideIP)
 		}
 	}
 	// node1 has no local endpoint: not served.
-	if out, err := l.Outside("--protocol", "tcp", "--address", nodeAddr(t, l, "node1")+":30081", "--timeout", "1s"); err == nil {
+	if out, err := l.Outside("--protocol", "tcp", "--address", l.NodeAddress(t, "node1")+":30081", "--timeout", "1s"); err == nil {
 		t.Errorf("node1 served an externalTrafficPolicy Local NodePort without a local endpoint: %s", out)
 	}
 	// The health check node port: 200 with one local endpoint on node2,
@@ -139,7 +121,7 @@ spec:
 	for node, want := range map[string]int{"node2": 1, "node1": 0} {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			out, err := l.Outside("--protocol", "http", "--address", nodeAddr(t, l, node)+":30999", "--timeout", "1s")
+			out, err := l.Outside("--protocol", "http", "--address", l.NodeAddress(t, node)+":30999", "--timeout", "1s")
 			var body struct {
 				Service             struct{ Namespace, Name string } `json:"service"`
 				LocalEndpoints      int                              `json:"localEndpoints"`
@@ -201,10 +183,7 @@ spec:
   selector: {app: echo}
   ports: [{name: http, port: 8080, targetPort: 8080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	// No cloud here: the test plays the load balancer controller.
 	if _, err := l.Kubectl("patch", "service", "lb", "--subresource=status", "--type=merge",
 		"-p", `{"status":{"loadBalancer":{"ingress":[{"ip":"198.51.100.20"}]}}}`); err != nil {
@@ -230,10 +209,7 @@ spec:
   sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	vip := l.ClusterIP(t, "sticky")
 	var first string
 	deadline := time.Now().Add(20 * time.Second)

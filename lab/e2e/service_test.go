@@ -80,10 +80,7 @@ spec:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30090}
   - {name: udp, port: 53, targetPort: 8081, protocol: UDP, nodePort: 30091}
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	vip := l.ClusterIP(t, "empty")
 	for _, c := range []struct{ proto, port string }{{"tcp", "80"}, {"udp", "53"}} {
 		// The Service may take a moment to be programmed: until then the
@@ -154,10 +151,7 @@ spec:
   selector: {app: named}
   ports: [{name: http, port: 80, targetPort: web}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	l.ApplyForTest(t, m, "--wait=false")
 	l.WaitPods(t, "app=named", 2)
 	vip := l.ClusterIP(t, "named")
 	l.WaitBackends(t, client.Name, vip+":80", []string{"named-a", "named-b"}, 30*time.Second)
@@ -230,10 +224,7 @@ endpoints:
 - addresses: [%q]
   conditions: {ready: true}
 `, echo[0].IP, echo[1].IP, echo[2].IP)
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	vip := l.ClusterIP(t, "sliced")
 	l.WaitBackends(t, client.Name, vip+":80", lab.PodNames(echo), 30*time.Second)
 
@@ -255,10 +246,7 @@ spec:
   selector: {app: client}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	vip := l.ClusterIP(t, "self")
 	l.WaitBackends(t, client.Name, vip+":80", []string{client.Name}, 30*time.Second)
 }
@@ -278,10 +266,7 @@ spec:
   - {name: sctp, port: 9999, targetPort: 9999, protocol: SCTP}
   - {name: http, port: 80, targetPort: 8080}
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	vip := l.ClusterIP(t, "mixed")
 	l.WaitBackends(t, client.Name, vip+":80", lab.PodNames(echo), 30*time.Second)
 	l.WaitBackends(t, client.Name, l.ClusterIP(t, "echo")+":80", lab.PodNames(echo), 10*time.Second)
@@ -325,10 +310,7 @@ spec:
   selector: {app: itp-elsewhere}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found", "--wait=false") })
+	l.ApplyForTest(t, m, "--wait=false")
 	var local []string
 	for _, p := range echo {
 		if p.Node == client.Node {

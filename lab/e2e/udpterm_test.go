@@ -57,12 +57,7 @@ spec:
 // unreachable makes the client reconnect on its own.)
 func TestConnectedUDPMovesOn(t *testing.T) {
 	l, _, client := lab.SharedEcho(t)
-	if err := l.Apply(udpHoldManifest); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = l.KubectlStdin(udpHoldManifest, "delete", "-f", "-", "--ignore-not-found", "--wait=false")
-	})
+	l.ApplyForTest(t, udpHoldManifest, "--wait=false")
 	first := l.WaitPods(t, "app=udphold", 1)[0]
 	vip := l.ClusterIP(t, "udphold")
 	// The Service answers before the hold starts (its frontend is written).

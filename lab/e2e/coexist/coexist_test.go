@@ -78,10 +78,7 @@ spec:
   - {name: tcp, port: 81, targetPort: 8081, protocol: TCP}
   - {name: udp, port: 53, targetPort: 8081, protocol: UDP}
 `, name)
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	return l.WaitPods(t, "app="+name, 1)[0], l.ClusterIP(t, name)
 }
 
@@ -154,10 +151,7 @@ spec:
   selector: {app: client}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	l.WaitBackends(t, client.Name, l.ClusterIP(t, "self")+":80", []string{client.Name}, 30*time.Second)
 }
 
@@ -174,16 +168,9 @@ spec:
   selector: {app: echo}
   ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 `
-	if err := l.Apply(m); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = l.KubectlStdin(m, "delete", "-f", "-", "--ignore-not-found") })
+	l.ApplyForTest(t, m)
 	for _, node := range []string{"node1", "node2"} {
-		n, ok := l.Node(node)
-		if !ok {
-			t.Fatalf("no node %s", node)
-		}
-		l.WaitOutside(t, n.Address+":30080", lab.PodNames(echo), 30*time.Second)
+		l.WaitOutside(t, l.NodeAddress(t, node)+":30080", lab.PodNames(echo), 30*time.Second)
 	}
 }
 
