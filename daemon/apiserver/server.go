@@ -26,6 +26,7 @@ type Server struct {
 	log      *slog.Logger
 	srv      *http.Server
 	services atomic.Pointer[func() []api.ServiceFrontend]
+	policy   atomic.Pointer[Policy] // policy.go
 }
 
 // New returns a server; status reports anetd's readiness and facts.
@@ -42,6 +43,8 @@ func New(eps *endpoint.Manager, status func() api.Status, log *slog.Logger) *Ser
 	mux.HandleFunc("POST /v1/gc", s.ready(s.gc))
 	mux.HandleFunc("POST /v1/endpoints", s.ready(s.addEndpoint))
 	mux.HandleFunc("GET /v1/services", s.ready(s.listServices))
+	mux.HandleFunc("GET /v1/policy/{namespace}/{name}", s.ready(s.getPolicy))
+	mux.HandleFunc("GET /v1/identities", s.ready(s.listIdentities))
 	// A client that stalls mid-request holds a goroutine and what fds it
 	// sent: bound the time it may take to send its headers.
 	s.srv = &http.Server{Handler: mux, ConnContext: api.WithConn, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}

@@ -83,6 +83,7 @@ type Reconciler struct {
 
 	mu   sync.Mutex
 	last Result
+	snap *snapshot // for anetctl (snapshot.go)
 }
 
 // SetAllocator sets the allocator when it is not known at NewReconciler
@@ -195,9 +196,7 @@ func (r *Reconciler) Sync() bool {
 	if len(res.Unresolved) > 0 {
 		r.log.Debug("pods without an identity yet", "count", len(res.Unresolved))
 	}
-	r.mu.Lock()
-	r.last = res
-	r.mu.Unlock()
+	r.publish(res, pods, nss)
 	return ok
 }
 

@@ -344,7 +344,7 @@ func run(cfg *config, log *slog.Logger) error {
 			return err
 		}
 		if cfg.enablePolicy {
-			if err := startPolicy(ctx, cfg, restCfg, dp, kc, eps, log); err != nil {
+			if err := startPolicy(ctx, cfg, restCfg, dp, kc, eps, srv, log); err != nil {
 				return err
 			}
 		} else {
@@ -500,7 +500,7 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 // lists), so all of that runs in the background: the node serves CNI and
 // Services meanwhile, and pods stay as the pinned maps have them.
 func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *datapath.Datapath, kc *k8s.Client,
-	eps *endpoint.Manager, log *slog.Logger) error {
+	eps *endpoint.Manager, srv *apiserver.Server, log *slog.Logger) error {
 	plog := log.With("from", "policy")
 	dyn, err := dynamic.NewForConfig(restCfg)
 	if err != nil {
@@ -524,6 +524,7 @@ func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *dat
 		return err
 	}
 	eps.SetOnChange(rec.Enqueue)
+	srv.SetPolicy(rec)
 	go func() {
 		for {
 			err := identity.ApplyCRD(ctx, dyn)
