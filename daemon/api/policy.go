@@ -92,22 +92,30 @@ var (
 
 // ValidPod checks a pod's namespace and name by the API server's rules.
 func ValidPod(namespace, name string) error {
-	if len(namespace) > 63 || !dnsLabelRe.MatchString(namespace) {
-		return invalid("namespace %q is not a valid namespace name", namespace)
-	}
-	if len(name) > 253 || !dnsSubdomainRe.MatchString(name) {
-		return invalid("pod name %q is not a valid pod name", name)
+	if err := validPod(namespace, name); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return nil
 }
 
-// ParsePod splits "namespace/name" and checks both parts.
+func validPod(namespace, name string) error {
+	if len(namespace) > 63 || !dnsLabelRe.MatchString(namespace) {
+		return fmt.Errorf("namespace %q is not a valid namespace name", namespace)
+	}
+	if len(name) > 253 || !dnsSubdomainRe.MatchString(name) {
+		return fmt.Errorf("%q is not a valid pod name", name)
+	}
+	return nil
+}
+
+// ParsePod splits "namespace/name" (a command's argument) and checks
+// both parts.
 func ParsePod(s string) (namespace, name string, err error) {
 	namespace, name, ok := strings.Cut(s, "/")
 	if !ok {
-		return "", "", invalid("%q is not namespace/pod", s)
+		return "", "", fmt.Errorf("%q is not NAMESPACE/POD", s)
 	}
-	return namespace, name, ValidPod(namespace, name)
+	return namespace, name, validPod(namespace, name)
 }
 
 // EndpointPolicy returns the effective policy of the local pod

@@ -22,6 +22,11 @@ commands:
   status                  anetd's state on this node
   endpoint list [-o json] the node's endpoints and their counters
   service list [-o json]  the Service frontends anetd programs, with their backends
+  policy NAMESPACE/POD [-o json]
+                          the pod's effective NetworkPolicy on this node: isolation per
+                          direction, the policies selecting it, the allowed rules and
+                          the identities they resolve to
+  identity list [-o json] the security identities anetd knows (reserved, pod, CIDR)
 `
 
 func main() {
@@ -61,6 +66,25 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		return serviceList(ctx, c, out, format)
+	case len(rest) >= 1 && rest[0] == "policy":
+		if len(rest) < 2 {
+			return errors.New("policy: want NAMESPACE/POD")
+		}
+		namespace, name, err := api.ParsePod(rest[1])
+		if err != nil {
+			return fmt.Errorf("policy: %w", err)
+		}
+		format, err := outputFormat("policy", rest[2:])
+		if err != nil {
+			return err
+		}
+		return endpointPolicy(ctx, c, out, namespace, name, format)
+	case len(rest) >= 2 && (rest[0] == "identity" || rest[0] == "id") && rest[1] == "list":
+		format, err := outputFormat("identity list", rest[2:])
+		if err != nil {
+			return err
+		}
+		return identityList(ctx, c, out, format)
 	}
 	fs.Usage()
 	return errors.New("unknown command")
