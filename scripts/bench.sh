@@ -13,6 +13,29 @@ cd "$(dirname "$0")/.."
 die() { echo "bench: $*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, bpffs, eBPF)"
+# -only with BPF_PROG_TEST_RUN sections alone (prog, policy) needs neither
+# the tools nor the binaries.
+in_kernel=0
+for ((i = 1; i <= $#; i++)); do
+	a=${!i}
+	case $a in
+	-only=* | --only=*) only=${a#*=} ;;
+	-only | --only) j=$((i + 1)); only=${!j:-} ;;
+	*) continue ;;
+	esac
+	in_kernel=1
+	for s in ${only//,/ }; do [[ $s == prog || $s == policy ]] || in_kernel=0; done
+done
+if ((in_kernel)); then
+	tmp=$(mktemp -d /tmp/anet-bench-build.XXXXXX)
+	trap 'rm -rf "$tmp"' EXIT
+	go build -o "$tmp/anet-bench" ./bench/cmd/anet-bench
+	out=${BENCH_OUT:-bench/results.md}
+	status=0
+	"$tmp/anet-bench" -out "$out" "$@" || status=$?
+	[[ -f $out ]] && { echo; cat "$out"; }
+	exit "$status"
+fi
 missing=()
 for tool in go iperf3 sockperf ping nsenter taskset; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")

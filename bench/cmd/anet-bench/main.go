@@ -19,6 +19,9 @@
 //  5. Services: connect() latency to a ClusterIP, programming time and
 //     memory, anet against kube-proxy in iptables and nftables modes, on a
 //     3-node lab (services.go).
+//  6. The per-packet cost of the pod programs with NetworkPolicy in
+//     BPF_PROG_TEST_RUN, against the same programs with the endpoints not
+//     under policy (policy.go).
 //
 // It runs as root. Everything it makes (network namespaces, a bpffs mount,
 // anetd, the tools' processes, the labs, temporary files) lives in
@@ -62,6 +65,7 @@ type config struct {
 	cpu                     string
 	sections                map[string]bool
 	svc                     svcConfig
+	pol                     polConfig
 }
 
 type bench struct {
@@ -106,8 +110,9 @@ func run() int {
 	flag.IntVar(&cfg.labPods, "lab-pods", 20, "pods created at once per round in the pod start benchmark")
 	flag.IntVar(&cfg.labRounds, "lab-rounds", 3, "rounds per lab in the pod start benchmark")
 	flag.IntVar(&cfg.labSerial, "lab-serial", 8, "pods started one at a time per lab in the pod start benchmark")
-	flag.StringVar(&only, "only", "cni,traffic,prog,lab,services", "sections to run, comma-separated")
+	flag.StringVar(&only, "only", "cni,traffic,prog,policy,lab,services", "sections to run, comma-separated")
 	cfg.svc.flags(flag.CommandLine)
+	cfg.pol.flags(flag.CommandLine)
 	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round, 100 and 1000 Services with 2 runs of 500 connects")
 	flag.Parse()
 	if quick {
@@ -115,6 +120,7 @@ func run() int {
 		cfg.rrReps, cfg.rrSeconds, cfg.tputReps, cfg.tputSeconds = 1, 2, 1, 2
 		cfg.labPods, cfg.labRounds, cfg.labSerial = 10, 1, 2
 		cfg.svc.quick()
+		cfg.pol.quick()
 	}
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -210,6 +216,7 @@ func run() int {
 		section("traffic", func() { rep.traffic = b.benchTraffic(ctx, b.trafficSetups(anet, bridge)) })
 	}
 	section("prog", func() { rep.prog = b.benchProg() })
+	section("policy", func() { rep.policy = b.benchPolicy() })
 	section("lab", func() { rep.lab = b.benchLab(ctx) })
 	section("services", func() { rep.services = b.benchServices(ctx) })
 
@@ -233,6 +240,14 @@ func run() int {
 func preflight(cfg *config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, bpffs, eBPF)")
+	}
+	// The BPF_PROG_TEST_RUN sections need neither the tools nor the binaries.
+	inKernel := true
+	for s := range cfg.sections {
+		inKernel = inKernel && (s == "prog" || s == "policy")
+	}
+	if inKernel {
+		return nil
 	}
 	var missing []string
 	for _, tool := range []string{"nsenter", "taskset", "ping", "sockperf", "iperf3"} {

@@ -76,6 +76,7 @@ type report struct {
 	prog     *progResult
 	lab      *labResult
 	services *svcResult
+	policy   *polResult
 	errs     map[string]error
 }
 
@@ -193,6 +194,15 @@ func (r *report) markdown() string {
 		}
 	}
 
+	if run("policy") {
+		w("## 6. Per-packet cost of the pod programs with NetworkPolicy (BPF_PROG_TEST_RUN)\n\n")
+		if err := r.errs["policy"]; err != nil {
+			w("**Not measured: %v**\n\n", err)
+		} else if r.policy != nil {
+			w("%s", r.policy.markdown())
+		}
+	}
+
 	w("## Checks\n\n")
 	var checks []string
 	if r.cni != nil {
@@ -210,10 +220,13 @@ func (r *report) markdown() string {
 	if r.services != nil {
 		checks = append(checks, r.services.checks...)
 	}
+	if r.policy != nil {
+		checks = append(checks, r.policy.checks...)
+	}
 	for _, c := range checks {
 		w("- %s\n", c)
 	}
-	for _, k := range []string{"cni", "traffic", "prog", "lab", "services"} {
+	for _, k := range []string{"cni", "traffic", "prog", "lab", "services", "policy"} {
 		if err := r.errs[k]; err != nil {
 			w("- FAIL: %s: %v\n", k, err)
 		}
