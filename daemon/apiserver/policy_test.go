@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,27 +19,8 @@ import (
 	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/daemon/identity"
 	"github.com/anet-dev/anet/daemon/policy"
+	"github.com/anet-dev/anet/daemon/policy/policytest"
 )
-
-// cluster is a policy.Source and policy.Datapath in memory.
-type cluster struct {
-	pols []*networkingv1.NetworkPolicy
-	nss  []*corev1.Namespace
-	pods []*corev1.Pod
-}
-
-func (c *cluster) NetworkPolicies() ([]*networkingv1.NetworkPolicy, error) { return c.pols, nil }
-func (c *cluster) Namespaces() ([]*corev1.Namespace, error)                { return c.nss, nil }
-func (c *cluster) Nodes() ([]*corev1.Node, error)                          { return nil, nil }
-func (c *cluster) AllPods() ([]*corev1.Pod, error)                         { return c.pods, nil }
-
-type nullMaps struct{}
-
-func (nullMaps) SetEndpointPolicy(uint32, bool, bool, []policy.Rule, []policy.Rule) error { return nil }
-func (nullMaps) DeleteEndpointPolicy(uint32) error                                        { return nil }
-func (nullMaps) SetIPCache(netip.Prefix, uint32) error                                    { return nil }
-func (nullMaps) DeleteIPCache(netip.Prefix) error                                         { return nil }
-func (nullMaps) IPCache() (map[netip.Prefix]uint32, error)                                { return map[netip.Prefix]uint32{}, nil }
 
 // policyReconciler returns a reconciler of node "a" (not run yet) with
 // pods x/a (app=a) and x/b (app=b) and x/allow-b: b may reach a on TCP 80.
@@ -50,10 +30,10 @@ func policyReconciler() (*policy.Reconciler, *identity.Local) {
 			Spec: corev1.PodSpec{NodeName: "a"}, Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip}}
 	}
 	tcp, p80 := corev1.ProtocolTCP, intstr.FromInt32(80)
-	c := &cluster{
-		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{identity.NamespaceNameLabel: "x"}}}},
-		pods: []*corev1.Pod{pod("a", "10.244.1.5"), pod("b", "10.244.1.6")},
-		pols: []*networkingv1.NetworkPolicy{{
+	c := &policytest.Cluster{
+		NSs:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{identity.NamespaceNameLabel: "x"}}}},
+		Pods: []*corev1.Pod{pod("a", "10.244.1.5"), pod("b", "10.244.1.6")},
+		Policies: []*networkingv1.NetworkPolicy{{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "allow-b"},
 			Spec: networkingv1.NetworkPolicySpec{
 				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
@@ -65,7 +45,7 @@ func policyReconciler() (*policy.Reconciler, *identity.Local) {
 		}},
 	}
 	alloc := identity.NewLocal()
-	return policy.NewReconciler(policy.Config{Node: "a", Source: c, Datapath: nullMaps{}, Alloc: alloc,
+	return policy.NewReconciler(policy.Config{Node: "a", Source: c, Datapath: policytest.NullDatapath{}, Alloc: alloc,
 		Endpoints: func() map[string]uint32 { return map[string]uint32{"x/a": 7, "x/b": 8} }}), alloc
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net/netip"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -20,26 +19,8 @@ import (
 	"github.com/anet-dev/anet/daemon/apiserver"
 	"github.com/anet-dev/anet/daemon/identity"
 	"github.com/anet-dev/anet/daemon/policy"
+	"github.com/anet-dev/anet/daemon/policy/policytest"
 )
-
-type cluster struct {
-	pols []*networkingv1.NetworkPolicy
-	nss  []*corev1.Namespace
-	pods []*corev1.Pod
-}
-
-func (c *cluster) NetworkPolicies() ([]*networkingv1.NetworkPolicy, error) { return c.pols, nil }
-func (c *cluster) Namespaces() ([]*corev1.Namespace, error)                { return c.nss, nil }
-func (c *cluster) Nodes() ([]*corev1.Node, error)                          { return nil, nil }
-func (c *cluster) AllPods() ([]*corev1.Pod, error)                         { return c.pods, nil }
-
-type nullMaps struct{}
-
-func (nullMaps) SetEndpointPolicy(uint32, bool, bool, []policy.Rule, []policy.Rule) error { return nil }
-func (nullMaps) DeleteEndpointPolicy(uint32) error                                        { return nil }
-func (nullMaps) SetIPCache(netip.Prefix, uint32) error                                    { return nil }
-func (nullMaps) DeleteIPCache(netip.Prefix) error                                         { return nil }
-func (nullMaps) IPCache() (map[netip.Prefix]uint32, error)                                { return map[netip.Prefix]uint32{}, nil }
 
 // reconciled is node n1 after one policy run: in namespace x, pods a,
 // b (both registered) and c (not); x/allow lets b into a on TCP 80 and
@@ -53,10 +34,10 @@ func reconciled(t *testing.T) *policy.Reconciler {
 	}
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	p80, p5000, end := intstr.FromInt32(80), intstr.FromInt32(5000), int32(5003)
-	c := &cluster{
-		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{identity.NamespaceNameLabel: "x"}}}},
-		pods: []*corev1.Pod{pod("a", "10.244.1.5"), pod("b", "10.244.1.6"), pod("c", "10.244.1.7")},
-		pols: []*networkingv1.NetworkPolicy{{
+	c := &policytest.Cluster{
+		NSs:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{identity.NamespaceNameLabel: "x"}}}},
+		Pods: []*corev1.Pod{pod("a", "10.244.1.5"), pod("b", "10.244.1.6"), pod("c", "10.244.1.7")},
+		Policies: []*networkingv1.NetworkPolicy{{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "allow"},
 			Spec: networkingv1.NetworkPolicySpec{
 				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
@@ -73,7 +54,7 @@ func reconciled(t *testing.T) *policy.Reconciler {
 			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
 		}},
 	}
-	r := policy.NewReconciler(policy.Config{Node: "n1", Source: c, Datapath: nullMaps{}, Alloc: identity.NewLocal(),
+	r := policy.NewReconciler(policy.Config{Node: "n1", Source: c, Datapath: policytest.NullDatapath{}, Alloc: identity.NewLocal(),
 		Endpoints: func() map[string]uint32 { return map[string]uint32{"x/a": 7, "x/b": 8} }})
 	if !r.Sync() {
 		t.Fatal("policy run incomplete")
