@@ -8,13 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/anet-dev/anet/bench/internal/stats"
 	"github.com/anet-dev/anet/bpf"
@@ -442,18 +439,8 @@ type polResult struct {
 }
 
 func (b *bench) benchPolicy() *polResult {
-	scratch, err := testutils.NewNS()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer func() {
-		scratch.Close()
-		_ = testutils.UnmountNS(scratch)
-	}()
 	var res *polResult
-	err = scratch.Do(func(ns.NetNS) error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+	err := inScratchNS(func() error {
 		e, err := newPolEnv()
 		if err != nil {
 			return err

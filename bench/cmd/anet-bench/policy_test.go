@@ -4,11 +4,7 @@ package main
 
 import (
 	"os"
-	"runtime"
 	"testing"
-
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/anet-dev/anet/daemon/datapath"
 )
@@ -22,17 +18,7 @@ func TestPolicyBenchVerdicts(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (netns, eBPF)")
 	}
-	scratch, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		scratch.Close()
-		_ = testutils.UnmountNS(scratch)
-	}()
-	err = scratch.Do(func(ns.NetNS) error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+	err := inScratchNS(func() error {
 		e, err := newPolEnv()
 		if err != nil {
 			return err

@@ -74,16 +74,8 @@ type progResult struct {
 // endpoints as anetd would (the pod on lo of a fresh netns, a peer on a
 // made-up ifindex), and measures.
 func (b *bench) benchProg() *progResult {
-	scratch, err := testutils.NewNS()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer func() {
-		scratch.Close()
-		_ = testutils.UnmountNS(scratch)
-	}()
 	var res *progResult
-	err = scratch.Do(func(ns.NetNS) error {
+	err := inScratchNS(func() error {
 		var err error
 		res, err = b.progRuns()
 		return err
@@ -221,4 +213,18 @@ func spread(xs []float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.1f–%.1f", stats.Percentile(xs, 0), stats.Percentile(xs, 100))
+}
+
+// inScratchNS runs fn in a new network namespace, on a thread locked to it
+// (ns.Do locks it), and removes the namespace after.
+func inScratchNS(fn func() error) error {
+	scratch, err := testutils.NewNS()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		scratch.Close()
+		_ = testutils.UnmountNS(scratch)
+	}()
+	return scratch.Do(func(ns.NetNS) error { return fn() })
 }
