@@ -82,8 +82,7 @@ type Reconciler struct {
 	reported map[Problem]bool
 
 	mu   sync.Mutex
-	last Result
-	snap *snapshot // for anetctl (snapshot.go)
+	snap *snapshot // the last run, for Last and anetctl (snapshot.go)
 }
 
 // SetAllocator sets the allocator when it is not known at NewReconciler
@@ -204,7 +203,10 @@ func (r *Reconciler) Sync() bool {
 func (r *Reconciler) Last() Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.last
+	if r.snap == nil {
+		return Result{}
+	}
+	return r.snap.res
 }
 
 func firstErr(errs ...error) error {

@@ -65,7 +65,7 @@ func (r *Reconciler) publish(res Result, pods []*corev1.Pod, nss []*corev1.Names
 		}
 	}
 	r.mu.Lock()
-	r.last, r.snap = res, s
+	r.snap = s
 	r.mu.Unlock()
 }
 
