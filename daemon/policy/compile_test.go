@@ -1,6 +1,7 @@
 package policy
 
 import (
+	nm "github.com/anet-dev/anet/internal/netpolmodel"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,14 +22,14 @@ func TestIPBlockReadings(t *testing.T) {
 	world := netip.MustParseAddr("203.0.113.7")
 	for _, cilium := range []bool{false, true} {
 		w := newWorld(t, Options{IPBlockExcludesCluster: cilium})
-		w.create("x", genPolicyLabels("egress-cidr", map[string]string{"pod": "a"}, egressRules(to(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8", Except: []string{w.ip("y/b").String() + "/32"}}}))))
-		r := w.newReach(!cilium)
+		w.Create("x", nm.GenPolicyLabels("egress-cidr", map[string]string{"pod": "a"}, nm.EgressRules(nm.To(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8", Except: []string{w.IP("y/b").String() + "/32"}}}))))
+		r := nm.NewReachability(!cilium)
 		if cilium {
-			r.expectPeer(peer{}, peer{}, true)
-			r.expectAllEgress("x/a", false)
+			r.ExpectPeer(nm.Peer{}, nm.Peer{}, true)
+			r.ExpectAllEgress("x/a", false)
 		}
-		r.expect("x/a", "y/b", false)
-		w.validate(80, tcp, r)
+		r.Expect("x/a", "y/b", false)
+		w.Validate(80, tcp, r)
 		node := w.pods["x/a"].Spec.NodeName
 		ep := w.applied[node]["x/a"]
 		if !ep.AllowsEgress(Lookup(w.ipcache[node], outside), ProtoTCP, 80) {
@@ -50,12 +51,12 @@ func TestIPBlockReadings(t *testing.T) {
 func TestIPBlockNested(t *testing.T) {
 	w := newWorld(t, Options{})
 	block := func(cidr string, except ...string) networkingv1.NetworkPolicyEgressRule {
-		return to(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}})
+		return nm.To(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}})
 	}
 	// x/a: 172.16.0.0/12 except 172.16.1.0/24. Other policies name
 	// 172.16.0.0/16 (inside), 172.16.1.128/25 (inside the except), 0.0.0.0/0.
-	w.create("x", genPolicyLabels("a", map[string]string{"pod": "a"}, egressRules(block("172.16.0.0/12", "172.16.1.0/24"))))
-	w.create("x", genPolicyLabels("b", map[string]string{"pod": "b"}, egressRules(block("172.16.0.0/16", "172.16.1.128/25"), block("0.0.0.0/0"))))
+	w.Create("x", nm.GenPolicyLabels("a", map[string]string{"pod": "a"}, nm.EgressRules(block("172.16.0.0/12", "172.16.1.0/24"))))
+	w.Create("x", nm.GenPolicyLabels("b", map[string]string{"pod": "b"}, nm.EgressRules(block("172.16.0.0/16", "172.16.1.128/25"), block("0.0.0.0/0"))))
 	node := w.pods["x/a"].Spec.NodeName
 	ep := w.applied[node]["x/a"]
 	for addr, want := range map[string]bool{
@@ -83,7 +84,7 @@ func TestIPBlockNested(t *testing.T) {
 		}
 	}
 	before := res.CIDRs
-	w.create("y", genPolicyLabels("c", map[string]string{"pod": "c"}, egressRules(block("192.0.2.0/24"))))
+	w.Create("y", nm.GenPolicyLabels("c", map[string]string{"pod": "c"}, nm.EgressRules(block("192.0.2.0/24"))))
 	for p, id := range before {
 		if w.last[node].CIDRs[p] != id {
 			t.Errorf("%s changed its CIDR identity", p)
@@ -101,11 +102,11 @@ func TestIPBlockMixedIdentity(t *testing.T) {
 	twin.Status.PodIP = "10.244.3.99"
 	twin.Status.PodIPs = []corev1.PodIP{{IP: "10.244.3.99"}}
 	w.pods["y/b2"] = twin
-	w.create("x", genPolicyLabels("cidr", map[string]string{"pod": "a"}, egressRules(to(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: w.ip("y/b").String() + "/32"}}))))
+	w.Create("x", nm.GenPolicyLabels("cidr", map[string]string{"pod": "a"}, nm.EgressRules(nm.To(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: w.IP("y/b").String() + "/32"}}))))
 	node := w.pods["x/a"].Spec.NodeName
 	ep := w.applied[node]["x/a"]
 	for _, p := range []string{"y/b", "y/b2"} {
-		if ep.AllowsEgress(Lookup(w.ipcache[node], w.ip(p)), ProtoTCP, 80) {
+		if ep.AllowsEgress(Lookup(w.ipcache[node], w.IP(p)), ProtoTCP, 80) {
 			t.Errorf("x/a may reach %s", p)
 		}
 	}
@@ -113,10 +114,10 @@ func TestIPBlockMixedIdentity(t *testing.T) {
 		t.Errorf("problems: %v", w.problems)
 	}
 	// A block holding both twins matches their identity.
-	w.update("x", genPolicyLabels("cidr", map[string]string{"pod": "a"}, egressRules(to(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16"}}))))
+	w.Update("x", nm.GenPolicyLabels("cidr", map[string]string{"pod": "a"}, nm.EgressRules(nm.To(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16"}}))))
 	ep = w.applied[node]["x/a"]
 	for _, p := range []string{"y/b", "y/b2"} {
-		if !ep.AllowsEgress(Lookup(w.ipcache[node], w.ip(p)), ProtoTCP, 80) {
+		if !ep.AllowsEgress(Lookup(w.ipcache[node], w.IP(p)), ProtoTCP, 80) {
 			t.Errorf("x/a may not reach %s", p)
 		}
 	}
@@ -134,8 +135,8 @@ func TestNamedPortPerPeer(t *testing.T) {
 		p := w.pods[pod]
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "web", Ports: []corev1.ContainerPort{{Name: "web", ContainerPort: port}}})
 	}
-	w.create("x", genPolicyLabels("egress-web", map[string]string{"pod": "a"}, egressRules(networkingv1.NetworkPolicyEgressRule{Ports: []networkingv1.NetworkPolicyPort{portName("web", nil)}})))
-	w.create("y", genPolicy("ingress-web", metav1.LabelSelector{}, ingressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{portName("web", &tcp)}})))
+	w.Create("x", nm.GenPolicyLabels("egress-web", map[string]string{"pod": "a"}, nm.EgressRules(networkingv1.NetworkPolicyEgressRule{Ports: []networkingv1.NetworkPolicyPort{nm.NamedPort("web", nil)}})))
+	w.Create("y", nm.GenPolicy("ingress-web", metav1.LabelSelector{}, nm.IngressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{nm.NamedPort("web", &tcp)}})))
 	for _, c := range []struct {
 		to   string
 		port uint16
@@ -154,7 +155,7 @@ func TestNamedPortPerPeer(t *testing.T) {
 func TestEndPort(t *testing.T) {
 	w := newWorld(t, Options{})
 	end := int32(32768)
-	w.create("x", genPolicyLabels("range", map[string]string{"pod": "a"}, ingressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &intstr.IntOrString{IntVal: 32000}, EndPort: &end}}})))
+	w.Create("x", nm.GenPolicyLabels("range", map[string]string{"pod": "a"}, nm.IngressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &intstr.IntOrString{IntVal: 32000}, EndPort: &end}}})))
 	for port, want := range map[uint16]bool{31999: false, 32000: true, 32255: true, 32256: true, 32767: true, 32768: true, 32769: false} {
 		if got := w.allowed("y/a", "x/a", ProtoUDP, port); got != want {
 			t.Errorf("UDP %d: %v, want %v", port, got, want)
@@ -172,7 +173,7 @@ func TestEndPort(t *testing.T) {
 // TestSCTPRules: SCTP is a protocol like the others.
 func TestSCTPRules(t *testing.T) {
 	w := newWorld(t, Options{})
-	w.create("x", genPolicyLabels("sctp", map[string]string{"pod": "a"}, ingressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{portNum(80, &sctp)}})))
+	w.Create("x", nm.GenPolicyLabels("sctp", map[string]string{"pod": "a"}, nm.IngressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{nm.PortNum(80, &sctp)}})))
 	if !w.allowed("y/a", "x/a", ProtoSCTP, 80) || w.allowed("y/a", "x/a", ProtoTCP, 80) || w.allowed("y/a", "x/a", ProtoSCTP, 81) {
 		t.Error("SCTP rule mismatched")
 	}
@@ -184,17 +185,17 @@ func TestProblems(t *testing.T) {
 	w := newWorld(t, Options{})
 	bad := corev1.Protocol("ICMP")
 	end := int32(10)
-	w.create("x", genPolicyLabels("bad", map[string]string{"pod": "a"},
-		ingressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &bad, Port: &intstr.IntOrString{IntVal: 80}}}}),
-		ingressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Port: &intstr.IntOrString{IntVal: 80}, EndPort: &end}}}),
-		ingressRules(from(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "not-a-cidr"}})),
-		ingressRules(from(networkingv1.NetworkPolicyPeer{})),
-		ingressRules(from(networkingv1.NetworkPolicyPeer{PodSelector: in("pod", "Bogus", "a")})),
+	w.Create("x", nm.GenPolicyLabels("bad", map[string]string{"pod": "a"},
+		nm.IngressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &bad, Port: &intstr.IntOrString{IntVal: 80}}}}),
+		nm.IngressRules(networkingv1.NetworkPolicyIngressRule{Ports: []networkingv1.NetworkPolicyPort{{Port: &intstr.IntOrString{IntVal: 80}, EndPort: &end}}}),
+		nm.IngressRules(nm.From(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "not-a-cidr"}})),
+		nm.IngressRules(nm.From(networkingv1.NetworkPolicyPeer{})),
+		nm.IngressRules(nm.From(networkingv1.NetworkPolicyPeer{PodSelector: nm.In("pod", "Bogus", "a")})),
 	))
-	r := w.newReach(true)
-	r.expectAllIngress("x/a", false)
-	w.validate(80, tcp, r)
-	w.validate(80, udp, r)
+	r := nm.NewReachability(true)
+	r.ExpectAllIngress("x/a", false)
+	w.Validate(80, tcp, r)
+	w.Validate(80, udp, r)
 	fields := map[string]bool{}
 	for _, p := range w.problems {
 		if p.Policy != "x/bad" {
@@ -212,7 +213,7 @@ func TestProblems(t *testing.T) {
 // TestIPCacheContent: pods, nodes and CIDRs, with the reserved identities.
 func TestIPCacheContent(t *testing.T) {
 	w := newWorld(t, Options{})
-	w.create("x", genPolicyLabels("c", map[string]string{"pod": "a"}, egressRules(to(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24", Except: []string{"192.0.2.128/25"}}}))))
+	w.Create("x", nm.GenPolicyLabels("c", map[string]string{"pod": "a"}, nm.EgressRules(nm.To(networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24", Except: []string{"192.0.2.128/25"}}}))))
 	res := w.last["n1"]
 	if got := res.IPCache[netip.MustParsePrefix("192.168.0.1/32")]; got != identity.Host {
 		t.Errorf("own node address: %d", got)
@@ -221,8 +222,8 @@ func TestIPCacheContent(t *testing.T) {
 		t.Errorf("other node address: %d", got)
 	}
 	ids := map[uint32]bool{}
-	for _, p := range w.podStrings() {
-		id := res.IPCache[netip.PrefixFrom(w.ip(p), 32)]
+	for _, p := range nm.Pods() {
+		id := res.IPCache[netip.PrefixFrom(w.IP(p), 32)]
 		if !identity.IsPod(id) || ids[id] {
 			t.Errorf("%s: identity %d", p, id)
 		}

@@ -1,34 +1,26 @@
 package policy
 
 import (
-	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/anet-dev/anet/daemon/identity"
+	"github.com/anet-dev/anet/internal/netpolmodel"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// The model of upstream Kubernetes' netpol e2e suite
-// (test/e2e/network/netpol): namespaces x, y, z, each with pods a, b, c
-// labelled pod=a|b|c, each serving TCP and UDP on 80 and 81 through
-// container ports named serve-80-tcp, serve-80-udp, serve-81-tcp,
-// serve-81-udp. The pods are spread over three nodes; every node compiles
+// world is upstream Kubernetes' netpol e2e model (internal/netpolmodel)
+// in memory. The pods are spread over three nodes; every node compiles
 // its own state, and the state each node would hold in its maps is kept
 // by applying Diff and DiffIPCache from one step to the next, so the
 // evaluator judges what the datapath would hold after the incremental
 // updates, not a fresh compile.
 
-var (
-	modelNamespaces = []string{"x", "y", "z"}
-	modelPods       = []string{"a", "b", "c"}
-	modelNodes      = []string{"n1", "n2", "n3"}
-)
+var modelNodes = []string{"n1", "n2", "n3"}
 
 type world struct {
 	t        *testing.T
@@ -53,24 +45,16 @@ func newWorld(t *testing.T, opts Options) *world {
 		comp: map[string]*Compiler{}, applied: map[string]map[string]EndpointPolicy{},
 		ipcache: map[string]map[netip.Prefix]uint32{}, last: map[string]Result{}}
 	i := 0
-	for _, ns := range modelNamespaces {
-		w.ns[ns] = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{identity.NamespaceNameLabel: ns, "ns": ns}}}
-		for _, p := range modelPods {
+	for _, ns := range netpolmodel.Namespaces {
+		labels := netpolmodel.NamespaceLabels(ns)
+		labels[identity.NamespaceNameLabel] = ns
+		w.ns[ns] = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}
+		for _, p := range netpolmodel.PodNames {
 			node := i % len(modelNodes)
-			var containers []corev1.Container
-			for _, port := range []int32{80, 81} {
-				for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP} {
-					lp := strings.ToLower(string(proto))
-					containers = append(containers, corev1.Container{
-						Name:  fmt.Sprintf("cont-%d-%s", port, lp),
-						Ports: []corev1.ContainerPort{{ContainerPort: port, Name: fmt.Sprintf("serve-%d-%s", port, lp), Protocol: proto}},
-					})
-				}
-			}
 			ip := netip.AddrFrom4([4]byte{10, 244, byte(node + 1), byte(10 + i)})
 			w.pods[ns+"/"+p] = &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: p, Namespace: ns, Labels: map[string]string{"pod": p}},
-				Spec:       corev1.PodSpec{NodeName: modelNodes[node], Containers: containers},
+				ObjectMeta: metav1.ObjectMeta{Name: p, Namespace: ns, Labels: netpolmodel.PodLabels(p)},
+				Spec:       corev1.PodSpec{NodeName: modelNodes[node], Containers: netpolmodel.Containers("", nil, nil)},
 				Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}},
 			}
 			i++
@@ -85,17 +69,8 @@ func newWorld(t *testing.T, opts Options) *world {
 	return w
 }
 
-func (w *world) ip(pod string) netip.Addr { return netip.MustParseAddr(w.pods[pod].Status.PodIP) }
-
-func (w *world) podStrings() []string {
-	var out []string
-	for _, ns := range modelNamespaces {
-		for _, p := range modelPods {
-			out = append(out, ns+"/"+p)
-		}
-	}
-	return out
-}
+// IP is the address of a pod.
+func (w *world) IP(pod string) netip.Addr { return netip.MustParseAddr(w.pods[pod].Status.PodIP) }
 
 func (w *world) input(node string) Input {
 	var nodes []Node
@@ -188,13 +163,13 @@ func (w *world) allowed(from, to string, proto uint8, port uint16) bool {
 	w.t.Helper()
 	sp, dp := w.pods[from], w.pods[to]
 	sn, dn := sp.Spec.NodeName, dp.Spec.NodeName
-	dstID := Lookup(w.ipcache[sn], w.ip(to))
-	srcID := Lookup(w.ipcache[sn], w.ip(from)) // the VNI
+	dstID := Lookup(w.ipcache[sn], w.IP(to))
+	srcID := Lookup(w.ipcache[sn], w.IP(from)) // the VNI
 	if sn == dn {
-		if id := Lookup(w.ipcache[dn], w.ip(from)); id != srcID {
+		if id := Lookup(w.ipcache[dn], w.IP(from)); id != srcID {
 			w.t.Fatalf("identity of %s differs", from)
 		}
-	} else if id := Lookup(w.ipcache[dn], w.ip(from)); id != srcID {
+	} else if id := Lookup(w.ipcache[dn], w.IP(from)); id != srcID {
 		w.t.Fatalf("nodes %s and %s disagree on the identity of %s: %d, %d", sn, dn, from, srcID, id)
 	}
 	sep, ok := w.applied[sn][from]
@@ -208,71 +183,18 @@ func (w *world) allowed(from, to string, proto uint8, port uint16) bool {
 	return sep.AllowsEgress(dstID, proto, port) && dep.AllowsIngress(srcID, proto, port)
 }
 
-// reach is upstream's Reachability: an expected truth table.
-type reach struct {
-	pods []string
-	want map[[2]string]bool
-}
-
-type peer struct{ ns, pod string }
-
-func (p peer) matches(s string) bool {
-	ns, pod, _ := strings.Cut(s, "/")
-	return (p.ns == "" || p.ns == ns) && (p.pod == "" || p.pod == pod)
-}
-
-func (w *world) newReach(def bool) *reach {
-	r := &reach{pods: w.podStrings(), want: map[[2]string]bool{}}
-	for _, a := range r.pods {
-		for _, b := range r.pods {
-			r.want[[2]string{a, b}] = def
-		}
-	}
-	return r
-}
-
-func (r *reach) expect(from, to string, v bool) { r.want[[2]string{from, to}] = v }
-func (r *reach) expectPeer(from, to peer, v bool) {
-	for _, a := range r.pods {
-		for _, b := range r.pods {
-			if from.matches(a) && to.matches(b) {
-				r.want[[2]string{a, b}] = v
-			}
-		}
-	}
-}
-func (r *reach) expectAllIngress(pod string, v bool) { r.expectPeer(peer{}, peerOf(pod), v) }
-func (r *reach) expectAllEgress(pod string, v bool)  { r.expectPeer(peerOf(pod), peer{}, v) }
-func peerOf(s string) peer                           { ns, p, _ := strings.Cut(s, "/"); return peer{ns, p} }
-
-// validate compares the whole matrix (loopback ignored, as upstream does).
-func (w *world) validate(port uint16, proto corev1.Protocol, r *reach) {
+// Validate judges every pair as the datapath would (see allowed).
+func (w *world) Validate(port int32, proto corev1.Protocol, r *netpolmodel.Reachability) {
 	w.t.Helper()
 	pr, _ := protoOf(proto)
-	var wrong []string
-	var table strings.Builder
-	table.WriteString("from\\to")
-	for _, b := range r.pods {
-		table.WriteString("\t" + b)
-	}
-	for _, a := range r.pods {
-		table.WriteString("\n" + a)
-		for _, b := range r.pods {
-			got := w.allowed(a, b, pr, port)
-			mark := map[bool]string{true: ".", false: "X"}[got]
-			if a != b && got != r.want[[2]string{a, b}] {
-				wrong = append(wrong, fmt.Sprintf("%s->%s got %v", a, b, got))
-				mark = "*" + mark
-			}
-			table.WriteString("\t" + mark)
-		}
-	}
+	wrong, table := r.Compare(func(from, to string) bool { return w.allowed(from, to, pr, uint16(port)) })
 	if len(wrong) > 0 {
-		w.t.Errorf("%s/%d: %d of %d wrong: %v\nobserved (* = unexpected):\n%s", proto, port, len(wrong), len(r.pods)*(len(r.pods)-1), wrong, table.String())
+		w.t.Errorf("%s/%d: %d of %d wrong: %v\nobserved (* = unexpected):\n%s", proto, port, len(wrong), netpolmodel.Pairs(), wrong, table)
 	}
 }
 
-func (w *world) create(ns string, p *networkingv1.NetworkPolicy) {
+// Create adds a policy and syncs every node.
+func (w *world) Create(ns string, p *networkingv1.NetworkPolicy) {
 	w.t.Helper()
 	p = p.DeepCopy()
 	p.Namespace = ns
@@ -280,55 +202,29 @@ func (w *world) create(ns string, p *networkingv1.NetworkPolicy) {
 	w.sync()
 }
 
-func (w *world) update(ns string, p *networkingv1.NetworkPolicy) { w.create(ns, p) }
+// Update replaces a policy.
+func (w *world) Update(ns string, p *networkingv1.NetworkPolicy) { w.Create(ns, p) }
 
-func (w *world) deleteAllPolicies() {
+// DeleteAllPolicies deletes every policy.
+func (w *world) DeleteAllPolicies() {
 	w.policies = map[string]*networkingv1.NetworkPolicy{}
 	w.sync()
 }
 
-func (w *world) addNamespaceLabel(ns, k, v string) {
+// AddNamespaceLabel sets a namespace label.
+func (w *world) AddNamespaceLabel(ns, k, v string) {
 	w.ns[ns].Labels[k] = v
 	w.sync()
 }
 
-func (w *world) setPodLabels(pod string, l map[string]string) {
+// SetPodLabels replaces a pod's labels.
+func (w *world) SetPodLabels(pod string, l map[string]string) {
 	w.pods[pod].Labels = maps.Clone(l)
 	w.sync()
 }
 
-// Policy builders, as upstream's policies.go.
-type setFunc func(*networkingv1.NetworkPolicy)
-
-func genPolicy(name string, sel metav1.LabelSelector, fns ...setFunc) *networkingv1.NetworkPolicy {
-	p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	p.Spec.PodSelector = sel
-	for _, f := range fns {
-		f(p)
-	}
-	return p
-}
-
-func genPolicyLabels(name string, l map[string]string, fns ...setFunc) *networkingv1.NetworkPolicy {
-	return genPolicy(name, metav1.LabelSelector{MatchLabels: l}, fns...)
-}
-
-func ingressRules(rules ...networkingv1.NetworkPolicyIngressRule) setFunc {
-	return func(p *networkingv1.NetworkPolicy) {
-		if p.Spec.Ingress == nil {
-			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
-			p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
-		}
-		p.Spec.Ingress = append(p.Spec.Ingress, rules...)
-	}
-}
-
-func egressRules(rules ...networkingv1.NetworkPolicyEgressRule) setFunc {
-	return func(p *networkingv1.NetworkPolicy) {
-		if p.Spec.Egress == nil {
-			p.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{}
-			p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-		}
-		p.Spec.Egress = append(p.Spec.Egress, rules...)
-	}
-}
+var (
+	tcp  = corev1.ProtocolTCP
+	udp  = corev1.ProtocolUDP
+	sctp = corev1.ProtocolSCTP
+)
