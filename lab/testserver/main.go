@@ -6,6 +6,7 @@
 //	anet-testserver                      serve with the defaults below
 //	anet-testserver serve [--http ADDR] [--tcp-echo ADDR] [--udp-echo ADDR]
 //	anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /] [--hold 10s] [--repeat N --interval 50ms]
+//	anet-testserver probe [--protocol tcp|udp] [--timeout 2s] HOST:PORT...
 //	anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
 //	anet-testserver pause
 //
@@ -25,6 +26,11 @@
 // body is copied to stdout), 1 otherwise with the reason on stderr, 2 for a
 // usage error. The UDP probe sends exactly one datagram (no retransmission)
 // so that tests counting packets, verdicts or policy-log entries see one.
+//
+// probe is connect's tcp or udp probe for many destinations at once, from
+// one process: it prints one line per destination, in the order given,
+// "HOST:PORT ok" or "HOST:PORT fail REASON", and exits 0 once every one
+// has its verdict (2 for a usage error).
 //
 // dns resolves a name and prints {"name","server","rcode","authoritative",
 // "addresses","ms"} as JSON: with --server by one UDP query for its A
@@ -52,6 +58,7 @@ const usage = `usage:
   anet-testserver                      (same as "serve" with the defaults)
   anet-testserver serve [--http :8080] [--tcp-echo :8081] [--udp-echo :8081]
   anet-testserver connect --protocol tcp|udp|http --address HOST:PORT [--timeout 2s] [--path /] [--hold 10s] [--repeat N --interval 50ms]
+  anet-testserver probe [--protocol tcp|udp] [--timeout 2s] HOST:PORT...
   anet-testserver dns --name NAME [--server IP:PORT] [--timeout 2s]
   anet-testserver pause
 `
@@ -76,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serveMain(ctx, stop, args, stderr)
 	case "connect":
 		return connectMain(args, stdout, stderr)
+	case "probe":
+		return probeMain(args, stdout, stderr)
 	case "dns":
 		return dnsMain(args, stdout, stderr)
 	case "pause":
