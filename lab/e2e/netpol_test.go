@@ -4,13 +4,17 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/anet-dev/anet/daemon/api"
 	"github.com/anet-dev/anet/lab"
 )
 
@@ -217,6 +221,7 @@ spec:
 `)
 	okOnly := func(c string) bool { return strings.HasPrefix(c, "ok-") }
 	expectReach(t, l, "(c) allow from access=yes", toServer(okOnly))
+	checkAnetctlPolicy(t, l)
 
 	// (d) Egress deny on ok-far: it reaches nothing, the others are as in (c).
 	apply(`
@@ -265,6 +270,103 @@ spec:
 	}
 	expectReach(t, l, "(e) policies deleted", append(toServer(all), reach{"ok-far", noFar, "no-far", true}))
 	t.Logf("TestNetworkPolicy took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// anetctl runs anetctl on node against that node's anetd.
+func anetctl(t *testing.T, l *lab.Lab, node string, args ...string) (string, error) {
+	t.Helper()
+	n, ok := l.Node(node)
+	if !ok {
+		t.Fatalf("no node %s", node)
+	}
+	cmd, err := l.NodeCmd(node, append([]string{filepath.Join(l.State().AnetBinDir, "anetctl"), "--socket", n.Socket}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// anetctlJSON runs anetctl with -o json and decodes its output into v.
+func anetctlJSON(t *testing.T, l *lab.Lab, node string, v any, args ...string) {
+	t.Helper()
+	out, err := anetctl(t, l, node, append(args, "-o", "json")...)
+	if err != nil {
+		t.Fatalf("anetctl %v on %s: %v: %s", args, node, err, out)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("anetctl %v on %s: %v: %s", args, node, err, out)
+	}
+}
+
+// checkAnetctlPolicy, in stage (c) of TestNetworkPolicy: anetctl policy
+// on the server's node shows ingress isolated by both policies, one rule
+// (TCP 8081) whose peers are exactly the identities of the two access=yes
+// clients, with the numbers their own nodes give them (identities are
+// cluster-wide); egress open. anetctl identity list shows the server's
+// identity held by one endpoint there, and the reserved ones. An unknown
+// pod is an error.
+func checkAnetctlPolicy(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	var srv api.EndpointPolicy
+	anetctlJSON(t, l, lab.NodeName(2), &srv, "policy", netpolNS+"/server")
+	if srv.Node != lab.NodeName(2) || !srv.Programmed || srv.Identity.ID == 0 || srv.Identity.Labels["app"] != "server" {
+		t.Errorf("anetctl policy %s/server: node %q, programmed %v, identity %+v", netpolNS, srv.Node, srv.Programmed, srv.Identity)
+	}
+	if want := []string{netpolNS + "/allow-access", netpolNS + "/deny-server"}; !srv.Ingress.Isolated || !slices.Equal(srv.Ingress.Policies, want) {
+		t.Errorf("ingress isolated %v by %v, want isolated by %v", srv.Ingress.Isolated, srv.Ingress.Policies, want)
+	}
+	if srv.Egress.Isolated || len(srv.Egress.Rules) != 0 {
+		t.Errorf("egress %+v, want open", srv.Egress)
+	}
+	var peers []uint32
+	if len(srv.Ingress.Rules) != 1 {
+		t.Errorf("ingress rules %+v, want one", srv.Ingress.Rules)
+	} else if r := srv.Ingress.Rules[0]; r.Protocol != "TCP" || r.Port != 8081 || r.EndPort != 8081 {
+		t.Errorf("ingress rule %+v, want TCP 8081", r)
+	} else {
+		for _, p := range r.Peers {
+			if p.Kind != api.IdentityPod || p.Labels["access"] != "yes" {
+				t.Errorf("peer %+v of the rule is not an access=yes pod", p)
+			}
+			peers = append(peers, p.ID)
+		}
+	}
+	var want []uint32
+	for _, c := range []struct{ pod, node string }{{"ok-same", lab.NodeName(2)}, {"ok-far", lab.NodeName(1)}} {
+		var ep api.EndpointPolicy
+		anetctlJSON(t, l, c.node, &ep, "policy", netpolNS+"/"+c.pod)
+		want = append(want, ep.Identity.ID)
+	}
+	slices.Sort(want)
+	slices.Sort(peers)
+	if !slices.Equal(peers, want) {
+		t.Errorf("the rule's peers %v, want the clients' identities as their nodes number them %v", peers, want)
+	}
+	var ids []api.IdentityEntry
+	anetctlJSON(t, l, lab.NodeName(2), &ids, "identity", "list")
+	found := map[string]bool{}
+	for _, id := range ids {
+		if id.ID == srv.Identity.ID && id.Endpoints == 1 {
+			found["server"] = true
+		}
+		if id.Kind == api.IdentityReserved {
+			found[id.Name] = true
+		}
+	}
+	for _, k := range []string{"server", "host", "world", "remote-node"} {
+		if !found[k] {
+			t.Errorf("anetctl identity list on %s: no %s identity (the server's held by 1 endpoint): %+v", lab.NodeName(2), k, ids)
+		}
+	}
+	out, err := anetctl(t, l, lab.NodeName(2), "policy", netpolNS+"/server")
+	if err != nil || !strings.Contains(out, netpolNS+"/allow-access") || !strings.Contains(out, "8081") {
+		t.Errorf("anetctl policy (text): %v: %s", err, out)
+	}
+	if out, err := anetctl(t, l, lab.NodeName(2), "policy", netpolNS+"/no-such-pod"); err == nil {
+		t.Errorf("anetctl policy of an unknown pod succeeded: %s", out)
+	}
+	t.Logf("anetctl policy %s/server on %s: identity %d, ingress by %v, peers %v", netpolNS, srv.Node, srv.Identity.ID, srv.Ingress.Policies, peers)
 }
 
 // TestNetworkPolicyAnetdKilled: anetd of the server's node SIGKILLed under
