@@ -15,7 +15,7 @@ import (
 // ipBlock in the Cilium reading too (which must not change them).
 func TestUpstreamNetpol(t *testing.T) {
 	for _, opts := range []Options{{}, {IPBlockExcludesCluster: true}} {
-		for _, c := range netpolmodel.Cases {
+		for _, c := range netpolmodel.All() {
 			if opts.IPBlockExcludesCluster && c.IPBlock {
 				continue // the Cilium reading of these is in TestIPBlockReadings
 			}

@@ -492,3 +492,47 @@ func EgressRules(rules ...networkingv1.NetworkPolicyEgressRule) SetFunc {
 		p.Spec.Egress = append(p.Spec.Egress, rules...)
 	}
 }
+
+// Extra are anet's cases in the same model for what upstream's file does
+// not cover: endPort ranges on TCP and UDP, and an ingress ipBlock with
+// an except.
+var Extra = []Case{
+	{Name: "anet: should enforce an ingress port range (endPort), and its update", Run: func(c Cluster) {
+		end := int32(81)
+		rule := From(networkingv1.NetworkPolicyPeer{NamespaceSelector: Sel(map[string]string{nsLabel: "y"})})
+		rule.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &intstr.IntOrString{IntVal: 80}, EndPort: &end}}
+		c.Create("x", GenPolicyLabels("allow-y-80-81", map[string]string{"pod": "a"}, IngressRules(rule)))
+		r := NewReachability(true)
+		r.ExpectAllIngress("x/a", false)
+		r.ExpectPeer(Peer{NS: "y"}, Peer{"x", "a"}, true)
+		c.Validate(80, tcp, r)
+		c.Validate(81, tcp, r)
+		end = 1000
+		rule.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &intstr.IntOrString{IntVal: 81}, EndPort: &end}}
+		c.Update("x", GenPolicyLabels("allow-y-80-81", map[string]string{"pod": "a"}, IngressRules(rule)))
+		c.Validate(81, tcp, r)
+		deny := NewReachability(true)
+		deny.ExpectAllIngress("x/a", false)
+		c.Validate(80, tcp, deny)
+	}},
+	{Name: "anet: should enforce an egress port range (endPort) on UDP", Run: func(c Cluster) {
+		end := int32(90)
+		c.Create("x", GenPolicyLabels("egress-udp-81-90", map[string]string{"pod": "a"}, EgressRules(networkingv1.NetworkPolicyEgressRule{
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &intstr.IntOrString{IntVal: 81}, EndPort: &end}}})))
+		c.Validate(81, udp, NewReachability(true))
+		r := NewReachability(true)
+		r.ExpectAllEgress("x/a", false)
+		c.Validate(80, udp, r)
+		c.Validate(81, tcp, r)
+	}},
+	{Name: "anet: should enforce an ingress ipBlock with except", IPBlock: true, Run: func(c Cluster) {
+		c.Create("x", GenPolicyLabels("allow-from-block", map[string]string{"pod": "a"}, IngressRules(From(networkingv1.NetworkPolicyPeer{
+			IPBlock: &networkingv1.IPBlock{CIDR: LargeCIDR(c.IP("y/b")), Except: []string{c.IP("y/b").String() + "/32"}}}))))
+		r := NewReachability(true)
+		r.Expect("y/b", "x/a", false)
+		c.Validate(80, tcp, r)
+	}},
+}
+
+// All is Cases and Extra.
+func All() []Case { return append(append([]Case{}, Cases...), Extra...) }

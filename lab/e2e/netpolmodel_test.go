@@ -45,7 +45,7 @@ func TestUpstreamNetpolModel(t *testing.T) {
 	c.t = t
 	c.setUp()
 	t.Logf("model up (%d pods over 3 nodes, %d Services) in %v", len(netpolmodel.Pods()), len(netpolmodel.Pods()), time.Since(start).Round(time.Millisecond))
-	for _, tc := range netpolmodel.Cases {
+	for _, tc := range netpolmodel.All() {
 		t.Run(tc.Name, func(t *testing.T) {
 			caseStart := time.Now()
 			c.t = t
