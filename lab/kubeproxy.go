@@ -99,17 +99,12 @@ func (l *Lab) StartKubeProxy(node, mode string) error {
 	if err := l.Apply(kubeProxyRBAC); err != nil {
 		return fmt.Errorf("kube-proxy's service account: %w", err)
 	}
-	token, err := l.Kubectl("-n", "kube-system", "create", "token", "kube-proxy", "--duration=48h")
-	if err != nil {
-		return fmt.Errorf("kube-proxy's token: %w", err)
-	}
 	dir := filepath.Join(n.Dir, "kube-proxy")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	kc := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kc, []byte(tokenKubeconfig(s.APIServerURL, filepath.Join(s.ControlPlaneDir, "certs", "apiserver.crt"),
-		"system:serviceaccount:kube-system:kube-proxy", strings.TrimSpace(token))), 0o600); err != nil {
+	if err := l.serviceAccountKubeconfig(kc, "kube-system", "kube-proxy"); err != nil {
 		return err
 	}
 	cfg := filepath.Join(dir, "config-"+mode+".yaml")
@@ -212,9 +207,18 @@ func KubeProxyRules(netnsPath, mode string) bool {
 	return err == nil
 }
 
-// tokenKubeconfig is a kubeconfig for a bearer token.
-func tokenKubeconfig(server, caFile, user, token string) string {
-	return fmt.Sprintf(`apiVersion: v1
+// serviceAccountKubeconfig writes to path a kubeconfig with a token of
+// ServiceAccount ns/sa, valid for as long as a lab may live (30 days; it
+// stays valid across API server restarts: same signing key).
+func (l *Lab) serviceAccountKubeconfig(path, ns, sa string) error {
+	out, err := l.Kubectl("-n", ns, "create", "token", sa, "--duration=720h")
+	token := strings.TrimSpace(out)
+	if err != nil || token == "" || strings.ContainsAny(token, " \n") {
+		return fmt.Errorf("a token of %s/%s: %v: %s", ns, sa, err, out)
+	}
+	s := l.st.get()
+	user := "system:serviceaccount:" + ns + ":" + sa
+	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: anet-lab
@@ -231,5 +235,6 @@ contexts:
     cluster: anet-lab
     user: %q
 current-context: anet-lab
-`, server, caFile, user, token, user)
+`, s.APIServerURL, filepath.Join(s.ControlPlaneDir, "certs", "apiserver.crt"), user, token, user)
+	return os.WriteFile(path, []byte(kc), 0o600)
 }

@@ -50,6 +50,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/anet-dev/anet/installer/manifests"
+	"github.com/anet-dev/anet/installer/manifests/crds"
 	"github.com/anet-dev/anet/lab/controlplane"
 )
 
@@ -319,6 +321,7 @@ func (l *Lab) up(ctx context.Context) error {
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		NetnsPath: cpNS, Address: ControlPlaneIP, Dir: cpDir, BinDir: bins.k8s,
 		ServiceCIDR: o.ServiceCIDR, ClusterCIDR: o.ClusterCIDR, NodeNames: names,
+		AuditUsers: []string{manifests.User},
 	})
 	if err != nil {
 		return err
@@ -337,6 +340,11 @@ func (l *Lab) up(ctx context.Context) error {
 		return err
 	}
 	l.say("control plane ready at %s", cp.URL)
+	if o.CNI == CNIAnet {
+		if err := l.installRBAC(); err != nil {
+			return err
+		}
+	}
 
 	if err := l.prepareNodes(o.Nodes); err != nil {
 		return err
@@ -393,6 +401,29 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	l.say("lab up: %d node(s) Ready; `anet-lab kubectl -- get nodes -o wide`", len(l.Nodes))
 	return nil
+}
+
+// installRBAC applies what an operator applies before anetd runs (the
+// CRDs, and anetd's Namespace, ServiceAccount and ClusterRole from
+// installer/manifests), then gives anetd a kubeconfig with a token of that
+// ServiceAccount: the lab's anetds run with the permissions anet ships,
+// and the API server's audit log (AuditLogPath) records their requests.
+func (l *Lab) installRBAC() error {
+	if err := l.Apply(string(crds.SecurityIdentity) + "\n---\n" + string(manifests.RBAC)); err != nil {
+		return fmt.Errorf("applying installer/manifests: %w", err)
+	}
+	kc := filepath.Join(l.Dir, "anetd.kubeconfig")
+	if err := l.serviceAccountKubeconfig(kc, manifests.Namespace, manifests.ServiceAccount); err != nil {
+		return err
+	}
+	l.say("anetd runs as %s (installer/manifests/rbac.yaml)", manifests.User)
+	return l.st.update(func(s *State) { s.AnetdKubeconfig = kc })
+}
+
+// AuditLogPath is the API server's audit log of anetd's requests (one
+// JSON audit event per line).
+func (l *Lab) AuditLogPath() string {
+	return controlplane.AuditLogPath(l.st.get().ControlPlaneDir)
 }
 
 // RecordControlPlane records the control plane's current processes in the

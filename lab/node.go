@@ -209,7 +209,7 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 		return err
 	}
 	args := []string{b.anetd, "--node-name", n.Name, "--bpf-root", n.BPFRoot, "--state-dir", n.StateDir,
-		"--socket", n.Socket, "--kubeconfig", l.st.get().Kubeconfig, "--health-addr", n.HealthAddr,
+		"--socket", n.Socket, "--kubeconfig", l.st.get().AnetdKubeconfig, "--health-addr", n.HealthAddr,
 		"--cgroup-root", filepath.Join(l.st.get().CgroupV2Mount, n.CgroupName)}
 	if l.opts.KubeProxy != "" {
 		args = append(args, "--enable-services=false")

@@ -39,10 +39,13 @@ type State struct {
 	HostDirs []string  `json:"hostDirs"` // directories made outside Dir by older labs (removed when empty); none now
 	Nodes    []NodeRec `json:"nodes"`
 
-	ControlPlaneDir  string `json:"controlPlaneDir,omitempty"`
-	ControlPlaneNS   string `json:"controlPlaneNetns,omitempty"`
-	APIServerURL     string `json:"apiServerURL,omitempty"`
-	Kubeconfig       string `json:"kubeconfig,omitempty"` // the admin's
+	ControlPlaneDir string `json:"controlPlaneDir,omitempty"`
+	ControlPlaneNS  string `json:"controlPlaneNetns,omitempty"`
+	APIServerURL    string `json:"apiServerURL,omitempty"`
+	Kubeconfig      string `json:"kubeconfig,omitempty"` // the admin's
+	// AnetdKubeconfig is anetd's: a token of the ServiceAccount the
+	// shipped RBAC manifest binds (installer/manifests).
+	AnetdKubeconfig  string `json:"anetdKubeconfig,omitempty"`
 	KubectlPath      string `json:"kubectl,omitempty"`
 	FabricNetns      string `json:"fabricNetns,omitempty"`
 	OutsideNetns     string `json:"outsideNetns,omitempty"`

@@ -87,6 +87,10 @@ type Config struct {
 	ServiceCIDR string   // default 10.96.0.0/16
 	ClusterCIDR string   // default 10.244.0.0/16; nodes get /24s of it
 	NodeNames   []string // a token per kubelet: user system:node:<name>, group system:nodes
+	// AuditUsers: the apiserver writes every request of these users
+	// (audit level Metadata: who, verb, resource, response code; no
+	// bodies) as JSON lines to AuditLogPath. None: no audit log.
+	AuditUsers []string
 }
 
 // ControlPlane is a running control plane.
@@ -225,6 +229,23 @@ func (c *ControlPlane) prepare() error {
 	if err := c.writeKubeconfig(c.AdminKubeconfig, "admin", c.AdminToken); err != nil {
 		return err
 	}
+	if len(c.cfg.AuditUsers) > 0 {
+		users, err := json.Marshal(c.cfg.AuditUsers)
+		if err != nil {
+			return err
+		}
+		policy := fmt.Sprintf(`apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: %s
+- level: None
+`, users)
+		if err := os.WriteFile(c.path("audit-policy.yaml"), []byte(policy), 0o600); err != nil {
+			return err
+		}
+	}
 	for _, n := range c.cfg.NodeNames {
 		if err := c.writeKubeconfig(c.NodeKubeconfig(n), "system:node:"+n, c.nodeTokens[n]); err != nil {
 			return err
@@ -326,6 +347,10 @@ func (c *ControlPlane) NodeToken(node string) string { return c.nodeTokens[node]
 // Dir is the control plane's state directory.
 func (c *ControlPlane) Dir() string { return c.cfg.Dir }
 
+// AuditLogPath is the apiserver's audit log (Config.AuditUsers) of the
+// control plane in dir: one JSON audit.k8s.io/v1 Event per line.
+func AuditLogPath(dir string) string { return filepath.Join(dir, "logs", "audit.log") }
+
 // LogPath is the log file of a component.
 func (c *ControlPlane) LogPath(component string) string {
 	return c.path("logs", component+".log")
@@ -354,21 +379,26 @@ func (c *ControlPlane) startEtcd(ctx context.Context) error {
 // StartAPIServer starts kube-apiserver (again, after StopAPIServer) and waits
 // for its /readyz.
 func (c *ControlPlane) StartAPIServer(ctx context.Context) error {
-	if err := c.spawn(APIServer,
+	var audit []string
+	if len(c.cfg.AuditUsers) > 0 {
+		audit = []string{"--audit-policy-file=" + c.path("audit-policy.yaml"), "--audit-log-path=" + AuditLogPath(c.cfg.Dir),
+			"--audit-log-format=json", "--audit-log-mode=blocking"}
+	}
+	if err := c.spawn(APIServer, append([]string{
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", EtcdClientPort),
-		"--bind-address="+c.cfg.Address, "--advertise-address="+c.cfg.Address,
-		"--secure-port="+strconv.Itoa(APIServerPort),
-		"--cert-dir="+c.path("certs"),
+		"--bind-address=" + c.cfg.Address, "--advertise-address=" + c.cfg.Address,
+		"--secure-port=" + strconv.Itoa(APIServerPort),
+		"--cert-dir=" + c.path("certs"),
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+c.path("sa.pub"),
-		"--service-account-signing-key-file="+c.path("sa.key"),
-		"--token-auth-file="+c.path("tokens.csv"),
+		"--service-account-key-file=" + c.path("sa.pub"),
+		"--service-account-signing-key-file=" + c.path("sa.key"),
+		"--token-auth-file=" + c.path("tokens.csv"),
 		"--authorization-mode=Node,RBAC",
-		"--service-cluster-ip-range="+c.cfg.ServiceCIDR,
+		"--service-cluster-ip-range=" + c.cfg.ServiceCIDR,
 		"--kubelet-preferred-address-types=InternalIP",
 		"--allow-privileged=true",
 		"--profiling=false",
-	); err != nil {
+	}, audit...)...); err != nil {
 		return err
 	}
 	return c.waitHealthy(ctx, APIServer, 90*time.Second, c.URL+"/readyz", true)
