@@ -17,6 +17,9 @@ import (
 const (
 	StepReceived = "received" // the request reached the handler: connect, send, accept, headers (from the client's clock)
 	StepDecoded  = "decoded"  // the body decoded, the netns descriptor taken and checked
+	// StepPolicy, after the endpoint manager's steps: the wait for the
+	// pod's NetworkPolicy (only when a policy is in its namespace).
+	StepPolicy = "policy"
 )
 
 // addEndpoint does a whole ADD; the pod's network namespace arrives as the
@@ -57,6 +60,9 @@ func (s *Server) addEndpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res.Trace = append(trace, res.Trace...)
+	if waited, d := s.waitPolicy(r, req.Pod); waited {
+		res.Trace = append(res.Trace, api.TraceStep{Step: StepPolicy, Micros: d.Microseconds()})
+	}
 	s.reply(w, res)
 }
 

@@ -1,8 +1,10 @@
 package apiserver
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
 )
@@ -12,12 +14,41 @@ import (
 type Policy interface {
 	EndpointPolicy(namespace, name string) (api.EndpointPolicy, error)
 	Identities() ([]api.IdentityEntry, error)
+	// WaitEndpoint returns once the new pod's policy is in the maps
+	// (policy.Reconciler.WaitEndpoint).
+	WaitEndpoint(ctx context.Context, namespace, name string) error
 }
 
 // SetPolicy makes GET /v1/policy/{namespace}/{name} and GET
 // /v1/identities answer from p. Until it is called the answer is 404:
 // this anetd does not enforce NetworkPolicy.
 func (s *Server) SetPolicy(p Policy) { s.policy.Store(&p) }
+
+// SetPolicyWait makes every ADD wait up to d, after the endpoint is made
+// and before it answers, for the new pod's policy to be written
+// (Policy.WaitEndpoint), so that a pod that a policy isolates is isolated
+// from its first packet. When d runs out the ADD succeeds all the same
+// and anetd logs it: the pod is open until its policy is written. 0: no
+// wait.
+func (s *Server) SetPolicyWait(d time.Duration) { s.policyWait.Store(int64(d)) }
+
+// waitPolicy waits for the policy of the pod of an ADD (SetPolicyWait).
+// It reports whether it waited, and how long.
+func (s *Server) waitPolicy(r *http.Request, pod api.PodRef) (bool, time.Duration) {
+	p := s.policy.Load()
+	d := time.Duration(s.policyWait.Load())
+	if p == nil || *p == nil || d <= 0 || pod.Name == "" {
+		return false, 0
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	defer cancel()
+	if err := (*p).WaitEndpoint(ctx, pod.Namespace, pod.Name); err != nil {
+		s.log.Warn("the new pod's network policy was not written in time; it is open until it is",
+			"pod", pod.Namespace+"/"+pod.Name, "waited", d, "err", err)
+	}
+	return true, time.Since(start)
+}
 
 // errPolicyOff is the answer of an anetd that enforces no policy: said
 // plainly, since an empty answer would read as "nothing isolated".

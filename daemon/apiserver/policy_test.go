@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -130,5 +132,54 @@ func TestPolicy(t *testing.T) {
 	}
 	if strings.Contains(string(b), `"cidr"`) {
 		t.Errorf("a pod identity carries a cidr: %s", b)
+	}
+}
+
+// slowPolicy is a Policy whose WaitEndpoint takes delay (or until its
+// context ends).
+type slowPolicy struct {
+	Policy
+	delay time.Duration
+	asked []string
+}
+
+func (p *slowPolicy) WaitEndpoint(ctx context.Context, namespace, name string) error {
+	p.asked = append(p.asked, namespace+"/"+name)
+	select {
+	case <-time.After(p.delay):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestWaitPolicy: an ADD waits for the pod's policy only with a policy
+// source and a wait set, and never longer than the wait.
+func TestWaitPolicy(t *testing.T) {
+	srv := New(nil, func() api.Status { return api.Status{Ready: true} }, slog.New(slog.DiscardHandler))
+	r, _ := http.NewRequest("POST", "/", nil)
+	pod := api.PodRef{Namespace: "x", Name: "a"}
+	if waited, _ := srv.waitPolicy(r, pod); waited {
+		t.Error("waited with policy off")
+	}
+	p := &slowPolicy{delay: 50 * time.Millisecond}
+	srv.SetPolicy(p)
+	if waited, _ := srv.waitPolicy(r, pod); waited {
+		t.Error("waited with no wait set")
+	}
+	srv.SetPolicyWait(5 * time.Second)
+	if waited, d := srv.waitPolicy(r, pod); !waited || d < p.delay {
+		t.Errorf("waited %v for %v, want the policy's %v", waited, d, p.delay)
+	}
+	if waited, _ := srv.waitPolicy(r, api.PodRef{}); waited {
+		t.Error("waited for an ADD without a pod")
+	}
+	p.delay = time.Hour
+	srv.SetPolicyWait(100 * time.Millisecond)
+	if waited, d := srv.waitPolicy(r, pod); !waited || d > 10*time.Second {
+		t.Errorf("a policy that never comes: waited %v for %v, want the wait's bound", waited, d)
+	}
+	if !slices.Equal(p.asked, []string{"x/a", "x/a"}) {
+		t.Errorf("asked for %v", p.asked)
 	}
 }

@@ -27,6 +27,8 @@ type Server struct {
 	srv      *http.Server
 	services atomic.Pointer[func() []api.ServiceFrontend]
 	policy   atomic.Pointer[Policy] // policy.go
+	// policyWait is how long an ADD waits for the pod's policy (ns).
+	policyWait atomic.Int64
 }
 
 // New returns a server; status reports anetd's readiness and facts.

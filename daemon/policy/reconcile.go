@@ -83,6 +83,15 @@ type Reconciler struct {
 
 	mu   sync.Mutex
 	snap *snapshot // the last run, for Last and anetctl (snapshot.go)
+
+	// For WaitEndpoint: runs started and finished (a run's number is
+	// taken when it starts), the local pods whose policy the last
+	// finished run wrote, and a channel closed when a run finishes.
+	runMu    sync.Mutex
+	started  uint64
+	finished uint64
+	covered  map[string]bool
+	ran      chan struct{}
 }
 
 // SetAllocator sets the allocator when it is not known at NewReconciler
@@ -103,7 +112,45 @@ func NewReconciler(cfg Config) *Reconciler {
 		cfg.Resync = 10 * time.Second
 	}
 	return &Reconciler{cfg: cfg, log: cfg.Log, compiler: NewCompiler(cfg.Options), kick: make(chan struct{}, 1),
-		held: map[identity.Key]uint32{}, written: map[uint32]written{}, reported: map[Problem]bool{}}
+		held: map[identity.Key]uint32{}, written: map[uint32]written{}, reported: map[Problem]bool{},
+		ran: make(chan struct{})}
+}
+
+// WaitEndpoint returns once a run that started after the call has written
+// the policy of the local pod namespace/name (its endpoint registered, the
+// pod in the cache), so that a pod a policy isolates is isolated before
+// its first packet: anetd's ADD waits for it before it answers the
+// plugin. It returns at once when no NetworkPolicy is in the pod's
+// namespace (nothing can select it; the pod is open, as written at the
+// endpoint's creation), and ctx's error when ctx ends first.
+func (r *Reconciler) WaitEndpoint(ctx context.Context, namespace, name string) error {
+	pols, err := r.cfg.Source.NetworkPolicies()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(pols, func(p *networkingv1.NetworkPolicy) bool { return p != nil && p.Namespace == namespace }) {
+		return nil
+	}
+	key := namespace + "/" + name
+	r.runMu.Lock()
+	after := r.started
+	r.runMu.Unlock()
+	r.Enqueue()
+	for {
+		r.runMu.Lock()
+		done, ok := r.ran, r.finished > after && r.covered[key]
+		r.runMu.Unlock()
+		if ok {
+			return nil
+		}
+		// Not yet: the next run (the pod's arrival in the cache or a
+		// failed write's retry starts one).
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Enqueue asks for a run; it never blocks (runs coalesce).
@@ -168,6 +215,18 @@ func (r *Reconciler) safeSync() (ok bool) {
 
 // Sync makes one run and reports whether everything was written.
 func (r *Reconciler) Sync() bool {
+	r.runMu.Lock()
+	r.started++
+	run := r.started
+	r.runMu.Unlock()
+	covered := map[string]bool{}
+	defer func() {
+		r.runMu.Lock()
+		r.finished, r.covered = run, covered
+		close(r.ran)
+		r.ran = make(chan struct{})
+		r.runMu.Unlock()
+	}()
 	src := r.cfg.Source
 	pols, err1 := src.NetworkPolicies()
 	nss, err2 := src.Namespaces()
@@ -186,7 +245,7 @@ func (r *Reconciler) Sync() bool {
 	if !r.writeIPCache(res.IPCache, true) {
 		ok = false
 	}
-	if !r.writeEndpoints(res.Endpoints) {
+	if !r.writeEndpoints(res.Endpoints, covered) {
 		ok = false
 	}
 	if !r.writeIPCache(res.IPCache, false) {
@@ -348,16 +407,19 @@ func (r *Reconciler) writeIPCache(want map[netip.Prefix]uint32, sets bool) bool 
 
 // writeEndpoints writes the policy of every local endpoint whose policy
 // changed, and deletes that of endpoints that went. An endpoint whose pod
-// the cache does not know (yet) is open, as before any policy.
-func (r *Reconciler) writeEndpoints(want map[string]EndpointPolicy) bool {
+// the cache does not know (yet) is open, as before any policy. The
+// endpoints whose pod it knows and whose policy the maps hold go into
+// covered.
+func (r *Reconciler) writeEndpoints(want map[string]EndpointPolicy, covered map[string]bool) bool {
 	eps := r.cfg.Endpoints()
 	ok := true
 	seen := map[uint32]bool{}
 	for _, key := range slices.Sorted(maps.Keys(eps)) {
 		ifindex := eps[key]
 		seen[ifindex] = true
-		ep := want[key]
+		ep, known := want[key]
 		if w, have := r.written[ifindex]; have && w.key == key && Diff(w.ep, ep).Empty(w.ep) {
+			covered[key] = known
 			continue
 		}
 		if err := r.cfg.Datapath.SetEndpointPolicy(ifindex, ep.IngressEnforced, ep.EgressEnforced, ep.Ingress, ep.Egress); err != nil {
@@ -367,6 +429,7 @@ func (r *Reconciler) writeEndpoints(want map[string]EndpointPolicy) bool {
 			continue
 		}
 		r.written[ifindex] = written{key: key, ep: ep}
+		covered[key] = known
 		r.log.Debug("endpoint policy written", "pod", key, "ifindex", ifindex,
 			"ingressEnforced", ep.IngressEnforced, "egressEnforced", ep.EgressEnforced,
 			"ingress", len(ep.Ingress), "egress", len(ep.Egress))

@@ -1,9 +1,14 @@
 package policy
 
 import (
+	"context"
+	"errors"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -161,5 +166,77 @@ func TestReconciler(t *testing.T) {
 	r.cfg.Endpoints = func() map[string]uint32 { panic("boom") }
 	if r.safeSync() {
 		t.Error("a panicking run reported success")
+	}
+}
+
+// lockedSource is a fakeSource the test changes while Run reads it.
+type lockedSource struct {
+	mu sync.Mutex
+	fakeSource
+}
+
+func (s *lockedSource) NetworkPolicies() ([]*networkingv1.NetworkPolicy, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.pols), nil
+}
+func (s *lockedSource) AllPods() ([]*corev1.Pod, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.pods), nil
+}
+
+// TestWaitEndpoint: an ADD's wait for the new pod's policy returns at once
+// when no policy is in the pod's namespace; runs out while the cache does
+// not know the pod (the endpoint stays as it was made); and returns once a
+// run has written the isolated policy of the pod, after the informer's
+// event for it.
+func TestWaitEndpoint(t *testing.T) {
+	src := &lockedSource{fakeSource: fakeSource{
+		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}},
+		pols: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "deny"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "new"}}, PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}},
+		pods: []*corev1.Pod{rpod("srv", "a", "10.244.1.5", map[string]string{"app": "srv"})},
+	}}
+	dp := &memDatapath{ipc: map[netip.Prefix]uint32{}, eps: map[uint32]EndpointPolicy{}}
+	var mu sync.Mutex
+	eps := map[string]uint32{"ns/srv": 10}
+	r := NewReconciler(Config{Node: "a", Source: src, Datapath: dp, Alloc: identity.NewLocal(), Resync: time.Hour,
+		Endpoints: func() map[string]uint32 { mu.Lock(); defer mu.Unlock(); return maps.Clone(eps) }})
+
+	if err := r.WaitEndpoint(context.Background(), "other", "p"); err != nil {
+		t.Fatalf("no policy in the namespace, before any run: %v, want nil at once", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	listed := make(chan struct{})
+	close(listed)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx, listed) }()
+	defer func() { cancel(); <-done }()
+
+	wait := func(name string, d time.Duration) error {
+		c, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return r.WaitEndpoint(c, "ns", name)
+	}
+	if err := wait("srv", 10*time.Second); err != nil {
+		t.Fatalf("a known pod: %v", err)
+	}
+	mu.Lock()
+	eps["ns/new"] = 12 // CNI made the endpoint; the informer has not seen the pod yet
+	mu.Unlock()
+	if err := wait("new", 300*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a pod the cache does not know: %v, want the deadline", err)
+	}
+	src.mu.Lock()
+	src.pods = append(src.pods, rpod("new", "a", "10.244.1.7", map[string]string{"app": "new"}))
+	src.mu.Unlock()
+	go func() { time.Sleep(50 * time.Millisecond); r.Enqueue() }() // the informer's event
+	if err := wait("new", 10*time.Second); err != nil {
+		t.Fatalf("after the pod reached the cache: %v", err)
+	}
+	cancel()
+	<-done
+	if ep := dp.eps[12]; !ep.IngressEnforced || len(ep.Ingress) != 0 {
+		t.Errorf("the new pod's endpoint: %+v, want isolated for ingress", ep)
 	}
 }

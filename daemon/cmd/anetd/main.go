@@ -86,6 +86,7 @@ type config struct {
 	// NetworkPolicy (with an API).
 	enablePolicy bool
 	identityGC   time.Duration
+	policyWait   time.Duration
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -107,6 +108,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "with services: address of kube-proxy's health endpoint (/healthz, /livez), for load balancers and tools that probe it (empty: off)")
 	fs.BoolVar(&c.purgeKubeProxy, "purge-kube-proxy-rules", false, "remove the iptables chains and nftables table a kube-proxy left in the node (kubelet's chains stay); without it they are only reported. Stop kube-proxy first, or it writes them again")
 	fs.BoolVar(&c.enablePolicy, "enable-network-policy", true, "with an API: enforce NetworkPolicies (off only for tests of other things: pods are then open)")
+	fs.DurationVar(&c.policyWait, "policy-wait-on-add", 3*time.Second, "with network policy: how long a CNI ADD waits, when a NetworkPolicy is in the pod's namespace, for the pod's policy to be written, so that a pod a policy isolates is isolated from its first packet (past it the ADD succeeds and the pod is open until its policy is written; 0: no wait)")
 	fs.DurationVar(&c.identityGC, "identity-gc-interval", 5*time.Minute, "with network policy: how often this anetd collects SecurityIdentities no pod uses (0: never)")
 	devices := fs.String("devices", "", "with services: the underlay device(s) that carry NodePort, ExternalIP and LoadBalancer traffic from outside, comma-separated (default: the device holding the node's InternalIP)")
 	snatRange := fs.String("snat-port-range", "61000-65535", "with services: source ports for connections from outside that a backend on another node serves (SNAT to the node's address); keep it outside net.ipv4.ip_local_port_range and the NodePort range")
@@ -525,6 +527,7 @@ func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *dat
 	}
 	eps.SetOnChange(rec.Enqueue)
 	srv.SetPolicy(rec)
+	srv.SetPolicyWait(cfg.policyWait)
 	go func() {
 		for {
 			err := identity.ApplyCRD(ctx, dyn)
