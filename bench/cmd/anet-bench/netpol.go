@@ -437,28 +437,54 @@ type watchEvent struct {
 	at, prev      time.Time
 }
 
-// verdicts tracks the probers' reports.
+// verdicts keeps the probers' reports, by node.
 type verdicts struct {
-	last map[string]watchEvent
+	seen map[string][]watchEvent
 }
 
-func newVerdicts() *verdicts { return &verdicts{last: map[string]watchEvent{}} }
+func newVerdicts() *verdicts { return &verdicts{seen: map[string][]watchEvent{}} }
 
-func (v *verdicts) see(ev watchEvent) { v.last[ev.node] = ev }
+func (v *verdicts) see(ev watchEvent) { v.seen[ev.node] = append(v.seen[ev.node], ev) }
 
-// all tells whether every node's prober last reported want (after since,
-// unless since is zero); then the time since since per node, and the
-// largest gap between a reporting probe and the probe before it.
+// last is each node's latest report.
+func (v *verdicts) last() map[string]string {
+	out := map[string]string{}
+	for n, evs := range v.seen {
+		out[n] = evs[len(evs)-1].verdict
+	}
+	return out
+}
+
+// all tells whether every node's prober has reported want: with since
+// zero, as its latest report; else at a probe after since (the first such
+// report counts, whatever came after it). Then the time from since to it
+// per node, and the largest gap between such a probe and the probe
+// before it (the resolution).
 func (v *verdicts) all(nodes []string, want string, since time.Time) (bool, map[string]time.Duration, time.Duration) {
 	per := map[string]time.Duration{}
 	var step time.Duration
 	for _, n := range nodes {
-		ev, ok := v.last[n]
-		if !ok || ev.verdict != want || (!since.IsZero() && !ev.at.After(since)) {
+		evs := v.seen[n]
+		var got *watchEvent
+		if since.IsZero() {
+			if len(evs) > 0 && evs[len(evs)-1].verdict == want {
+				got = &evs[len(evs)-1]
+			}
+		} else {
+			for k := range evs {
+				if evs[k].verdict == want && evs[k].at.After(since) {
+					got = &evs[k]
+					break
+				}
+			}
+		}
+		if got == nil {
 			return false, nil, 0
 		}
-		per[n] = ev.at.Sub(since)
-		step = max(step, ev.at.Sub(ev.prev))
+		if !since.IsZero() {
+			per[n] = got.at.Sub(since)
+		}
+		step = max(step, got.at.Sub(got.prev))
 	}
 	return true, per, step
 }
@@ -519,7 +545,7 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 			case ev := <-events:
 				v.see(ev)
 			case <-timer.C:
-				return nil, 0, fmt.Errorf("not every prober %s after %s (last: %v)", want, limit, v.last)
+				return nil, 0, fmt.Errorf("not every prober %s after %s (latest: %v)", want, limit, v.last())
 			case <-ctx.Done():
 				return nil, 0, ctx.Err()
 			}
@@ -531,6 +557,10 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 	}
 	b.logf("netpol: enforcement: every prober refused under deny-targets; timing %d policies", cfg.policies)
 	for i := range cfg.policies {
+		if ok, _, _ := v.all(targets, "denied", time.Time{}); !ok {
+			e.failures = append(e.failures, fmt.Sprintf("policy %d: not every prober refused before it (latest: %v)", i, v.last()))
+			break
+		}
 		t0 := time.Now()
 		b.npCreate(ctx, cs, enforcePolicy(i))
 		per, step, err := wait("allowed", t0, cfg.wait)

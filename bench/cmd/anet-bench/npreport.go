@@ -65,7 +65,7 @@ func (r *npResult) markdown() string {
 	}
 	var rows [][]string
 	for _, p := range r.points {
-		row := []string{num(float64(p.rules)), secs(p.programmed)}
+		row := []string{intNum(p.rules), secs(p.programmed)}
 		for _, pr := range r.pairs {
 			x := p.rateMed(pr.name)
 			row = append(row, num(x), rel(x, func(q *npPoint) float64 { return q.rateMed(pr.name) }))
@@ -81,7 +81,7 @@ func (r *npResult) markdown() string {
 	for _, q := range []float64{50, 99} {
 		rows = nil
 		for _, p := range r.points {
-			row := []string{num(float64(p.rules))}
+			row := []string{intNum(p.rules)}
 			for _, pr := range r.pairs {
 				x := p.latPct(pr.name, q)
 				row = append(row, num(x), rel(x, func(b *npPoint) float64 { return b.latPct(pr.name, q) }))
@@ -103,8 +103,8 @@ func (r *npResult) markdown() string {
 				rr := stats.Ratio(base.rateMed(pr.name), p.rateMed(pr.name))
 				l50 := stats.Ratio(p.latPct(pr.name, 50), base.latPct(pr.name, 50))
 				rows = append(rows,
-					[]string{fmt.Sprintf("rate at 0 / at %s rules, %s", num(float64(p.rules)), pr.name), "≤ 1.05×", ratio(base.rateMed(pr.name), p.rateMed(pr.name)), target(rr, 1.05, true)},
-					[]string{fmt.Sprintf("new connection p50 at %s / at 0 rules, %s", num(float64(p.rules)), pr.name), "≤ 1.05×", ratio(p.latPct(pr.name, 50), base.latPct(pr.name, 50)), target(l50, 1.05, true)})
+					[]string{fmt.Sprintf("rate at 0 / at %s rules, %s", intNum(p.rules), pr.name), "≤ 1.05×", ratio(base.rateMed(pr.name), p.rateMed(pr.name)), target(rr, 1.05, true)},
+					[]string{fmt.Sprintf("new connection p50 at %s / at 0 rules, %s", intNum(p.rules), pr.name), "≤ 1.05×", ratio(p.latPct(pr.name, 50), base.latPct(pr.name, 50)), target(l50, 1.05, true)})
 			}
 		}
 		w("**Targets (issue 9)** (each a slowdown: above 1 is slower with the rules)\n\n%s\n", table([]string{"ratio", "target", "measured", ""}, rows))
@@ -117,7 +117,7 @@ func (r *npResult) markdown() string {
 			for _, x := range p.rate[pr.name] {
 				v = append(v, num(x))
 			}
-			rows = append(rows, []string{num(float64(p.rules)), pr.name, strings.Join(v, ", ")})
+			rows = append(rows, []string{intNum(p.rules), pr.name, strings.Join(v, ", ")})
 		}
 	}
 	w("Every request/response run (round trips per second):\n\n%s\n", table([]string{"rules", "pair", "runs"}, rows))
@@ -131,14 +131,14 @@ func (r *npResult) markdown() string {
 			"that got through (the node of the target judges the ingress, so each node enforces it once); then it is deleted, and the time is "+
 			"from the delete call until every prober is refused again. The resolution is the time between a prober's probes "+
 			"(at most %s across the policies), the probes' own start at most a few ms. Load average after: %s.\n\n",
-			num(float64(e.rules)), npEnfNS, npEnfPort, e.timeoutMS, watchDenied, len(e.applied), msCell(msPct(e.steps, 100)), e.load)
+			intNum(e.rules), npEnfNS, npEnfPort, e.timeoutMS, watchDenied, len(e.applied), msCell(msPct(e.steps, 100)), e.load)
 		rows = [][]string{
-			{"create → enforced on every node", msCell(msPct(e.applied, 50)), msCell(msPct(e.applied, 99)), msCell(msPct(e.applied, 100)), num(float64(len(e.applied)))},
-			{"delete → refused on every node", msCell(msPct(e.removed, 50)), msCell(msPct(e.removed, 99)), msCell(msPct(e.removed, 100)), num(float64(len(e.removed)))},
+			{"create → enforced on every node", msCell(msPct(e.applied, 50)), msCell(msPct(e.applied, 99)), msCell(msPct(e.applied, 100)), intNum(len(e.applied))},
+			{"delete → refused on every node", msCell(msPct(e.removed, 50)), msCell(msPct(e.removed, 99)), msCell(msPct(e.removed, 100)), intNum(len(e.removed))},
 		}
 		for _, n := range slices.Sorted(maps.Keys(e.perNode)) {
 			ds := e.perNode[n]
-			rows = append(rows, []string{"create → enforced on " + n, msCell(msPct(ds, 50)), msCell(msPct(ds, 99)), msCell(msPct(ds, 100)), num(float64(len(ds)))})
+			rows = append(rows, []string{"create → enforced on " + n, msCell(msPct(ds, 50)), msCell(msPct(ds, 99)), msCell(msPct(ds, 100)), intNum(len(ds))})
 		}
 		w("%s\n", table([]string{"", "p50", "p99", "max", "policies"}, rows))
 	}
@@ -165,4 +165,12 @@ func pairServer(r *npResult) string {
 		}
 	}
 	return "?"
+}
+
+// intNum is a count: whole, thousands separated as num does from 10 000.
+func intNum(n int) string {
+	if n < 10000 {
+		return fmt.Sprint(n)
+	}
+	return num(float64(n))
 }
