@@ -144,7 +144,16 @@ type npPoint struct {
 	rate       map[string][]float64
 	lat        map[string][]time.Duration
 	load       string
+	again      bool // the control: after the rules were deleted again
 	failures   []string
+}
+
+// label names the point in the report.
+func (p *npPoint) label() string {
+	if p.again {
+		return "0 rules (again, after deleting them)"
+	}
+	return intNum(p.rules) + " rules"
 }
 
 // npEnforce is what the enforcement runs measured.
@@ -244,44 +253,30 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 				b.logf("netpol: %d rules programmed on every node after %s", count, p.programmed.Round(10*time.Millisecond))
 			}
 		}
-		for rep := range cfg.reps {
-			for k := range res.pairs {
-				pr := res.pairs[(k+rep)%len(res.pairs)]
-				argv := append(pinned(b.cfg.cpu), self)
-				out, err := runHelper(l, npNS, pr.client, argv, []string{helperEnv + "=rr", targetsEnv + "=" + server,
-					secondsEnv + "=" + strconv.FormatFloat(cfg.seconds, 'f', -1, 64)})
-				var rr rrCount
-				if err == nil {
-					err = json.Unmarshal(out, &rr)
-				}
-				if err != nil {
-					p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, rr run %d: %v", pr.name, count, rep+1, err))
-				} else {
-					p.rate[pr.name] = append(p.rate[pr.name], rr.Rate())
-				}
-				per, err := connectRunIn(l, npNS, pr.client, argv, []string{server}, cfg.connects, roundtripEnv+"=1")
-				if err != nil {
-					p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, connect run %d: %v", pr.name, count, rep+1, err))
-					continue
-				}
-				p.lat[pr.name] = append(p.lat[pr.name], per[0]...)
-			}
-		}
-		p.load = loadAvg()
-		for _, pr := range res.pairs {
-			us := micros(p.lat[pr.name])
-			b.logf("netpol: %d rules: %s: %.0f round trips/s; connect+request p50 %.1f µs, p99 %.1f µs", count, pr.name,
-				stats.Median(p.rate[pr.name]), stats.Median(us), stats.Percentile(us, 99))
-		}
+		b.npMeasure(l, res, p, self, server)
 	}
 
 	res.enf = b.npEnforcement(ctx, l, cs, nodes, ip, self, have*npRulesPer)
+	// The control: the rules deleted again, 0 rules measured once more.
+	// Load moves between counts; this says by how much.
+	if have > 0 && ctx.Err() == nil {
+		p := &npPoint{rules: 0, again: true, rate: map[string][]float64{}, lat: map[string][]time.Duration{}}
+		res.points = append(res.points, p)
+		b.logf("netpol: deleting the %d rules policies", have)
+		if err := cs.NetworkingV1().NetworkPolicies(npRulesNS).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			b.t.Fatalf("netpol: deleting the rules: %v", err)
+		}
+		if err := b.npWaitRules(ctx, l, nodes, 0, cfg.wait); err != nil {
+			p.failures = append(p.failures, err.Error())
+		}
+		b.npMeasure(l, res, p, self, server)
+	}
 	for _, p := range res.points {
 		for _, f := range p.failures {
 			res.checks = append(res.checks, "FAIL: netpol: "+f)
 		}
 		if len(p.failures) == 0 {
-			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: %d rules: held by every node, and every run of every pair succeeded", p.rules))
+			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: %s: held by every node, and every run of every pair succeeded", p.label()))
 		}
 	}
 	for _, f := range res.enf.failures {
@@ -295,6 +290,40 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 	res.down = sl.down
 	b.logf("netpol: lab down in %s", res.down.Round(100*time.Millisecond))
 	return res
+}
+
+// npMeasure runs cfg.reps runs of both kinds per pair into p.
+func (b *bench) npMeasure(l *lab.Lab, res *npResult, p *npPoint, self, server string) {
+	cfg := b.cfg.np
+	for rep := range cfg.reps {
+		for k := range res.pairs {
+			pr := res.pairs[(k+rep)%len(res.pairs)]
+			argv := append(pinned(b.cfg.cpu), self)
+			out, err := runHelper(l, npNS, pr.client, argv, []string{helperEnv + "=rr", targetsEnv + "=" + server,
+				secondsEnv + "=" + strconv.FormatFloat(cfg.seconds, 'f', -1, 64)})
+			var rr rrCount
+			if err == nil {
+				err = json.Unmarshal(out, &rr)
+			}
+			if err != nil {
+				p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, rr run %d: %v", pr.name, p.rules, rep+1, err))
+			} else {
+				p.rate[pr.name] = append(p.rate[pr.name], rr.Rate())
+			}
+			per, err := connectRunIn(l, npNS, pr.client, argv, []string{server}, cfg.connects, roundtripEnv+"=1")
+			if err != nil {
+				p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, connect run %d: %v", pr.name, p.rules, rep+1, err))
+				continue
+			}
+			p.lat[pr.name] = append(p.lat[pr.name], per[0]...)
+		}
+	}
+	p.load = loadAvg()
+	for _, pr := range res.pairs {
+		us := micros(p.lat[pr.name])
+		b.logf("netpol: %d rules: %s: %.0f round trips/s; connect+request p50 %.1f µs, p99 %.1f µs", p.rules, pr.name,
+			stats.Median(p.rate[pr.name]), stats.Median(us), stats.Percentile(us, 99))
+	}
 }
 
 func (b *bench) npCreate(ctx context.Context, cs *kubernetes.Clientset, p *networkingv1.NetworkPolicy) {
@@ -415,7 +444,8 @@ func (b *bench) npWaitRules(ctx context.Context, l *lab.Lab, nodes []string, cou
 			got := -1
 			if err == nil {
 				got = len(ep.Ingress.Rules)
-				if ep.Programmed && got == count {
+				// No rules left: the pod is not isolated any more.
+				if (ep.Programmed && got == count) || (count == 0 && !ep.Ingress.Isolated) {
 					break
 				}
 			}

@@ -21,6 +21,14 @@ func (p *npPoint) latPct(pair string, q float64) float64 {
 // rateMed is the median of a pair's request/response runs, per second.
 func (p *npPoint) rateMed(pair string) float64 { return stats.Median(p.rate[pair]) }
 
+// rowName is the point's first cell.
+func (p *npPoint) rowName() string {
+	if p.again {
+		return "0 (again)"
+	}
+	return intNum(p.rules)
+}
+
 // msPct is the q-th percentile of durations, ms.
 func msPct(ds []time.Duration, q float64) float64 { return stats.Percentile(stats.Millis(ds), q) }
 
@@ -65,7 +73,7 @@ func (r *npResult) markdown() string {
 	}
 	var rows [][]string
 	for _, p := range r.points {
-		row := []string{intNum(p.rules), secs(p.programmed)}
+		row := []string{p.rowName(), secs(p.programmed)}
 		for _, pr := range r.pairs {
 			x := p.rateMed(pr.name)
 			row = append(row, num(x), rel(x, func(q *npPoint) float64 { return q.rateMed(pr.name) }))
@@ -81,7 +89,7 @@ func (r *npResult) markdown() string {
 	for _, q := range []float64{50, 99} {
 		rows = nil
 		for _, p := range r.points {
-			row := []string{intNum(p.rules)}
+			row := []string{p.rowName()}
 			for _, pr := range r.pairs {
 				x := p.latPct(pr.name, q)
 				row = append(row, num(x), rel(x, func(b *npPoint) float64 { return b.latPct(pr.name, q) }))
@@ -98,6 +106,9 @@ func (r *npResult) markdown() string {
 	if base != nil && len(r.points) > 1 {
 		rows = nil
 		for _, p := range r.points[1:] {
+			if p.again {
+				continue
+			}
 			for _, pr := range r.pairs {
 				// Rate: 0 rules over n rules, so that above 1 is slower for every row.
 				rr := stats.Ratio(base.rateMed(pr.name), p.rateMed(pr.name))
@@ -110,6 +121,21 @@ func (r *npResult) markdown() string {
 		w("**Targets (issue 9)** (each a slowdown: above 1 is slower with the rules)\n\n%s\n", table([]string{"ratio", "target", "measured", ""}, rows))
 	}
 
+	if base != nil {
+		for _, p := range r.points {
+			if !p.again {
+				continue
+			}
+			var parts []string
+			for _, pr := range r.pairs {
+				parts = append(parts, fmt.Sprintf("%s: rate %s, new connection p50 %s", pr.name,
+					ratio(p.rateMed(pr.name), base.rateMed(pr.name)), ratio(p.latPct(pr.name, 50), base.latPct(pr.name, 50))))
+			}
+			w("**Control**: after the enforcement runs the rules were deleted and 0 rules measured again, as a ratio to the first 0 rules "+
+				"(the drift of the machine over the section; read the targets against it): %s.\n\n", strings.Join(parts, "; "))
+		}
+	}
+
 	rows = nil
 	for _, p := range r.points {
 		for _, pr := range r.pairs {
@@ -117,7 +143,7 @@ func (r *npResult) markdown() string {
 			for _, x := range p.rate[pr.name] {
 				v = append(v, num(x))
 			}
-			rows = append(rows, []string{intNum(p.rules), pr.name, strings.Join(v, ", ")})
+			rows = append(rows, []string{p.rowName(), pr.name, strings.Join(v, ", ")})
 		}
 	}
 	w("Every request/response run (round trips per second):\n\n%s\n", table([]string{"rules", "pair", "runs"}, rows))
