@@ -173,7 +173,7 @@ type npResult struct {
 	cpu              string
 	pairs            []npPair
 	points           []*npPoint
-	enf              *npEnforce
+	enf              []*npEnforce // with the fewest rules and with the most
 	up, down         time.Duration
 	checks           []string
 	began, loadStart string
@@ -254,9 +254,12 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 			}
 		}
 		b.npMeasure(l, res, p, self, server)
+		// Enforcement with the fewest rules and with the most.
+		if count == counts[0] || count == counts[len(counts)-1] {
+			res.enf = append(res.enf, b.npEnforcement(ctx, l, cs, nodes, ip, self, count))
+		}
 	}
 
-	res.enf = b.npEnforcement(ctx, l, cs, nodes, ip, self, have*npRulesPer)
 	// The control: the rules deleted again, 0 rules measured once more.
 	// Load moves between counts; this says by how much.
 	if have > 0 && ctx.Err() == nil {
@@ -279,11 +282,13 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: %s: held by every node, and every run of every pair succeeded", p.label()))
 		}
 	}
-	for _, f := range res.enf.failures {
-		res.checks = append(res.checks, "FAIL: netpol: enforcement: "+f)
-	}
-	if len(res.enf.failures) == 0 {
-		res.checks = append(res.checks, fmt.Sprintf("ok: netpol: enforcement: each of %d policies reached every prober, and each deletion refused every prober again", len(res.enf.applied)))
+	for _, e := range res.enf {
+		for _, f := range e.failures {
+			res.checks = append(res.checks, fmt.Sprintf("FAIL: netpol: enforcement with %s rules: %s", intNum(e.rules), f))
+		}
+		if len(e.failures) == 0 {
+			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: enforcement with %s rules: each of %d policies reached every prober, and each deletion refused every prober again", intNum(e.rules), len(e.applied)))
+		}
 	}
 	b.stopAll() // the helpers, before their pods go
 	sl.Down()
@@ -533,6 +538,15 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 	cfg := b.cfg.np
 	e := &npEnforce{rules: rules, perNode: map[string][]time.Duration{}, timeoutMS: cfg.timeout}
 	events := make(chan watchEvent, 64)
+	done := make(chan struct{})
+	defer close(done)
+	var probers []*proc
+	// The probers end with the phase: they would load the rate runs.
+	defer func() {
+		for _, p := range probers {
+			p.stop()
+		}
+	}()
 	// Prober of node i probes the target of node i+1: the target's node
 	// judges the ingress; the report keys by that node.
 	target := map[string]string{}
@@ -540,10 +554,12 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 		t := nodes[(i+1)%len(nodes)]
 		target[n] = t
 		lines := make(chan string, 16)
-		if _, err := b.podHelper(ctx, l, npEnfNS, "prober-"+n, []string{self},
-			[]string{helperEnv + "=watch", targetsEnv + "=" + ip["target-"+t] + ":" + strconv.Itoa(npEnfPort), timeoutEnv + "=" + strconv.Itoa(cfg.timeout)}, lines); err != nil {
+		pr, err := b.podHelper(ctx, l, npEnfNS, "prober-"+n, []string{self},
+			[]string{helperEnv + "=watch", targetsEnv + "=" + ip["target-"+t] + ":" + strconv.Itoa(npEnfPort), timeoutEnv + "=" + strconv.Itoa(cfg.timeout)}, lines)
+		if err != nil {
 			b.t.Fatalf("netpol: prober on %s: %v", n, err)
 		}
+		probers = append(probers, pr)
 		go func() {
 			for line := range lines {
 				v, at, prev, err := parseWatchLine(line)
@@ -553,8 +569,7 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 				}
 				select {
 				case events <- watchEvent{node: t, verdict: v, at: at, prev: prev}:
-				case <-ctx.Done():
-					return
+				case <-done:
 				}
 			}
 		}()
@@ -585,7 +600,7 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 		e.failures = append(e.failures, "before the first policy: "+err.Error())
 		return e
 	}
-	b.logf("netpol: enforcement: every prober refused under deny-targets; timing %d policies", cfg.policies)
+	b.logf("netpol: enforcement with %d rules: every prober refused under deny-targets; timing %d policies", rules, cfg.policies)
 	for i := range cfg.policies {
 		if ok, _, _ := v.all(targets, "denied", time.Time{}); !ok {
 			e.failures = append(e.failures, fmt.Sprintf("policy %d: not every prober refused before it (latest: %v)", i, v.last()))
@@ -614,7 +629,7 @@ func (b *bench) npEnforcement(ctx context.Context, l *lab.Lab, cs *kubernetes.Cl
 		}
 		e.removed = append(e.removed, maxOf(per))
 		if (i+1)%10 == 0 {
-			b.logf("netpol: enforcement: %d policies; p50 %s to every node", i+1, time.Duration(stats.Median(stats.Millis(e.applied))*float64(time.Millisecond)).Round(time.Millisecond))
+			b.logf("netpol: enforcement with %d rules: %d policies; p50 %s to every node", rules, i+1, time.Duration(stats.Median(stats.Millis(e.applied))*float64(time.Millisecond)).Round(time.Millisecond))
 		}
 	}
 	e.load = loadAvg()

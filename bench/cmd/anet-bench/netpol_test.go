@@ -125,17 +125,17 @@ func TestNetpolMarkdown(t *testing.T) {
 	r.points = append(r.points, &npPoint{rules: 0, again: true,
 		rate: map[string][]float64{"across nodes": {19000}, "same node": {40000}},
 		lat:  map[string][]time.Duration{"across nodes": us(110, 110, 110), "same node": us(50, 50, 50)}})
-	r.enf = &npEnforce{rules: 10000, applied: []time.Duration{40 * time.Millisecond, 60 * time.Millisecond},
+	r.enf = []*npEnforce{{rules: 10000, applied: []time.Duration{40 * time.Millisecond, 60 * time.Millisecond},
 		removed: []time.Duration{300 * time.Millisecond}, steps: []time.Duration{21 * time.Millisecond},
-		perNode: map[string][]time.Duration{"node2": {30 * time.Millisecond}, "node1": {40 * time.Millisecond}}, timeoutMS: 20, load: "2 2 2"}
+		perNode: map[string][]time.Duration{"node2": {30 * time.Millisecond}, "node1": {40 * time.Millisecond}}, timeoutMS: 20, load: "2 2 2"}}
 	md := r.markdown()
 	for _, want := range []string{
 		"| 10\u202f000 | 10.0 s | 18\u202f182 | 0.91× | 40\u202f000 | 1.00× |",
 		"rate at 0 / at 10\u202f000 rules, across nodes | ≤ 1.05× | 1.10× | **not met**",
 		"rate at 0 / at 1000 rules, same node | ≤ 1.05× | 1.00× | **met**",
 		"new connection p50 at 10\u202f000 / at 0 rules, across nodes | ≤ 1.05× | 1.00× | **met**",
-		"| create → enforced on every node | 50.0 ms | 59.8 ms | 60.0 ms | 2 |",
-		"| create → enforced on node1 |",
+		"| 10\u202f000 rules | create → enforced on every node | 50.0 ms | 59.8 ms | 60.0 ms | 2 |",
+		"| 10\u202f000 rules | create → enforced on node1 |",
 		"| 0 (again) | n/a | 19\u202f000 | 0.95× |",
 		"**Control**: after the enforcement runs the rules were deleted and 0 rules measured again, as a ratio to the first 0 rules (the drift of the machine over the section; read the targets against it): across nodes: rate 0.95×, new connection p50 1.10×",
 	} {

@@ -148,25 +148,35 @@ func (r *npResult) markdown() string {
 	}
 	w("Every request/response run (round trips per second):\n\n%s\n", table([]string{"rules", "pair", "runs"}, rows))
 
-	if e := r.enf; e != nil {
-		w("**Enforcement time** (%s rules in the cluster meanwhile). Namespace `%s`: on every node a target pod (anet-testserver's TCP echo, port %d) "+
-			"held by a default-deny ingress policy, and a prober pod probing the target of the next node in a loop of new connections "+
-			"(each given %d ms; a refused or unanswered connection is followed by the next at once, an established one after 5 ms), "+
+	if len(r.enf) > 0 {
+		w("**Enforcement time**, with the fewest rules of the section in the cluster and with the most. Namespace `%s`: on every node a target pod "+
+			"(anet-testserver's TCP echo, port %d) held by a default-deny ingress policy, and a prober pod probing the target of the next node "+
+			"in a loop of new connections (each given %d ms; a refused or unanswered connection is followed by the next at once, an established one after 5 ms), "+
 			"reporting each change of verdict: through at the first probe that connects, refused after %d failures in a row (at the first of them). "+
-			"Each of %d policies allows the probers into the targets; the time is from its create call to the start of the last node's first probe "+
+			"Each policy allows the probers into the targets; the time is from its create call to the start of the last node's first probe "+
 			"that got through (the node of the target judges the ingress, so each node enforces it once); then it is deleted, and the time is "+
-			"from the delete call until every prober is refused again. The resolution is the time between a prober's probes "+
-			"(at most %s across the policies), the probes' own start at most a few ms. Load average after: %s.\n\n",
-			intNum(e.rules), npEnfNS, npEnfPort, e.timeoutMS, watchDenied, len(e.applied), msCell(msPct(e.steps, 100)), e.load)
-		rows = [][]string{
-			{"create → enforced on every node", msCell(msPct(e.applied, 50)), msCell(msPct(e.applied, 99)), msCell(msPct(e.applied, 100)), intNum(len(e.applied))},
-			{"delete → refused on every node", msCell(msPct(e.removed, 50)), msCell(msPct(e.removed, 99)), msCell(msPct(e.removed, 100)), intNum(len(e.removed))},
+			"from the delete call until every prober is refused again (the next policy only once they all are). "+
+			"The resolution is the time between a prober's probe that saw the change and the one before (its p50 and max are given), "+
+			"the probes' own start at most a few ms. Lower is better.\n\n",
+			npEnfNS, npEnfPort, r.enf[0].timeoutMS, watchDenied)
+		var rows [][]string
+		for _, e := range r.enf {
+			rules := intNum(e.rules) + " rules"
+			rows = append(rows,
+				[]string{rules, "create → enforced on every node", msCell(msPct(e.applied, 50)), msCell(msPct(e.applied, 99)), msCell(msPct(e.applied, 100)), intNum(len(e.applied))},
+				[]string{rules, "delete → refused on every node", msCell(msPct(e.removed, 50)), msCell(msPct(e.removed, 99)), msCell(msPct(e.removed, 100)), intNum(len(e.removed))})
+			for _, n := range slices.Sorted(maps.Keys(e.perNode)) {
+				ds := e.perNode[n]
+				rows = append(rows, []string{rules, "create → enforced on " + n, msCell(msPct(ds, 50)), msCell(msPct(ds, 99)), msCell(msPct(ds, 100)), intNum(len(ds))})
+			}
+			rows = append(rows, []string{rules, "resolution (probe step)", msCell(msPct(e.steps, 50)), msCell(msPct(e.steps, 99)), msCell(msPct(e.steps, 100)), intNum(len(e.steps))})
 		}
-		for _, n := range slices.Sorted(maps.Keys(e.perNode)) {
-			ds := e.perNode[n]
-			rows = append(rows, []string{"create → enforced on " + n, msCell(msPct(ds, 50)), msCell(msPct(ds, 99)), msCell(msPct(ds, 100)), intNum(len(ds))})
+		w("%s\n", table([]string{"in the cluster", "", "p50", "p99", "max", "policies"}, rows))
+		var loads []string
+		for _, e := range r.enf {
+			loads = append(loads, fmt.Sprintf("%s rules: %s", intNum(e.rules), e.load))
 		}
-		w("%s\n", table([]string{"", "p50", "p99", "max", "policies"}, rows))
+		w("Load average (1, 5, 15 min) after each: %s.\n\n", strings.Join(loads, "; "))
 	}
 	w("Lab up in %s, down in %s.\n\n", secs(r.up), secs(r.down))
 	return b.String()
