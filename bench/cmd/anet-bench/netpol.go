@@ -69,7 +69,7 @@ func (c *npConfig) flags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.seconds, "np-rr-time", 3, "seconds of each request/response run in the netpol section")
 	fs.IntVar(&c.connects, "np-connects", 1000, "timed new connections per run in the netpol section")
 	fs.IntVar(&c.policies, "np-policies", 100, "policies whose enforcement is timed in the netpol section")
-	fs.IntVar(&c.timeout, "np-probe-timeout", 20, "ms a prober waits for a connection in the netpol section (the resolution of the enforcement time)")
+	fs.IntVar(&c.timeout, "np-probe-timeout", 10, "ms a prober waits for a connection in the netpol section (the resolution of the enforcement time)")
 	fs.IntVar(&c.workers, "np-workers", 32, "API requests in flight when making the rules")
 	fs.DurationVar(&c.wait, "np-timeout", 5*time.Minute, "how long the nodes may take to program the rules, or to enforce one policy")
 }
