@@ -119,7 +119,7 @@ func run() int {
 	cfg.svc.flags(flag.CommandLine)
 	cfg.pol.flags(flag.CommandLine)
 	cfg.np.flags(flag.CommandLine)
-	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round, 100 and 1000 Services with 2 runs of 500 connects, netpol with 1 run per count and 20 policies")
+	flag.BoolVar(&quick, "quick", false, "a short smoke run: 20 pods, 1 round, 1 run of 2 s per setup, 1e5 packets, 2 lab pods one at a time and 10 in 1 round, 100 and 1000 Services with 2 runs of 500 connects, netpol with 2 runs of 1 s per count and 20 policies")
 	flag.Parse()
 	if quick {
 		cfg.pods, cfg.rounds, cfg.progPackets, cfg.progPasses = 20, 1, 100_000, 1

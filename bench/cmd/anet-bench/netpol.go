@@ -39,9 +39,10 @@ import (
 // node, held by a default-deny; each policy allows the probers in, and
 // the time is until every prober has got through; then it is deleted,
 // and the time until every prober is refused again is measured too. The
-// enforcement runs come after the runs with the fewest rules and after
-// those with the most. At the end the rules are deleted and 0 rules
-// measured again: a control for the machine's drift over the section.
+// counts take turns run by run, ascending then descending (the rules made
+// or deleted in between), so that the machine's drift weighs on each
+// alike; the enforcement runs come in the first round, with the fewest
+// rules and with the most.
 
 const (
 	npNS       = "npbench"   // the measured pods
@@ -77,8 +78,8 @@ func (c *npConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.wait, "np-timeout", 5*time.Minute, "how long the nodes may take to program the rules, or to enforce one policy")
 }
 
-// quick is -quick: 1 run of 1 s and 200 connects per pair and count, 20 policies.
-func (c *npConfig) quick() { c.reps, c.seconds, c.connects, c.policies = 1, 1, 200, 20 }
+// quick is -quick: 2 runs of 1 s and 200 connects per pair and count, 20 policies.
+func (c *npConfig) quick() { c.reps, c.seconds, c.connects, c.policies = 2, 1, 200, 20 }
 
 // parseRuleCounts reads -np-rules: ascending (the rules are added, never
 // removed, from one count to the next), multiples of npRulesPer.
@@ -146,17 +147,8 @@ type npPoint struct {
 	programmed time.Duration // from the first create to every node's rules pod holding them all (0: none made)
 	rate       map[string][]float64
 	lat        map[string][]time.Duration
-	load       string
-	again      bool // the control: after the rules were deleted again
+	loads      []string // load average after each round
 	failures   []string
-}
-
-// label names the point in the report.
-func (p *npPoint) label() string {
-	if p.again {
-		return "0 rules (again, after deleting them)"
-	}
-	return intNum(p.rules) + " rules"
 }
 
 // npEnforce is what the enforcement runs measured.
@@ -230,59 +222,43 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 	}
 	b.npChecks(ctx, l, res, nodes, self, server)
 
-	var have int // policies of the rules namespace made so far
+	// The counts take turns run by run, ascending then descending (the
+	// rules made or deleted in between), so that the machine's drift over
+	// the section weighs on every count alike; the enforcement runs come
+	// in the first round, with the fewest rules and with the most.
 	for _, count := range counts {
-		if ctx.Err() != nil {
-			b.t.Fatal(ctx.Err())
-		}
-		p := &npPoint{rules: count, rate: map[string][]float64{}, lat: map[string][]time.Duration{}}
-		res.points = append(res.points, p)
-		if want := count / npRulesPer; want > have {
-			b.logf("netpol: %d rules: creating policies %d to %d", count, have, want-1)
-			t0 := time.Now()
-			if err := forEach(ctx, want-have, cfg.workers, func(i int) error {
-				_, err := cs.NetworkingV1().NetworkPolicies(npRulesNS).Create(ctx, rulesPolicy(have+i), metav1.CreateOptions{})
-				return err
-			}); err != nil {
-				b.t.Fatalf("netpol: creating the rules: %v", err)
+		res.points = append(res.points, &npPoint{rules: count, rate: map[string][]float64{}, lat: map[string][]time.Duration{}})
+	}
+	var have int // policies of the rules namespace now
+	for rep := range cfg.reps {
+		for k := range res.points {
+			p := res.points[k]
+			if rep%2 == 1 {
+				p = res.points[len(res.points)-1-k]
 			}
-			have = want
-			b.logf("netpol: %d policies created in %s; waiting for every node to hold %d rules", have, time.Since(t0).Round(10*time.Millisecond), count)
-			if err := b.npWaitRules(ctx, l, nodes, count, cfg.wait); err != nil {
-				p.failures = append(p.failures, err.Error())
-				b.logf("netpol: %v", err)
-			} else {
-				p.programmed = time.Since(t0)
-				b.logf("netpol: %d rules programmed on every node after %s", count, p.programmed.Round(10*time.Millisecond))
+			if ctx.Err() != nil {
+				b.t.Fatal(ctx.Err())
 			}
-		}
-		b.npMeasure(l, res, p, self, server)
-		// Enforcement with the fewest rules and with the most.
-		if count == counts[0] || count == counts[len(counts)-1] {
-			res.enf = append(res.enf, b.npEnforcement(ctx, l, cs, nodes, ip, self, count))
+			have = b.npSetRules(ctx, l, cs, nodes, p, have)
+			b.npMeasure(l, res, p, self, server, rep)
+			if rep == 0 && (k == 0 || k == len(res.points)-1) {
+				res.enf = append(res.enf, b.npEnforcement(ctx, l, cs, nodes, ip, self, p.rules))
+			}
 		}
 	}
-
-	// The control: the rules deleted again, 0 rules measured once more.
-	// Load moves between counts; this says by how much.
-	if have > 0 && ctx.Err() == nil {
-		p := &npPoint{rules: 0, again: true, rate: map[string][]float64{}, lat: map[string][]time.Duration{}}
-		res.points = append(res.points, p)
-		b.logf("netpol: deleting the %d rules policies", have)
-		if err := cs.NetworkingV1().NetworkPolicies(npRulesNS).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-			b.t.Fatalf("netpol: deleting the rules: %v", err)
+	for _, p := range res.points {
+		for _, pr := range res.pairs {
+			us := micros(p.lat[pr.name])
+			b.logf("netpol: %d rules: %s: %.0f round trips/s (median of %d runs); connect+request p50 %.1f µs, p99 %.1f µs", p.rules, pr.name,
+				stats.Median(p.rate[pr.name]), len(p.rate[pr.name]), stats.Median(us), stats.Percentile(us, 99))
 		}
-		if err := b.npWaitRules(ctx, l, nodes, 0, cfg.wait); err != nil {
-			p.failures = append(p.failures, err.Error())
-		}
-		b.npMeasure(l, res, p, self, server)
 	}
 	for _, p := range res.points {
 		for _, f := range p.failures {
 			res.checks = append(res.checks, "FAIL: netpol: "+f)
 		}
 		if len(p.failures) == 0 {
-			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: %s: held by every node, and every run of every pair succeeded", p.label()))
+			res.checks = append(res.checks, fmt.Sprintf("ok: netpol: %s: held by every node, and every run of every pair succeeded", intNum(p.rules)+" rules"))
 		}
 	}
 	for _, e := range res.enf {
@@ -300,38 +276,76 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 	return res
 }
 
-// npMeasure runs cfg.reps runs of both kinds per pair into p.
-func (b *bench) npMeasure(l *lab.Lab, res *npResult, p *npPoint, self, server string) {
+// npMeasure runs one run of both kinds per pair into p, the pairs' order
+// turning with rep.
+func (b *bench) npMeasure(l *lab.Lab, res *npResult, p *npPoint, self, server string, rep int) {
 	cfg := b.cfg.np
-	for rep := range cfg.reps {
-		for k := range res.pairs {
-			pr := res.pairs[(k+rep)%len(res.pairs)]
-			argv := append(pinned(b.cfg.cpu), self)
-			out, err := runHelper(l, npNS, pr.client, argv, []string{helperEnv + "=rr", targetsEnv + "=" + server,
-				secondsEnv + "=" + strconv.FormatFloat(cfg.seconds, 'f', -1, 64)})
-			var rr rrCount
-			if err == nil {
-				err = json.Unmarshal(out, &rr)
-			}
-			if err != nil {
-				p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, rr run %d: %v", pr.name, p.rules, rep+1, err))
-			} else {
-				p.rate[pr.name] = append(p.rate[pr.name], rr.Rate())
-			}
-			per, err := connectRunIn(l, npNS, pr.client, argv, []string{server}, cfg.connects, roundtripEnv+"=1")
-			if err != nil {
-				p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, connect run %d: %v", pr.name, p.rules, rep+1, err))
-				continue
-			}
-			p.lat[pr.name] = append(p.lat[pr.name], per[0]...)
+	for k := range res.pairs {
+		pr := res.pairs[(k+rep)%len(res.pairs)]
+		argv := append(pinned(b.cfg.cpu), self)
+		out, err := runHelper(l, npNS, pr.client, argv, []string{helperEnv + "=rr", targetsEnv + "=" + server,
+			secondsEnv + "=" + strconv.FormatFloat(cfg.seconds, 'f', -1, 64)})
+		var rr rrCount
+		if err == nil {
+			err = json.Unmarshal(out, &rr)
 		}
+		if err != nil {
+			p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, rr run %d: %v", pr.name, p.rules, rep+1, err))
+		} else {
+			p.rate[pr.name] = append(p.rate[pr.name], rr.Rate())
+		}
+		per, err := connectRunIn(l, npNS, pr.client, argv, []string{server}, cfg.connects, roundtripEnv+"=1")
+		if err != nil {
+			p.failures = append(p.failures, fmt.Sprintf("%s, %d rules, connect run %d: %v", pr.name, p.rules, rep+1, err))
+			continue
+		}
+		p.lat[pr.name] = append(p.lat[pr.name], per[0]...)
 	}
-	p.load = loadAvg()
-	for _, pr := range res.pairs {
-		us := micros(p.lat[pr.name])
-		b.logf("netpol: %d rules: %s: %.0f round trips/s; connect+request p50 %.1f µs, p99 %.1f µs", p.rules, pr.name,
-			stats.Median(p.rate[pr.name]), stats.Median(us), stats.Percentile(us, 99))
+	p.loads = append(p.loads, loadAvg())
+}
+
+// npSetRules makes or deletes policies of the rules namespace until it
+// holds p.rules rules, given that it holds have policies, and waits until
+// every node holds them; it returns the policies there now. The first
+// time p's rules are made (from fewer) is p.programmed.
+func (b *bench) npSetRules(ctx context.Context, l *lab.Lab, cs *kubernetes.Clientset, nodes []string, p *npPoint, have int) int {
+	cfg := b.cfg.np
+	want := p.rules / npRulesPer
+	if want == have {
+		return have
 	}
+	t0 := time.Now()
+	var err error
+	if want > have {
+		b.logf("netpol: %d rules: creating policies %d to %d", p.rules, have, want-1)
+		err = forEach(ctx, want-have, cfg.workers, func(i int) error {
+			_, err := cs.NetworkingV1().NetworkPolicies(npRulesNS).Create(ctx, rulesPolicy(have+i), metav1.CreateOptions{})
+			return err
+		})
+	} else {
+		b.logf("netpol: %d rules: deleting policies %d to %d", p.rules, want, have-1)
+		err = forEach(ctx, have-want, cfg.workers, func(i int) error {
+			err := cs.NetworkingV1().NetworkPolicies(npRulesNS).Delete(ctx, rulesPolicy(want+i).Name, metav1.DeleteOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return err
+		})
+	}
+	if err != nil {
+		b.t.Fatalf("netpol: %d rules: %v", p.rules, err)
+	}
+	if err := b.npWaitRules(ctx, l, nodes, p.rules, cfg.wait); err != nil {
+		p.failures = append(p.failures, err.Error())
+		b.logf("netpol: %v", err)
+		return want
+	}
+	d := time.Since(t0)
+	b.logf("netpol: %d rules held by every node after %s", p.rules, d.Round(10*time.Millisecond))
+	if want > have && p.programmed == 0 {
+		p.programmed = d
+	}
+	return want
 }
 
 func (b *bench) npCreate(ctx context.Context, cs *kubernetes.Clientset, p *networkingv1.NetworkPolicy) {

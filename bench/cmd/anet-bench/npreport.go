@@ -21,14 +21,6 @@ func (p *npPoint) latPct(pair string, q float64) float64 {
 // rateMed is the median of a pair's request/response runs, per second.
 func (p *npPoint) rateMed(pair string) float64 { return stats.Median(p.rate[pair]) }
 
-// rowName is the point's first cell.
-func (p *npPoint) rowName() string {
-	if p.again {
-		return "0 (again)"
-	}
-	return intNum(p.rules)
-}
-
 // msPct is the q-th percentile of durations, ms.
 func msPct(ds []time.Duration, q float64) float64 { return stats.Percentile(stats.Millis(ds), q) }
 
@@ -54,7 +46,7 @@ func (r *npResult) markdown() string {
 		"which matches every pod there) on TCP port %d + 2*i* (no two adjacent, so no ranges are joined), selecting a pod on every node, "+
 		"created through client-go (%d requests in flight), added from one count to the next; a count is reached when every node's anetd reports "+
 		"its pod programmed with all of them (`/v1/policy`), so that every node's policy maps hold them. "+
-		"For each count: %d runs per pair, the pairs alternating: **request/response**, one TCP connection, one-byte requests each waiting for its echo, "+
+		"%d runs per pair and count, the counts taking turns run by run, ascending then descending (the rules made or deleted in between, so that the machine's drift weighs on every count alike), the pairs alternating: **request/response**, one TCP connection, one-byte requests each waiting for its echo, "+
 		"for %s s (after %d not counted), round trips per second; **new connection**, %d blocking `connect()`s each followed by one request and its echo "+
 		"(timed together; socket made before, closed with an RST after, outside the timer). Client and server are this same binary run in the pods "+
 		"(`lab.ExecCmd`), under `chrt --fifo 10 taskset -c %s`. Ratios are to 0 rules; target at most 1.05.\n\n",
@@ -73,23 +65,23 @@ func (r *npResult) markdown() string {
 	}
 	var rows [][]string
 	for _, p := range r.points {
-		row := []string{p.rowName(), secs(p.programmed)}
+		row := []string{intNum(p.rules), secs(p.programmed)}
 		for _, pr := range r.pairs {
 			x := p.rateMed(pr.name)
 			row = append(row, num(x), rel(x, func(q *npPoint) float64 { return q.rateMed(pr.name) }))
 		}
-		rows = append(rows, append(row, p.load))
+		rows = append(rows, append(row, strings.Join(p.loads, "; ")))
 	}
 	hdr := []string{"rules", "programmed on every node"}
 	for _, pr := range r.pairs {
 		hdr = append(hdr, "rate, "+pr.name+" (per s)", "/ 0 rules")
 	}
-	w("**Request/response rate** (median of the runs; higher is better)\n\n%s\n", table(append(hdr, "load after"), rows))
+	w("**Request/response rate** (median of the runs; higher is better)\n\n%s\n", table(append(hdr, "load after each run"), rows))
 
 	for _, q := range []float64{50, 99} {
 		rows = nil
 		for _, p := range r.points {
-			row := []string{p.rowName()}
+			row := []string{intNum(p.rules)}
 			for _, pr := range r.pairs {
 				x := p.latPct(pr.name, q)
 				row = append(row, num(x), rel(x, func(b *npPoint) float64 { return b.latPct(pr.name, q) }))
@@ -106,9 +98,6 @@ func (r *npResult) markdown() string {
 	if base != nil && len(r.points) > 1 {
 		rows = nil
 		for _, p := range r.points[1:] {
-			if p.again {
-				continue
-			}
 			for _, pr := range r.pairs {
 				// Rate: 0 rules over n rules, so that above 1 is slower for every row.
 				rr := stats.Ratio(base.rateMed(pr.name), p.rateMed(pr.name))
@@ -121,21 +110,6 @@ func (r *npResult) markdown() string {
 		w("**Targets (issue 9)** (each a slowdown: above 1 is slower with the rules)\n\n%s\n", table([]string{"ratio", "target", "measured", ""}, rows))
 	}
 
-	if base != nil {
-		for _, p := range r.points {
-			if !p.again {
-				continue
-			}
-			var parts []string
-			for _, pr := range r.pairs {
-				parts = append(parts, fmt.Sprintf("%s: rate %s, new connection p50 %s", pr.name,
-					ratio(p.rateMed(pr.name), base.rateMed(pr.name)), ratio(p.latPct(pr.name, 50), base.latPct(pr.name, 50))))
-			}
-			w("**Control**: after the enforcement runs the rules were deleted and 0 rules measured again, as a ratio to the first 0 rules "+
-				"(the drift of the machine over the section; read the targets against it): %s.\n\n", strings.Join(parts, "; "))
-		}
-	}
-
 	rows = nil
 	for _, p := range r.points {
 		for _, pr := range r.pairs {
@@ -143,13 +117,13 @@ func (r *npResult) markdown() string {
 			for _, x := range p.rate[pr.name] {
 				v = append(v, num(x))
 			}
-			rows = append(rows, []string{p.rowName(), pr.name, strings.Join(v, ", ")})
+			rows = append(rows, []string{intNum(p.rules), pr.name, strings.Join(v, ", ")})
 		}
 	}
-	w("Every request/response run (round trips per second):\n\n%s\n", table([]string{"rules", "pair", "runs"}, rows))
+	w("Every request/response run (round trips per second, in the order run):\n\n%s\n", table([]string{"rules", "pair", "runs"}, rows))
 
 	if len(r.enf) > 0 {
-		w("**Enforcement time**, with the fewest rules of the section in the cluster and with the most. Namespace `%s`: on every node a target pod "+
+		w("**Enforcement time**, with the fewest rules of the section in the cluster and with the most (in the first round of runs). Namespace `%s`: on every node a target pod "+
 			"(anet-testserver's TCP echo, port %d) held by a default-deny ingress policy, and a prober pod probing the target of the next node "+
 			"in a loop of new connections (each given %d ms; a refused or unanswered connection is followed by the next at once, an established one after 5 ms), "+
 			"reporting each change of verdict: through at the first probe that connects, refused after %d failures in a row (at the first of them). "+
