@@ -147,7 +147,8 @@ type npPoint struct {
 	programmed time.Duration // from the first create to every node's rules pod holding them all (0: none made)
 	rate       map[string][]float64
 	lat        map[string][]time.Duration
-	loads      []string // load average after each round
+	loads      []string  // load average after each round
+	anetd      []float64 // CPU of the three anetds together during each round, in CPUs
 	failures   []string
 }
 
@@ -280,6 +281,12 @@ func (b *bench) benchNetpol(ctx context.Context) *npResult {
 // turning with rep.
 func (b *bench) npMeasure(l *lab.Lab, res *npResult, p *npPoint, self, server string, rep int) {
 	cfg := b.cfg.np
+	cpu0, t0 := anetdCPU(l), time.Now()
+	defer func() {
+		if cpu1 := anetdCPU(l); cpu0 >= 0 && cpu1 >= cpu0 {
+			p.anetd = append(p.anetd, (cpu1-cpu0).Seconds()/time.Since(t0).Seconds())
+		}
+	}()
 	for k := range res.pairs {
 		pr := res.pairs[(k+rep)%len(res.pairs)]
 		argv := append(pinned(b.cfg.cpu), self)
@@ -302,6 +309,53 @@ func (b *bench) npMeasure(l *lab.Lab, res *npResult, p *npPoint, self, server st
 		p.lat[pr.name] = append(p.lat[pr.name], per[0]...)
 	}
 	p.loads = append(p.loads, loadAvg())
+}
+
+// anetdCPU is the CPU time the lab's anetds have used so far (-1 if one
+// cannot be read).
+func anetdCPU(l *lab.Lab) time.Duration {
+	var sum time.Duration
+	for _, n := range l.Nodes {
+		pr, ok := l.Component(n.Name + "/anetd")
+		if !ok {
+			return -1
+		}
+		d, err := procCPU(pr.PID)
+		if err != nil {
+			return -1
+		}
+		sum += d
+	}
+	return sum
+}
+
+// procCPU is a process's user and system time from /proc/PID/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatCPU(string(b))
+}
+
+// parseStatCPU reads utime and stime (fields 14 and 15, in clock ticks of
+// 1/100 s, USER_HZ) of a /proc/PID/stat line.
+func parseStatCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat %q: no command", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state): utime is f[11], stime f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("stat %q: too few fields", stat)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	k, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("stat %q: bad utime or stime", stat)
+	}
+	return time.Duration(u+k) * 10 * time.Millisecond, nil
 }
 
 // npSetRules makes or deletes policies of the rules namespace until it

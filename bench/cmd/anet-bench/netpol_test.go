@@ -120,14 +120,14 @@ func TestNetpolMarkdown(t *testing.T) {
 		f := 1 + float64(n)/100000 // 10 000 rules: 10 % slower
 		r.points = append(r.points, &npPoint{rules: n, programmed: time.Duration(n) * time.Millisecond,
 			rate: map[string][]float64{"across nodes": {20000 / f}, "same node": {40000}},
-			lat:  map[string][]time.Duration{"across nodes": us(100, 100, 100), "same node": us(50, 50, 50)}, loads: []string{"1.00 1.00 1.00"}})
+			lat:  map[string][]time.Duration{"across nodes": us(100, 100, 100), "same node": us(50, 50, 50)}, loads: []string{"1.00 1.00 1.00"}, anetd: []float64{0.042}})
 	}
 	r.enf = []*npEnforce{{rules: 10000, applied: []time.Duration{40 * time.Millisecond, 60 * time.Millisecond},
 		removed: []time.Duration{300 * time.Millisecond}, steps: []time.Duration{21 * time.Millisecond},
 		perNode: map[string][]time.Duration{"node2": {30 * time.Millisecond}, "node1": {40 * time.Millisecond}}, timeoutMS: 20, load: "2 2 2"}}
 	md := r.markdown()
 	for _, want := range []string{
-		"| 10\u202f000 | 10.0 s | 18\u202f182 | 0.91× | 40\u202f000 | 1.00× |",
+		"| 10\u202f000 | 10.0 s | 18\u202f182 | 0.91× | 40\u202f000 | 1.00× | 4 % | 1.00 1.00 1.00 |",
 		"rate at 0 / at 10\u202f000 rules, across nodes | ≤ 1.05× | 1.10× | **not met**",
 		"rate at 0 / at 1000 rules, same node | ≤ 1.05× | 1.00× | **met**",
 		"new connection p50 at 10\u202f000 / at 0 rules, across nodes | ≤ 1.05× | 1.00× | **met**",
@@ -140,5 +140,17 @@ func TestNetpolMarkdown(t *testing.T) {
 	}
 	if strings.Index(md, "enforced on node1") > strings.Index(md, "enforced on node2") {
 		t.Error("nodes out of order")
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// A command with a space and a parenthesis, as /proc allows.
+	stat := "4242 (anet d) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 31 0 0 20 0 12 0 5000 1000000 2000 18446744073709551615"
+	d, err := parseStatCPU(stat)
+	if err != nil || d != 2810*time.Millisecond {
+		t.Fatalf("parseStatCPU = %v, %v", d, err)
+	}
+	if _, err := parseStatCPU("1 (x) S 1 2"); err == nil {
+		t.Fatal("no error on a short line")
 	}
 }

@@ -70,13 +70,19 @@ func (r *npResult) markdown() string {
 			x := p.rateMed(pr.name)
 			row = append(row, num(x), rel(x, func(q *npPoint) float64 { return q.rateMed(pr.name) }))
 		}
-		rows = append(rows, append(row, strings.Join(p.loads, "; ")))
+		var cpu []string
+		for _, x := range p.anetd {
+			cpu = append(cpu, fmt.Sprintf("%.0f %%", 100*x))
+		}
+		rows = append(rows, append(row, strings.Join(cpu, ", "), strings.Join(p.loads, "; ")))
 	}
 	hdr := []string{"rules", "programmed on every node"}
 	for _, pr := range r.pairs {
 		hdr = append(hdr, "rate, "+pr.name+" (per s)", "/ 0 rules")
 	}
-	w("**Request/response rate** (median of the runs; higher is better)\n\n%s\n", table(append(hdr, "load after each run"), rows))
+	w("**Request/response rate** (median of the runs; higher is better). The anetd CPU column is the CPU time the three nodes' anetds used "+
+		"during each run of both pairs over its wall time (100 %% is one of the machine's CPUs): what the rules cost the machine beside the packets, "+
+		"since the client and server share its CPUs with them.\n\n%s\n", table(append(hdr, "anetd CPU, 3 nodes, each run", "load after each run"), rows))
 
 	for _, q := range []float64{50, 99} {
 		rows = nil
