@@ -44,7 +44,7 @@ func (r *npResult) markdown() string {
 		"every pod of the namespace; the server's anetd reports it programmed, and a pod of another namespace is refused). "+
 		"**Rules** (namespace `%s`): policies of %d ingress rules each, rule *i* from a podSelector of its own (`rule NotIn [j-k]`, "+
 		"which matches every pod there) on TCP port %d + 2*i* (no two adjacent, so no ranges are joined), selecting a pod on every node, "+
-		"created through client-go (%d requests in flight), added from one count to the next; a count is reached when every node's anetd reports "+
+		"created through client-go (%d requests in flight); a count is reached when every node's anetd reports "+
 		"its pod programmed with all of them (`/v1/policy`), so that every node's policy maps hold them. "+
 		"%d runs per pair and count, the counts taking turns run by run, ascending then descending (the rules made or deleted in between, so that the machine's drift weighs on every count alike), the pairs alternating: **request/response**, one TCP connection, one-byte requests each waiting for its echo, "+
 		"for %s s (after %d not counted), round trips per second; **new connection**, %d blocking `connect()`s each followed by one request and its echo "+
