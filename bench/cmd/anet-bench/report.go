@@ -77,6 +77,7 @@ type report struct {
 	lab      *labResult
 	services *svcResult
 	policy   *polResult
+	netpol   *npResult
 	errs     map[string]error
 }
 
@@ -203,6 +204,15 @@ func (r *report) markdown() string {
 		}
 	}
 
+	if run("netpol") {
+		w("## 7. NetworkPolicy in a lab: request/response, new connections and enforcement time\n\n")
+		if err := r.errs["netpol"]; err != nil {
+			w("**Not measured: %v**\n\n", err)
+		} else if r.netpol != nil {
+			w("%s", r.netpol.markdown())
+		}
+	}
+
 	w("## Checks\n\n")
 	var checks []string
 	if r.cni != nil {
@@ -223,10 +233,13 @@ func (r *report) markdown() string {
 	if r.policy != nil {
 		checks = append(checks, r.policy.checks...)
 	}
+	if r.netpol != nil {
+		checks = append(checks, r.netpol.checks...)
+	}
 	for _, c := range checks {
 		w("- %s\n", c)
 	}
-	for _, k := range []string{"cni", "traffic", "prog", "lab", "services", "policy"} {
+	for _, k := range []string{"cni", "traffic", "prog", "lab", "services", "policy", "netpol"} {
 		if err := r.errs[k]; err != nil {
 			w("- FAIL: %s: %v\n", k, err)
 		}

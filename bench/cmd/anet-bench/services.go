@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -28,7 +27,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/anet-dev/anet/bench/internal/stats"
 	"github.com/anet-dev/anet/daemon/api"
@@ -157,41 +155,15 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	b.reapBenchLabs()
-
 	nodes := []*svcNode{{proxy: "anet", node: lab.NodeName(1)}, {proxy: "iptables", node: lab.NodeName(2)}, {proxy: "nftables", node: lab.NodeName(3)}}
 	res.nodes = nodes
-	dir, err := os.MkdirTemp("", labPrefix)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	b.t.Cleanup(func() {
-		if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); os.IsNotExist(err) {
-			_ = os.RemoveAll(dir)
-		}
-	})
-	name := "b" + strings.TrimPrefix(b.runID, "bench") + "-s"
 	b.logf("services: bringing up a 3-node lab (node1 anet; node2, node3 anetd --enable-services=false)")
-	start := time.Now()
-	l, err := lab.Up(ctx, lab.Options{
-		Nodes: 3, Dir: dir, Name: name, AnetBinDir: b.bin,
+	sl := b.upSectionLab(ctx, "services", "s", lab.Options{
+		Nodes:     3,
 		AnetdArgs: map[string][]string{nodes[1].node: {"--enable-services=false"}, nodes[2].node: {"--enable-services=false"}},
-		Progress:  &prefixWriter{w: os.Stderr, prefix: "  lab services "},
 	})
-	if err != nil {
-		b.t.Fatalf("services lab: %v", err)
-	}
-	res.up = time.Since(start)
-	down := func() {
-		start := time.Now()
-		if err := l.Down(); err != nil {
-			b.logf("services lab: down: %v", err)
-		}
-		if res.down == 0 {
-			res.down = time.Since(start)
-		}
-	}
-	b.t.Cleanup(down) // Down is idempotent
+	l := sl.Lab
+	res.up = sl.up
 	for _, n := range nodes[1:] {
 		b.logf("services: kube-proxy %s mode on %s", n.proxy, n.node)
 		if err := l.StartKubeProxy(n.node, n.proxy); err != nil {
@@ -322,7 +294,8 @@ func (b *bench) benchServices(ctx context.Context) *svcResult {
 		}
 	}
 	b.stopAll() // the servers, before their pods go
-	down()
+	sl.Down()
+	res.down = sl.down
 	b.logf("services: lab down in %s", res.down.Round(100*time.Millisecond))
 	res.plots, res.plotErr = writeSvcPlots(filepath.Dir(b.cfg.out), res)
 	if res.plotErr != nil {
@@ -355,20 +328,11 @@ func micros(ds []time.Duration) []float64 {
 	return out
 }
 
-// svcClientset is a client of the lab's API server with room for the
-// section's bursts, dialling from the control plane's netns (nothing of
-// the lab is reachable from the machine's).
+// svcClientset is labClientset, fatal on error.
 func (b *bench) svcClientset(l *lab.Lab) *kubernetes.Clientset {
-	st := l.State()
-	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	cs, err := labClientset(l)
 	if err != nil {
-		b.t.Fatalf("services: kubeconfig: %v", err)
-	}
-	rc.Dial = controlplane.DialIn(st.ControlPlaneNS)
-	rc.QPS, rc.Burst = 2000, 4000
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		b.t.Fatalf("services: client: %v", err)
+		b.t.Fatalf("services: %v", err)
 	}
 	return cs
 }
@@ -437,49 +401,9 @@ func (b *bench) svcPods(ctx context.Context, l *lab.Lab, cs *kubernetes.Clientse
 // svcServer runs the accept helper in a backend pod, on the clients' CPU;
 // stopAll ends it.
 func (b *bench) svcServer(ctx context.Context, l *lab.Lab, self, pod string) {
-	cmd, err := l.ExecCmd(svcNS, pod, append(pinned(b.cfg.cpu), self)...)
-	if err != nil {
+	if _, err := b.podHelper(ctx, l, svcNS, pod, append(pinned(b.cfg.cpu), self),
+		[]string{helperEnv + "=accept", fmt.Sprintf("%s=:%d", listenEnv, svcTarget)}, nil); err != nil {
 		b.t.Fatalf("services: server in %s: %v", pod, err)
-	}
-	cmd.Env = append(os.Environ(), helperEnv+"=accept", fmt.Sprintf("%s=:%d", listenEnv, svcTarget))
-	cmd.SysProcAttr.Setpgid = true
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	pr := &proc{cmd: cmd, out: &errb, done: make(chan struct{})}
-	b.procMu.Lock()
-	if err := cmd.Start(); err != nil {
-		b.procMu.Unlock()
-		b.t.Fatalf("services: server in %s: %v", pod, err)
-	}
-	b.procs[cmd.Process.Pid] = pr
-	b.procMu.Unlock()
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		ok := sc.Scan() && sc.Text() == "ready"
-		ready <- ok
-		for sc.Scan() {
-		}
-		pr.err = cmd.Wait()
-		b.procMu.Lock()
-		delete(b.procs, cmd.Process.Pid)
-		b.procMu.Unlock()
-		close(pr.done)
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			<-pr.done
-			b.t.Fatalf("services: server in %s did not start: %v %s", pod, pr.err, errb.String())
-		}
-	case <-time.After(10 * time.Second):
-		b.t.Fatalf("services: server in %s not ready after 10 s", pod)
-	case <-ctx.Done():
-		b.t.Fatal(ctx.Err())
 	}
 }
 
@@ -487,27 +411,27 @@ func (b *bench) svcServer(ctx context.Context, l *lab.Lab, self, pod string) {
 // cgroup, on the benchmark's CPU) and returns the time of each connect,
 // by target.
 func (b *bench) connectRun(l *lab.Lab, self, pod string, to []string, n int) ([][]time.Duration, error) {
-	cmd, err := l.ExecCmd(svcNS, pod, append(pinned(b.cfg.cpu), self)...)
+	return connectRunIn(l, svcNS, pod, append(pinned(b.cfg.cpu), self), to, n)
+}
+
+// connectRunIn runs the connect helper (argv: the bench's binary, and
+// what runs it) in a pod of ns, with env added, and returns the time of
+// each connect, by target.
+func connectRunIn(l *lab.Lab, ns, pod string, argv, to []string, n int, env ...string) ([][]time.Duration, error) {
+	out, err := runHelper(l, ns, pod, argv, append([]string{helperEnv + "=connect", targetsEnv + "=" + strings.Join(to, ","), connectsEnv + "=" + strconv.Itoa(n)}, env...))
 	if err != nil {
 		return nil, err
 	}
-	cmd.Env = append(os.Environ(), helperEnv+"=connect", targetsEnv+"="+strings.Join(to, ","), connectsEnv+"="+strconv.Itoa(n))
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(errb.String()))
-	}
-	var ns [][]int64
-	if err := json.Unmarshal(out, &ns); err != nil {
+	var got [][]int64
+	if err := json.Unmarshal(out, &got); err != nil {
 		return nil, fmt.Errorf("connect helper's output: %w", err)
 	}
-	if len(ns) != len(to) {
-		return nil, fmt.Errorf("connect helper timed %d targets, want %d", len(ns), len(to))
+	if len(got) != len(to) {
+		return nil, fmt.Errorf("connect helper timed %d targets, want %d", len(got), len(to))
 	}
-	per := make([][]time.Duration, len(ns))
+	per := make([][]time.Duration, len(got))
 	total := 0
-	for t, v := range ns {
+	for t, v := range got {
 		for _, x := range v {
 			per[t] = append(per[t], time.Duration(x))
 		}
