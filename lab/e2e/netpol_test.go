@@ -101,21 +101,36 @@ func expectReachIn(t *testing.T, l *lab.Lab, ns, stage string, cases []reach) {
 		wg.Wait()
 		return wrong
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	converged, _ := convergeThenConfirm(t, stage, func() ([]string, string) {
 		wrong := round()
+		return wrong, "\n  " + strings.Join(wrong, "\n  ")
+	})
+	t.Logf("%s: %d probes right after %v (confirmed in %v)", stage, len(cases), converged.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
+
+// convergeThenConfirm runs check (wrong verdicts, and what to show of
+// them) until nothing is wrong, 30 s at most (policy takes a moment to
+// reach every node), then once more, which must agree entirely (nothing
+// flaps). It returns how long it took to converge, and in how many rounds.
+func convergeThenConfirm(t *testing.T, what string, check func() (wrong []string, detail string)) (time.Duration, int) {
+	t.Helper()
+	start := time.Now()
+	rounds := 0
+	for {
+		rounds++
+		wrong, detail := check()
 		if len(wrong) == 0 {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: after 30s:\n  %s", stage, strings.Join(wrong, "\n  "))
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("%s: after %v and %d rounds, %d wrong: %s", what, time.Since(start).Round(time.Millisecond), rounds, len(wrong), detail)
 		}
 	}
 	converged := time.Since(start)
-	if wrong := round(); len(wrong) > 0 {
-		t.Fatalf("%s: the verdicts changed after they were all right once:\n  %s", stage, strings.Join(wrong, "\n  "))
+	if wrong, detail := check(); len(wrong) > 0 {
+		t.Fatalf("%s: the verdicts changed after they were all right once, %d wrong: %s", what, len(wrong), detail)
 	}
-	t.Logf("%s: %d probes right after %v (confirmed in %v)", stage, len(cases), converged.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	return converged, rounds
 }
 
 // TestNetworkPolicy: NetworkPolicy enforced by anetd, same node and

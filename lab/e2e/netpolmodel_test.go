@@ -275,33 +275,16 @@ func (c *labCluster) round(port int32, proto corev1.Protocol) (map[[2]string]boo
 func (c *labCluster) Validate(port int32, proto corev1.Protocol, r *netpolmodel.Reachability) {
 	c.t.Helper()
 	start := time.Now()
-	deadline := start.Add(30 * time.Second)
-	check := func() ([]string, string) {
-		c.t.Helper()
+	what := fmt.Sprintf("%s/%d", proto, port)
+	converged, rounds := convergeThenConfirm(c.t, what, func() ([]string, string) {
 		reached, err := c.round(port, proto)
 		if err != nil {
 			c.t.Fatal(err)
 		}
-		return r.Compare(func(from, to string) bool { return reached[[2]string{from, to}] })
-	}
-	rounds := 0
-	for {
-		rounds++
-		wrong, table := check()
-		if len(wrong) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s/%d: after %v and %d rounds, %d of %d pairs wrong: %v\nobserved (* = unexpected):\n%s",
-				proto, port, time.Since(start).Round(time.Millisecond), rounds, len(wrong), netpolmodel.Pairs(), wrong, table)
-		}
-	}
-	converged := time.Since(start)
-	if wrong, table := check(); len(wrong) > 0 {
-		c.t.Fatalf("%s/%d: the matrix changed after it was right once: %d wrong: %v\nobserved (* = unexpected):\n%s",
-			proto, port, len(wrong), wrong, table)
-	}
+		wrong, table := r.Compare(func(from, to string) bool { return reached[[2]string{from, to}] })
+		return wrong, fmt.Sprintf("%v of %d pairs\nobserved (* = unexpected):\n%s", wrong, netpolmodel.Pairs(), table)
+	})
 	c.validates++
-	c.t.Logf("%s/%d: %d pairs right after %v, %d rounds (confirmed in %v)", proto, port, netpolmodel.Pairs(),
+	c.t.Logf("%s: %d pairs right after %v, %d rounds (confirmed in %v)", what, netpolmodel.Pairs(),
 		converged.Round(time.Millisecond), rounds, time.Since(start).Round(time.Millisecond))
 }

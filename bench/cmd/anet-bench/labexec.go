@@ -37,17 +37,7 @@ type sectionLab struct {
 // later step fails or the run is interrupted.
 func (b *bench) upSectionLab(ctx context.Context, what, suffix string, o lab.Options) *sectionLab {
 	b.reapBenchLabs()
-	dir, err := os.MkdirTemp("", labPrefix)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	// Down removes the directory; this is for an Up that failed before it
-	// wrote the state file.
-	b.t.Cleanup(func() {
-		if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); os.IsNotExist(err) {
-			_ = os.RemoveAll(dir)
-		}
-	})
+	dir := b.labDir()
 	o.Dir, o.Name = dir, "b"+strings.TrimPrefix(b.runID, "bench")+"-"+suffix
 	if o.AnetBinDir == "" {
 		o.AnetBinDir = b.bin
@@ -63,6 +53,23 @@ func (b *bench) upSectionLab(ctx context.Context, what, suffix string, o lab.Opt
 	s := &sectionLab{Lab: l, b: b, what: what, up: time.Since(start)}
 	b.t.Cleanup(s.Down) // Down is idempotent
 	return s
+}
+
+// labDir makes a directory for a lab of the bench; a cleanup removes it
+// if no lab was written into it (Down removes a lab's; one that still
+// holds a lab is left to `anet-lab down --dir`, or the next run's
+// reaping).
+func (b *bench) labDir() string {
+	dir, err := os.MkdirTemp("", labPrefix)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() {
+		if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); os.IsNotExist(err) {
+			_ = os.RemoveAll(dir)
+		}
+	})
+	return dir
 }
 
 // Down takes the lab down once and times that.

@@ -280,18 +280,7 @@ func (b *bench) reapBenchLabs() {
 // upLab brings one 2-node lab up in a directory of its own; a cleanup
 // takes it down (also when a later step fails or the run is interrupted).
 func (b *bench) upLab(ctx context.Context, cni string) *labNet {
-	dir, err := os.MkdirTemp("", labPrefix)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	// Down removes the directory; this is for an Up that failed before it
-	// wrote the state file. A directory that still holds a lab is left to
-	// `anet-lab down --dir` (or the next run's reaping).
-	b.t.Cleanup(func() {
-		if _, err := os.Stat(filepath.Join(dir, lab.StateFile)); os.IsNotExist(err) {
-			_ = os.RemoveAll(dir)
-		}
-	})
+	dir := b.labDir()
 	// Machine-wide names (netns, cgroups) are prefixed with the run's id.
 	name := "b" + strings.TrimPrefix(b.runID, "bench") + "-" + cni[:1]
 	start := time.Now()

@@ -78,8 +78,15 @@ func init() {
 	os.Exit(0)
 }
 
-// acceptLoop serves until killed (SIGTERM's default action ends it).
+// acceptLoop serves until killed (SIGTERM's default action ends it),
+// closing every connection at once.
 func acceptLoop(addr string) error {
+	return serveLoop(addr, func(c net.Conn) { _ = c.Close() })
+}
+
+// serveLoop listens on addr, says "ready", and hands every connection to
+// handle until killed.
+func serveLoop(addr string, handle func(net.Conn)) error {
 	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
 		return err
@@ -91,7 +98,7 @@ func acceptLoop(addr string) error {
 			// A connection reset before it was accepted; go on.
 			continue
 		}
-		_ = c.Close()
+		handle(c)
 	}
 }
 
@@ -185,16 +192,7 @@ func roundTrip(fd int) error {
 
 // echoLoop serves until killed, echoing every connection.
 func echoLoop(addr string) error {
-	ln, err := net.Listen("tcp4", addr)
-	if err != nil {
-		return err
-	}
-	fmt.Println("ready")
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			continue
-		}
+	return serveLoop(addr, func(c net.Conn) {
 		go func() {
 			defer c.Close()
 			if tc, ok := c.(*net.TCPConn); ok {
@@ -202,7 +200,7 @@ func echoLoop(addr string) error {
 			}
 			_, _ = io.Copy(c, c)
 		}()
-	}
+	})
 }
 
 // rrCount is what the rr helper prints.
@@ -222,17 +220,23 @@ func (r rrCount) Rate() float64 {
 // rrWarmup round trips are made first and not counted.
 const rrWarmup = 100
 
+// oneTarget is parseTargets for the helpers that take one address.
+func oneTarget(target string) ([]*unix.SockaddrInet4, error) {
+	sas, err := parseTargets(target)
+	if err == nil && len(sas) != 1 {
+		err = fmt.Errorf("%s: want one address", targetsEnv)
+	}
+	return sas, err
+}
+
 func rrLoop(target, seconds string) error {
 	secs, err := strconv.ParseFloat(seconds, 64)
 	if err != nil || secs <= 0 {
 		return fmt.Errorf("%s %q: want a positive number of seconds", secondsEnv, seconds)
 	}
-	sas, err := parseTargets(target)
+	sas, err := oneTarget(target)
 	if err != nil {
 		return err
-	}
-	if len(sas) != 1 {
-		return fmt.Errorf("%s: want one address", targetsEnv)
 	}
 	runtime.LockOSThread()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -308,12 +312,9 @@ func watchLoop(target, timeout string) error {
 	if err != nil || ms < 1 {
 		return fmt.Errorf("%s %q: want a positive number of ms", timeoutEnv, timeout)
 	}
-	sas, err := parseTargets(target)
+	sas, err := oneTarget(target)
 	if err != nil {
 		return err
-	}
-	if len(sas) != 1 {
-		return fmt.Errorf("%s: want one address", targetsEnv)
 	}
 	runtime.LockOSThread()
 	tv := unix.NsecToTimeval(int64(ms) * int64(time.Millisecond))
