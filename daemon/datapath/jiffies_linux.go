@@ -103,8 +103,8 @@ func configHZ(r io.Reader) (int, error) {
 // measureJiffyClock finds the offset at a jiffy's start: it reads jiffies
 // (through test runs of two tiny programs) until it moves on, and takes
 // the change to have happened between the last read of the old value and
-// the first of the new. It then checks the clock against CLOCK_MONOTONIC
-// some ticks later: a wrong tick shows there.
+// the first of the new, for three changes in a row. It then checks the
+// clock against CLOCK_MONOTONIC 50 ms later: a wrong tick shows there.
 func measureJiffyClock(hz int) (jiffyClock, error) {
 	tick := (uint64(time.Second) + uint64(hz)/2) / uint64(hz) // the kernel's TICK_NSEC
 	prog := func(shift bool) (*ebpf.Program, error) {
@@ -156,45 +156,61 @@ func measureJiffyClock(hz int) (jiffyClock, error) {
 		return before, j, Monotonic(), err
 	}
 	const window = uint64(200 * time.Microsecond) // a change located more loosely is measured again
-	for range 10 {
+	// transition waits for the next change of jiffies and returns the
+	// offset it gives, or 0 when it could not locate it within window.
+	transition := func() (uint64, error) {
 		prevBefore, j0, _, err := read()
 		if err != nil {
-			return jiffyClock{}, err
+			return 0, err
 		}
-		var base uint64
 		for deadline := prevBefore + 3*tick; ; {
 			before, j, after, err := read()
 			if err != nil {
-				return jiffyClock{}, err
+				return 0, err
 			}
 			if j == j0 {
 				if before > deadline {
-					break // preempted, or not the tick it should be: again
+					return 0, nil // preempted, or not the tick it should be
 				}
 				prevBefore = before
 				continue
 			}
 			if j == j0+1 && after-prevBefore <= window {
-				base = j*tick - (prevBefore+after)/2
+				return j*tick - (prevBefore+after)/2, nil
 			}
-			break
+			return 0, nil
+		}
+	}
+	err = fmt.Errorf("jiffies at CONFIG_HZ=%d: no tick located within %v in 10 tries", hz, time.Duration(window))
+	for range 10 {
+		// The kernel moves jiffies in the tick's interrupt, which may
+		// come late: the earliest of three changes (the largest offset)
+		// is the closest to the tick's own time.
+		var base uint64
+		for range 3 {
+			b, terr := transition()
+			if terr != nil {
+				return jiffyClock{}, terr
+			}
+			base = max(base, b)
 		}
 		if base == 0 {
 			continue
 		}
 		c := jiffyClock{tickNS: tick, base: base}
 		time.Sleep(50 * time.Millisecond)
-		before, j, after, err := read()
-		if err != nil {
-			return jiffyClock{}, err
+		before, j, after, rerr := read()
+		if rerr != nil {
+			return jiffyClock{}, rerr
 		}
 		// The jiffies clock lags CLOCK_MONOTONIC by up to a tick.
 		if now := c.now(j); now+tick+window < before || now > after+window {
-			return jiffyClock{}, fmt.Errorf("jiffies at CONFIG_HZ=%d stray from CLOCK_MONOTONIC: %d, want %d..%d", hz, now, before-tick, after)
+			err = fmt.Errorf("jiffies at CONFIG_HZ=%d stray from CLOCK_MONOTONIC: %d, want %d..%d", hz, now, before-tick, after)
+			continue
 		}
 		return c, nil
 	}
-	return jiffyClock{}, fmt.Errorf("jiffies at CONFIG_HZ=%d: no tick located within %v in 10 tries", hz, time.Duration(window))
+	return jiffyClock{}, err
 }
 
 func (c jiffyClock) now(jiffies uint64) uint64 { return jiffies*c.tickNS - c.base }
