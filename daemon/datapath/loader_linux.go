@@ -287,6 +287,9 @@ func LoadWith(root string, opts Options, log *slog.Logger) (*Datapath, error) {
 	}
 	if clockErr != nil {
 		log.Info("pod conntrack clock: bpf_ktime_get_coarse_ns, jiffies not measured", "reason", clockErr)
+	} else {
+		clk, _ := theJiffyClock()
+		log.Debug("pod conntrack clock: jiffies", "tickNS", clk.tickNS, "base", clk.base)
 	}
 	specs, err := sharedSpecs(colls, opts)
 	if err != nil {
