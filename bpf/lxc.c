@@ -182,6 +182,30 @@ static __always_inline bool netfilter_translated(struct __sk_buff *skb, const st
 	return nat;
 }
 
+/* csum16_add is a one's complement addition of 16-bit words. */
+static __always_inline __u16 csum16_add(__u16 csum, __u16 addend)
+{
+	__u16 res = csum + addend;
+
+	return res + (res < addend);
+}
+
+/* ip_decrease_ttl decrements the TTL of a header whose TTL is above 1 and
+ * updates its checksum in place, as bpf_l3_csum_replace(..., 2) would
+ * (csum_replace2, RFC 1624), without a helper call: on these machines a
+ * call and its return cost more than the arithmetic (the kernel's
+ * return-stack mitigations), and the header is in the linear area,
+ * writable (the verifier's prologue unclones the skb of a program that
+ * writes packets directly). */
+static __always_inline void ip_decrease_ttl(struct iphdr *ip4)
+{
+	__u16 old = *(__u16 *)&ip4->ttl;
+
+	ip4->ttl--;
+	__u16 new = *(__u16 *)&ip4->ttl;
+	ip4->check = (__sum16)~csum16_add(csum16_add(~ip4->check, ~old), new);
+}
+
 /* handle_ipv4 forwards a packet of the pod src. A drop that belongs to
  * another endpoint's counters (its ingress policy refused the packet) sets
  * *acct_if to that endpoint. */
@@ -235,13 +259,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 	 * L2 and hand the packet straight to the peer's netns. */
 	if (ip4->ttl <= 1)
 		return -DROP_TTL_EXCEEDED;
-	__be16 old = *(__be16 *)&ip4->ttl;
-	ip4->ttl--;
-	__be16 new = *(__be16 *)&ip4->ttl;
+	ip_decrease_ttl(ip4);
 	mac_copy(eth->h_dest, dst->pod_mac);
 	mac_copy(eth->h_source, dst->host_mac);
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
-		return -DROP_CSUM_FAILED;
 
 	ret = bpf_redirect_peer(dst->ifindex, 0);
 	if (ret != TC_ACT_REDIRECT)

@@ -119,6 +119,8 @@ const (
 	LxcProgAnetFromContainer = "anet_from_container"
 	LxcProgAnetToContainer   = "anet_to_container"
 	LxcVarANET_HOST_NAT      = "ANET_HOST_NAT"
+	LxcVarANET_JIFFY_BASE    = "ANET_JIFFY_BASE"
+	LxcVarANET_JIFFY_NS      = "ANET_JIFFY_NS"
 )
 
 // LoadLxc returns the embedded CollectionSpec for Lxc.
@@ -185,7 +187,9 @@ type LxcMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LxcVariableSpecs struct {
-	ANET_HOST_NAT *ebpf.VariableSpec `ebpf:"ANET_HOST_NAT"`
+	ANET_HOST_NAT   *ebpf.VariableSpec `ebpf:"ANET_HOST_NAT"`
+	ANET_JIFFY_BASE *ebpf.VariableSpec `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS   *ebpf.VariableSpec `ebpf:"ANET_JIFFY_NS"`
 }
 
 // LxcObjects contains all objects after they have been loaded into the kernel.
@@ -235,7 +239,9 @@ func (m *LxcMaps) Close() error {
 //
 // It can be passed to LoadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LxcVariables struct {
-	ANET_HOST_NAT *ebpf.Variable `ebpf:"ANET_HOST_NAT"`
+	ANET_HOST_NAT   *ebpf.Variable `ebpf:"ANET_HOST_NAT"`
+	ANET_JIFFY_BASE *ebpf.Variable `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS   *ebpf.Variable `ebpf:"ANET_JIFFY_NS"`
 }
 
 // LxcPrograms contains all programs after they have been loaded into the kernel.

@@ -331,12 +331,26 @@ static __always_inline bool pol_egress_allows(__u32 ifindex, const struct pol_pk
 	return pol_rule_allows(ifindex, DIR_EGRESS, ipcache_identity(p->key.daddr), p);
 }
 
+/* The kernel's tick as the loader measured it (datapath's jiffyClock):
+ * the length of a jiffy in ns (the kernel's TICK_NSEC) and the offset
+ * that puts jiffies * ANET_JIFFY_NS on CLOCK_MONOTONIC. 0: not measured,
+ * pol_now calls bpf_ktime_get_coarse_ns (the verifier removes the branch
+ * not taken). */
+volatile const __u64 ANET_JIFFY_NS = 0;
+volatile const __u64 ANET_JIFFY_BASE = 0;
+
 /* pol_now is the conntrack's clock: CLOCK_MONOTONIC at the tick's
- * precision (the coarse clock costs a fraction of bpf_ktime_get_ns, and a
- * tick is plenty for lifetimes of seconds). Go reads the same clock
- * (Monotonic) to collect expired entries. */
+ * precision (a tick is plenty for lifetimes of seconds). Go reads the same
+ * clock (Monotonic) to collect expired entries. From jiffies when the
+ * loader measured the tick: the verifier inlines bpf_jiffies64 as a load
+ * of the kernel's jiffies_64, where bpf_ktime_get_coarse_ns is a call,
+ * and a call and its return cost 10-15 % of an established packet on
+ * our machines (the kernel's return-thunk mitigations). Both clocks lag
+ * CLOCK_MONOTONIC by less than a tick. */
 static __always_inline __u64 pol_now(void)
 {
+	if (ANET_JIFFY_NS)
+		return bpf_jiffies64() * ANET_JIFFY_NS - ANET_JIFFY_BASE;
 	return bpf_ktime_get_coarse_ns();
 }
 

@@ -165,16 +165,30 @@ func (dp *Datapath) collections() ([]collection, error) {
 	return []collection{{"lxc", lxc, &dp.objs}, {"sock", sock, &dp.sock}, {"host", host, &dp.host}}, nil
 }
 
-// setConstants sets the programs' load-time constants from opts.
-func setConstants(colls []collection, opts Options) error {
+// setConstants sets the programs' load-time constants from opts, and the
+// pod conntrack's clock (jiffies_linux.go). A clock that could not be
+// measured leaves the programs on bpf_ktime_get_coarse_ns: clockErr says
+// why, for the log.
+func setConstants(colls []collection, opts Options) (clockErr error, err error) {
+	clk, clockErr := theJiffyClock()
 	for _, c := range colls {
 		if v, ok := c.spec.Variables["ANET_HOST_NAT"]; ok && opts.HostNAT {
 			if err := v.Set(uint32(1)); err != nil {
-				return fmt.Errorf("setting ANET_HOST_NAT in %s: %w", c.name, err)
+				return nil, fmt.Errorf("setting ANET_HOST_NAT in %s: %w", c.name, err)
+			}
+		}
+		if clockErr != nil {
+			continue
+		}
+		for name, val := range map[string]uint64{"ANET_JIFFY_NS": clk.tickNS, "ANET_JIFFY_BASE": clk.base} {
+			if v, ok := c.spec.Variables[name]; ok {
+				if err := v.Set(val); err != nil {
+					return nil, fmt.Errorf("setting %s in %s: %w", name, c.name, err)
+				}
 			}
 		}
 	}
-	return nil
+	return clockErr, nil
 }
 
 // sharedSpecs sizes the maps as opts says and returns every map pinned by
@@ -267,8 +281,15 @@ func LoadWith(root string, opts Options, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := setConstants(colls, opts); err != nil {
+	clockErr, err := setConstants(colls, opts)
+	if err != nil {
 		return nil, err
+	}
+	if clockErr != nil {
+		log.Info("pod conntrack clock: bpf_ktime_get_coarse_ns, jiffies not measured", "reason", clockErr)
+	} else {
+		clk, _ := theJiffyClock()
+		log.Debug("pod conntrack clock: jiffies", "tickNS", clk.tickNS, "base", clk.base)
 	}
 	specs, err := sharedSpecs(colls, opts)
 	if err != nil {
@@ -580,7 +601,7 @@ func LoadUnpinnedWith(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := setConstants(colls, opts); err != nil {
+	if _, err := setConstants(colls, opts); err != nil {
 		return nil, err
 	}
 	specs, err := sharedSpecs(colls, opts)

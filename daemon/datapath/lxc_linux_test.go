@@ -102,6 +102,42 @@ func counter(t testing.TB, dp *Datapath, ifindex uint32, d Dir, r Reason) uint64
 	return all[ifindex][CounterKey{d, r}].Packets
 }
 
+// TestFromContainerTTLChecksum: the program updates the IPv4 checksum of
+// the TTL decrement itself (no helper call); every TTL it forwards, over
+// headers of many checksums, gets the bytes that the kernel's
+// csum_replace2 (bpf_l3_csum_replace, used before) would give, and a
+// header that verifies.
+func TestFromContainerTTLChecksum(t *testing.T) {
+	dp := loadTest(t)
+	add := func(a, b uint16) uint16 {
+		r := a + b
+		if r < b {
+			r++
+		}
+		return r
+	}
+	rng := rand.New(rand.NewPCG(9, 9))
+	for ttl := 2; ttl <= 255; ttl++ {
+		for range 16 {
+			pkt := udp4(podIP, peerIP, uint8(ttl), []byte("hello"))
+			ip := pkt[14:34]
+			binary.BigEndian.PutUint16(ip[4:], uint16(rng.Uint32())) // IP ID: another checksum
+			binary.BigEndian.PutUint16(ip[10:], 0)
+			binary.BigEndian.PutUint16(ip[10:], csum(ip))
+			old := binary.BigEndian.Uint16(ip[8:])
+			want := ^add(add(^binary.BigEndian.Uint16(ip[10:]), ^old), old-0x100)
+			ret, out := run(t, dp.objs.AnetFromContainer, pkt)
+			if ret != tcActRedirect {
+				t.Fatalf("ttl %d: verdict %d, want redirect", ttl, ret)
+			}
+			oip := out[14:34]
+			if int(oip[8]) != ttl-1 || binary.BigEndian.Uint16(oip[10:]) != want || csum(oip) != 0 {
+				t.Fatalf("ttl %d id %x: ttl %d checksum %04x, want %d %04x (verifies: %v)", ttl, ip[4:6], oip[8], oip[10:12], ttl-1, want, csum(oip) == 0)
+			}
+		}
+	}
+}
+
 func TestFromContainerPodToPod(t *testing.T) {
 	dp := loadTest(t)
 	pkt := udp4(podIP, peerIP, 64, []byte("hello"))
