@@ -3,7 +3,9 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -222,6 +224,34 @@ func (dp *Datapath) DeleteEndpointPolicy(ifindex uint32) error {
 		delete(dp.pol.keys, ifindex)
 	}
 	return errors.Join(errs...)
+}
+
+// PolicyEndpoints lists the endpoints (host-side ifindexes) the policy
+// maps hold state for, isolation or rules, sorted: anetd reads it once at
+// start to drop the state of endpoints that went while it was down (the
+// maps are pinned and outlive it).
+func (dp *Datapath) PolicyEndpoints() ([]uint32, error) {
+	dp.polMu.Lock()
+	defer dp.polMu.Unlock()
+	if err := dp.loadPolicy(); err != nil {
+		return nil, err
+	}
+	set := map[uint32]bool{}
+	for ifindex := range dp.pol.keys {
+		set[ifindex] = true
+	}
+	var ifindex uint32
+	var ep bpf.LxcPolicyEp
+	it := dp.objs.AnetPolEp.Iterate()
+	for it.Next(&ifindex, &ep) {
+		if ep.Flags != 0 {
+			set[ifindex] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", bpf.LxcMapAnetPolEp, err)
+	}
+	return slices.Sorted(maps.Keys(set)), nil
 }
 
 // EndpointPolicy reads an endpoint's policy back from the maps (for

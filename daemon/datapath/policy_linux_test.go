@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -610,6 +611,16 @@ func TestPolicySurvivesRestart(t *testing.T) {
 	if err := dp.SetEndpointPolicy(42, true, false, []PolicyRule{r1, r2}, nil); err != nil {
 		t.Fatal(err)
 	}
+	// 43 isolated with no rules, 44 rules only (not isolated), 45 open.
+	if err := dp.SetEndpointPolicy(43, false, true, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetEndpointPolicy(44, false, false, []PolicyRule{r2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetEndpointPolicy(45, false, false, nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	if err := dp.SetIPCache(netip.PrefixFrom(podIP, 32), idA); err != nil {
 		t.Fatal(err)
 	}
@@ -617,6 +628,15 @@ func TestPolicySurvivesRestart(t *testing.T) {
 
 	dp = load()
 	defer dp.Close()
+	if got, err := dp.PolicyEndpoints(); err != nil || !slices.Equal(got, []uint32{42, 43, 44}) {
+		t.Errorf("PolicyEndpoints after the restart = %v (%v), want [42 43 44]", got, err)
+	}
+	if err := dp.DeleteEndpointPolicy(43); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dp.PolicyEndpoints(); !slices.Equal(got, []uint32{42, 44}) {
+		t.Errorf("PolicyEndpoints after deleting 43 = %v, want [42 44]", got)
+	}
 	ing, eg, ri, re, err := dp.EndpointPolicy(42)
 	if err != nil || !ing || eg || !sameRules(ri, []PolicyRule{r1, r2}) || len(re) != 0 {
 		t.Fatalf("after the restart: %v %v %v %v (%v)", ing, eg, ri, re, err)

@@ -28,6 +28,10 @@ type Datapath interface {
 	// IPCache reads the ipcache back (once, at the first sync: the map is
 	// pinned and outlives anetd).
 	IPCache() (map[netip.Prefix]uint32, error)
+	// PolicyEndpoints lists the endpoints the maps hold policy for (once,
+	// at the first sync: what is there of an endpoint that went while
+	// anetd was down is deleted).
+	PolicyEndpoints() ([]uint32, error)
 }
 
 // Source is the cluster as the informers have it (daemon/k8s's listers).
@@ -81,6 +85,7 @@ type Reconciler struct {
 
 	held     map[identity.Key]uint32
 	written  map[uint32]written // by ifindex
+	seeded   bool               // written holds what the maps held at the start
 	ipcache  map[netip.Prefix]uint32
 	reported map[Problem]bool
 
@@ -248,7 +253,9 @@ func (r *Reconciler) Sync() bool {
 	if !r.writeIPCache(res.IPCache, true) {
 		ok = false
 	}
-	if !r.writeEndpoints(res.Endpoints, covered) {
+	if !r.seed() {
+		ok = false
+	} else if !r.writeEndpoints(res.Endpoints, covered) {
 		ok = false
 	}
 	if !r.writeIPCache(res.IPCache, false) {
@@ -406,6 +413,28 @@ func (r *Reconciler) writeIPCache(want map[netip.Prefix]uint32, sets bool) bool 
 		delete(r.ipcache, p)
 	}
 	return ok
+}
+
+// seed takes, at the first run, the endpoints the pinned maps hold policy
+// for as written by no pod: writeEndpoints then rewrites those of this
+// node's endpoints (only what differs from the maps) and deletes the rest,
+// the state of endpoints that went while anetd was down.
+func (r *Reconciler) seed() bool {
+	if r.seeded {
+		return true
+	}
+	ifindexes, err := r.cfg.Datapath.PolicyEndpoints()
+	if err != nil {
+		r.log.Warn("reading the endpoints the policy maps hold", "err", err)
+		return false
+	}
+	for _, i := range ifindexes {
+		if _, ok := r.written[i]; !ok {
+			r.written[i] = written{}
+		}
+	}
+	r.seeded = true
+	return true
 }
 
 // writeEndpoints writes the policy of every local endpoint whose policy

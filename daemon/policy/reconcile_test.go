@@ -65,6 +65,10 @@ func (d *memDatapath) IPCache() (map[netip.Prefix]uint32, error) {
 	return out, nil
 }
 
+func (d *memDatapath) PolicyEndpoints() ([]uint32, error) {
+	return slices.Sorted(maps.Keys(d.eps)), nil
+}
+
 func rpod(name, node, ip string, l map[string]string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: l},
 		Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip}}
@@ -238,5 +242,35 @@ func TestWaitEndpoint(t *testing.T) {
 	<-done
 	if ep := dp.eps[12]; !ep.IngressEnforced || len(ep.Ingress) != 0 {
 		t.Errorf("the new pod's endpoint: %+v, want isolated for ingress", ep)
+	}
+}
+
+// TestReconcilerDropsWhatWentWhileDown: at its first run a new reconciler
+// (anetd restarted) deletes the policy the pinned maps hold for endpoints
+// that are gone, and rewrites that of the live ones to what the policies
+// say now (here: open, the policy deleted while anetd was down).
+func TestReconcilerDropsWhatWentWhileDown(t *testing.T) {
+	src := &fakeSource{
+		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}},
+		pods: []*corev1.Pod{rpod("srv", "a", "10.244.1.5", map[string]string{"app": "srv"})},
+	}
+	dp := &memDatapath{ipc: map[netip.Prefix]uint32{}, eps: map[uint32]EndpointPolicy{
+		10: {IngressEnforced: true, Ingress: []Rule{{Identity: 300, Proto: ProtoTCP, Port: 80, PortPrefixLen: 16}}},
+		99: {IngressEnforced: true, EgressEnforced: true},
+	}}
+	r := NewReconciler(Config{Node: "a", Source: src, Datapath: dp, Alloc: identity.NewLocal(),
+		Endpoints: func() map[string]uint32 { return map[string]uint32{"ns/srv": 10} }})
+	if !r.Sync() {
+		t.Fatal("sync incomplete")
+	}
+	if _, ok := dp.eps[99]; ok {
+		t.Errorf("the policy of endpoint 99, gone while anetd was down, is still in the maps: %+v", dp.eps[99])
+	}
+	if ep := dp.eps[10]; ep.IngressEnforced || len(ep.Ingress) != 0 {
+		t.Errorf("the live endpoint's stale policy was not rewritten: %+v", ep)
+	}
+	dp.calls = nil
+	if !r.Sync() || len(dp.calls) != 0 {
+		t.Errorf("a second run with nothing changed wrote %v", dp.calls)
 	}
 }

@@ -588,6 +588,7 @@ func (m policyMaps) DeleteEndpointPolicy(ifindex uint32) error {
 func (m policyMaps) SetIPCache(p netip.Prefix, id uint32) error { return m.dp.SetIPCache(p, id) }
 func (m policyMaps) DeleteIPCache(p netip.Prefix) error         { return m.dp.DeleteIPCache(p) }
 func (m policyMaps) IPCache() (map[netip.Prefix]uint32, error)  { return m.dp.IPCache() }
+func (m policyMaps) PolicyEndpoints() ([]uint32, error)         { return m.dp.PolicyEndpoints() }
 
 // terminator is t as the reconciler's option: nil stays an untyped nil.
 func terminator(t *datapath.SocketTerminator) lb.SocketTerminator {

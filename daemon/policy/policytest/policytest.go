@@ -36,6 +36,7 @@ func (NullDatapath) DeleteEndpointPolicy(uint32) error         { return nil }
 func (NullDatapath) SetIPCache(netip.Prefix, uint32) error     { return nil }
 func (NullDatapath) DeleteIPCache(netip.Prefix) error          { return nil }
 func (NullDatapath) IPCache() (map[netip.Prefix]uint32, error) { return map[netip.Prefix]uint32{}, nil }
+func (NullDatapath) PolicyEndpoints() ([]uint32, error)        { return nil, nil }
 
 var (
 	_ policy.Source   = (*Cluster)(nil)
