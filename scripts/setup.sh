@@ -30,6 +30,10 @@ declare -A need=(
 	# nftables mode and for looking at what it wrote.
 	[iptables]=iptables
 	[nft]=nftables
+	# Captures on the underlay in the overlay's acceptance tests: tcpdump
+	# writes them, tshark decodes Geneve (VNI, inner frame).
+	[tcpdump]=tcpdump
+	[tshark]=tshark
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -42,6 +46,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	say "installing Debian packages: ${missing[*]} (first run only; a minute or two)"
 	export DEBIAN_FRONTEND=noninteractive
+	# tshark's package asks whether non-root users may capture; answer
+	# no ahead of time so that the install never prompts.
+	if printf '%s\n' "${missing[@]}" | grep -qx tshark; then
+		echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+	fi
 	apt-get -o DPkg::Lock::Timeout=300 update -q >&2
 	apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
