@@ -16,8 +16,8 @@ package bpf
 
 // The underlay device's programs (per-packet service translation), in both
 // builds for the same reason: they share the endpoint map.
-//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -tags !anet_mapvariant -target bpfel -type ct4_key -type ct4_entry -type node_config Host host.c
-//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DANET_TEST_MAP_VARIANT" -tags anet_mapvariant -output-stem hostvariant -target bpfel -type ct4_key -type ct4_entry -type node_config Host host.c
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -tags !anet_mapvariant -target bpfel -type ct4_key -type ct4_entry -type node_config -type tunnel_key -type tunnel_peer Host host.c
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags "${BPF_CFLAGS} -DANET_TEST_MAP_VARIANT" -tags anet_mapvariant -output-stem hostvariant -target bpfel -type ct4_key -type ct4_entry -type node_config -type tunnel_key -type tunnel_peer Host host.c
 
 // Termination of connected UDP sockets whose backend left its Service: an
 // iter/udp program that anetd reads in each network namespace. It shares

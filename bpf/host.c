@@ -13,6 +13,12 @@
  *   anet_to_netdev    tc egress: replies of a local backend to an outside
  *                     client get the frontend back as their source.
  *
+ * In tunnel mode (lib/geneve.h) anet_from_netdev first takes the Geneve
+ * packets to this node (UDP 6081 to its underlay address): validated,
+ * decapsulated and delivered to the endpoint of the inner destination
+ * with bpf_redirect_peer, its ingress policy judged on the VNI's identity.
+ * A malformed one is dropped with its reason, never delivered.
+ *
  * Everything else passes untouched (TC_ACT_OK). Entry points dispatch;
  * helpers return a negative anet_reason to drop (one drop path).
  */
@@ -20,6 +26,10 @@
 #include "lib/eth.h"
 #include "lib/lb.h"
 #include "lib/ct.h"
+#include "lib/fwd.h"
+#include "lib/geneve.h"
+#include "lib/node.h"
+#include "lib/policy.h"
 
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -33,22 +43,6 @@ char __license[] __section("license") = "Dual BSD/GPL";
 #ifndef AF_INET
 #define AF_INET 2
 #endif
-
-/* The node's own address and SNAT port range, written by anetd. */
-struct node_config {
-	__be32 addr;     /* the node's address on this device (SNAT source) */
-	__u16 snat_min;  /* SNAT source ports, host byte order, inclusive */
-	__u16 snat_max;
-	__u32 flags;     /* reserved */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct node_config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} anet_node_config __section(".maps");
 
 /* A parsed IPv4 TCP or UDP packet: where its fields are. */
 struct pkt {
@@ -491,8 +485,7 @@ static __always_inline int new_conn(struct __sk_buff *skb, struct pkt *p, __u64 
 		if (bpf_map_update_elem(&anet_ct4, &rk, &rev, BPF_ANY) < 0)
 			return -DROP_CT_FULL;
 	} else {
-		__u32 zero = 0;
-		struct node_config *cfg = bpf_map_lookup_elem(&anet_node_config, &zero);
+		struct node_config *cfg = node_config();
 		if (!cfg)
 			return -DROP_NO_SNAT_PORT;
 		rev.flags |= CT_F_SNAT;
@@ -532,10 +525,135 @@ static __always_inline bool backend_gone(const struct ct4_entry *e, __u8 proto)
 	return !lb4_read_backend(e->backend_id, &t) || t.addr != e->addr || t.port != e->port;
 }
 
-static __always_inline int from_netdev(struct __sk_buff *skb, bool *rejected)
+
+/* tunnel_decap takes a Geneve packet to this node: it returns 0 for any
+ * other packet (left untouched, for the NodePort path and the host
+ * stack), TC_ACT_REDIRECT once the inner packet is on its way to its
+ * endpoint, or a negative reason. A drop that belongs to the destination
+ * endpoint (its ingress policy) sets *acct_if to it. */
+static __always_inline int tunnel_decap(struct __sk_buff *skb, __u32 *acct_if)
+{
+	/* Outer IPv4 (options allowed), UDP, Geneve without options. */
+	const __u32 want = ETH_HLEN + 60 + sizeof(struct udphdr) + sizeof(struct genevehdr);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	if (data + want > data_end) {
+		__u32 n = skb->len < want ? skb->len : want;
+		if (bpf_skb_pull_data(skb, n) < 0)
+			return 0;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	struct iphdr *ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end || ip4->version != 4 || ip4->ihl < 5 || ip4->protocol != IPPROTO_UDP)
+		return 0;
+	/* A fragment: the tunnel sets DF and never sends one. */
+	if (ip4->frag_off & bpf_htons(IP_MF | IP_OFFMASK))
+		return 0;
+	struct node_config *cfg = node_config();
+	if (!cfg || ip4->daddr != cfg->addr)
+		return 0;
+	__u32 hdrlen = ip4->ihl * 4;
+	struct udphdr *uh = (void *)ip4 + hdrlen;
+	if ((void *)(uh + 1) > data_end || uh->dest != bpf_htons(GENEVE_PORT))
+		return 0;
+
+	/* Ours from here: whatever is wrong is dropped. */
+	__u32 totlen = bpf_ntohs(ip4->tot_len);
+	__u32 udplen = bpf_ntohs(uh->len);
+	if (ETH_HLEN + totlen > skb->len || hdrlen + udplen > totlen || udplen < sizeof(*uh) + sizeof(struct genevehdr))
+		return -DROP_TUNNEL_TRUNCATED;
+	struct genevehdr *gh = (void *)(uh + 1);
+	if ((void *)(gh + 1) > data_end)
+		return -DROP_TUNNEL_TRUNCATED;
+	if (gh->ver_optlen >> 6)
+		return -DROP_TUNNEL_BAD_VERSION;
+	/* anet sends no options; it skips those of other senders unless
+	 * they are critical (RFC 8926 3.5: a receiver drops what it cannot
+	 * process), and takes no OAM (control) frames as data. */
+	__u32 optlen = (gh->ver_optlen & 0x3f) * 4;
+	if (gh->flags & (GENEVE_F_OAM | GENEVE_F_CRITICAL))
+		return -DROP_TUNNEL_BAD_OPTIONS;
+	if (sizeof(*uh) + sizeof(*gh) + optlen > udplen)
+		return -DROP_TUNNEL_BAD_OPTIONS;
+	if (gh->proto != bpf_htons(GENEVE_PROTO_ETH))
+		return -DROP_TUNNEL_BAD_PROTOCOL;
+	__u32 inner = sizeof(*uh) + sizeof(*gh) + optlen; /* from the UDP header */
+	if (udplen < inner + ETH_HLEN + sizeof(struct iphdr))
+		return -DROP_TUNNEL_TRUNCATED;
+	__u32 vni = (__u32)gh->vni[0] << 16 | (__u32)gh->vni[1] << 8 | gh->vni[2];
+	__be32 outer_src = ip4->saddr;
+
+	/* The inner Ethernet type and IPv4 source, wherever they lie. */
+	__u32 ioff = ETH_HLEN + hdrlen + inner;
+	__be16 itype;
+	__be32 isrc;
+	if (bpf_skb_load_bytes(skb, ioff + 12, &itype, sizeof(itype)) < 0 ||
+	    bpf_skb_load_bytes(skb, ioff + ETH_HLEN + offsetof(struct iphdr, saddr), &isrc, sizeof(isrc)) < 0)
+		return -DROP_TUNNEL_TRUNCATED;
+	if (itype != bpf_htons(ETH_P_IP))
+		return -DROP_TUNNEL_BAD_PROTOCOL;
+	/* The inner source must be of the node that sent it: a pod of its
+	 * pod CIDR, or its own address. The VNI is trusted as far as that. */
+	if (isrc != outer_src) {
+		struct tunnel_peer *peer = tunnel_lookup(isrc);
+		if (!peer || peer->node != outer_src)
+			return -DROP_TUNNEL_BAD_SOURCE;
+	}
+
+	/* Strip outer IPv4, UDP, Geneve and the inner Ethernet header: the
+	 * outer Ethernet header (type IPv4) is left in front of the inner
+	 * IPv4 header, and gets the endpoint's MACs on delivery. */
+	if (bpf_skb_adjust_room(skb, -(__s32)(hdrlen + inner + ETH_HLEN), BPF_ADJ_ROOM_MAC, 0) < 0)
+		return -DROP_TUNNEL_TRUNCATED;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
+		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
+		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
+			return -DROP_MALFORMED_IP;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	eth = data;
+	ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
+		return -DROP_MALFORMED_IP;
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return -DROP_MALFORMED_IP;
+	hdrlen = ip4->ihl * 4;
+	totlen = bpf_ntohs(ip4->tot_len);
+	if (totlen < hdrlen || ETH_HLEN + totlen > skb->len)
+		return -DROP_MALFORMED_IP;
+	__be32 daddr = ip4->daddr;
+	struct endpoint_info *dst = bpf_map_lookup_elem(&anet_ep_by_ip, &daddr);
+	if (!dst)
+		return -DROP_TUNNEL_NO_ENDPOINT;
+	int ret = policy_to_pod(skb, ip4, hdrlen, dst->ifindex, vni);
+	if (ret < 0) {
+		if (ret == -DROP_POLICY_INGRESS)
+			*acct_if = dst->ifindex;
+		return ret;
+	}
+	return deliver_local(skb, eth, ip4, dst);
+}
+
+static __always_inline int from_netdev(struct __sk_buff *skb, bool *rejected, __u32 *acct_if)
 {
 	struct pkt p;
-	int ret = parse(skb, &p);
+	int ret;
+
+	if (ANET_ROUTING_MODE == ANET_ROUTING_TUNNEL) {
+		ret = tunnel_decap(skb, acct_if);
+		if (ret)
+			return ret;
+	}
+	ret = parse(skb, &p);
 
 	if (ret <= 0)
 		return ret == 0 ? TC_ACT_OK : ret;
@@ -601,10 +719,11 @@ int anet_from_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 	bool rejected = false;
-	int ret = from_netdev(skb, &rejected);
+	__u32 acct_if = ANET_IFINDEX_NODE;
+	int ret = from_netdev(skb, &rejected, &acct_if);
 
 	if (ret < 0) {
-		account(ANET_IFINDEX_NODE, DIR_INGRESS, (__u8)-ret, len);
+		account(acct_if, DIR_INGRESS, (__u8)-ret, len);
 		return TC_ACT_SHOT;
 	}
 	if (rejected) /* answered with a reset or an ICMP error */

@@ -47,6 +47,33 @@ type HostEndpointInfo struct {
 	VariantPad uint32
 }
 
+type HostFrag4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type HostFrag4Ports struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
+type HostIpcacheEntry struct {
+	_        structs.HostLayout
+	Identity uint32
+	Flags    uint32
+}
+
+type HostIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 type HostLb4Affinity struct {
 	_          structs.HostLayout
 	LastUsedNs uint64
@@ -134,11 +161,42 @@ type HostMetricsValue struct {
 }
 
 type HostNodeConfig struct {
-	_       structs.HostLayout
-	Addr    uint32
-	SnatMin uint16
-	SnatMax uint16
-	Flags   uint32
+	_             structs.HostLayout
+	Addr          uint32
+	SnatMin       uint16
+	SnatMax       uint16
+	Flags         uint32
+	TunnelIfindex uint32
+	TunnelMac     [6]uint8
+	Pad           uint16
+}
+
+type HostPolCtEntry struct {
+	_        structs.HostLayout
+	Expires  uint64
+	Flags    uint16
+	Pad      uint16
+	Reserved uint32
+}
+
+type HostPolicyEntry struct {
+	_      structs.HostLayout
+	Cookie uint32
+}
+
+type HostPolicyEp struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
+type HostPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ifindex   uint32
+	Identity  uint32
+	Dir       uint8
+	Proto     uint8
+	Dport     uint16
 }
 
 type HostSock4Revnat struct {
@@ -157,23 +215,44 @@ type HostSock4RevnatKey struct {
 	Pad    uint16
 }
 
+type HostTunnelKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
+type HostTunnelPeer struct {
+	_     structs.HostLayout
+	Node  uint32
+	Flags uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	HostMapAnetCt4         = "anet_ct4"
-	HostMapAnetEpByIf      = "anet_ep_by_if"
-	HostMapAnetEpByIp      = "anet_ep_by_ip"
-	HostMapAnetLb4AffMatch = "anet_lb4_aff_match"
-	HostMapAnetLb4Affinity = "anet_lb4_affinity"
-	HostMapAnetLb4Backends = "anet_lb4_backends"
-	HostMapAnetLb4Revnat   = "anet_lb4_revnat"
-	HostMapAnetLb4Services = "anet_lb4_services"
-	HostMapAnetMetrics     = "anet_metrics"
-	HostMapAnetNodeConfig  = "anet_node_config"
-	HostMapAnetSock4Revnat = "anet_sock4_revnat"
-	HostProgAnetFromNetdev = "anet_from_netdev"
-	HostProgAnetToNetdev   = "anet_to_netdev"
+	HostMapAnetCt4           = "anet_ct4"
+	HostMapAnetEpByIf        = "anet_ep_by_if"
+	HostMapAnetEpByIp        = "anet_ep_by_ip"
+	HostMapAnetFrag4         = "anet_frag4"
+	HostMapAnetIpcache4      = "anet_ipcache4"
+	HostMapAnetLb4AffMatch   = "anet_lb4_aff_match"
+	HostMapAnetLb4Affinity   = "anet_lb4_affinity"
+	HostMapAnetLb4Backends   = "anet_lb4_backends"
+	HostMapAnetLb4Revnat     = "anet_lb4_revnat"
+	HostMapAnetLb4Services   = "anet_lb4_services"
+	HostMapAnetMetrics       = "anet_metrics"
+	HostMapAnetNodeConfig    = "anet_node_config"
+	HostMapAnetPolCt4        = "anet_pol_ct4"
+	HostMapAnetPolEp         = "anet_pol_ep"
+	HostMapAnetPolicy        = "anet_policy"
+	HostMapAnetSock4Revnat   = "anet_sock4_revnat"
+	HostMapAnetTunnel4       = "anet_tunnel4"
+	HostProgAnetFromNetdev   = "anet_from_netdev"
+	HostProgAnetToNetdev     = "anet_to_netdev"
+	HostVarANET_JIFFY_BASE   = "ANET_JIFFY_BASE"
+	HostVarANET_JIFFY_NS     = "ANET_JIFFY_NS"
+	HostVarANET_ROUTING_MODE = "ANET_ROUTING_MODE"
 )
 
 // LoadHost returns the embedded CollectionSpec for Host.
@@ -229,6 +308,8 @@ type HostMapSpecs struct {
 	AnetCt4         *ebpf.MapSpec `ebpf:"anet_ct4"`
 	AnetEpByIf      *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
 	AnetEpByIp      *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
+	AnetFrag4       *ebpf.MapSpec `ebpf:"anet_frag4"`
+	AnetIpcache4    *ebpf.MapSpec `ebpf:"anet_ipcache4"`
 	AnetLb4AffMatch *ebpf.MapSpec `ebpf:"anet_lb4_aff_match"`
 	AnetLb4Affinity *ebpf.MapSpec `ebpf:"anet_lb4_affinity"`
 	AnetLb4Backends *ebpf.MapSpec `ebpf:"anet_lb4_backends"`
@@ -236,13 +317,20 @@ type HostMapSpecs struct {
 	AnetLb4Services *ebpf.MapSpec `ebpf:"anet_lb4_services"`
 	AnetMetrics     *ebpf.MapSpec `ebpf:"anet_metrics"`
 	AnetNodeConfig  *ebpf.MapSpec `ebpf:"anet_node_config"`
+	AnetPolCt4      *ebpf.MapSpec `ebpf:"anet_pol_ct4"`
+	AnetPolEp       *ebpf.MapSpec `ebpf:"anet_pol_ep"`
+	AnetPolicy      *ebpf.MapSpec `ebpf:"anet_policy"`
 	AnetSock4Revnat *ebpf.MapSpec `ebpf:"anet_sock4_revnat"`
+	AnetTunnel4     *ebpf.MapSpec `ebpf:"anet_tunnel4"`
 }
 
 // HostVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostVariableSpecs struct {
+	ANET_JIFFY_BASE   *ebpf.VariableSpec `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS     *ebpf.VariableSpec `ebpf:"ANET_JIFFY_NS"`
+	ANET_ROUTING_MODE *ebpf.VariableSpec `ebpf:"ANET_ROUTING_MODE"`
 }
 
 // HostObjects contains all objects after they have been loaded into the kernel.
@@ -268,6 +356,8 @@ type HostMaps struct {
 	AnetCt4         *ebpf.Map `ebpf:"anet_ct4"`
 	AnetEpByIf      *ebpf.Map `ebpf:"anet_ep_by_if"`
 	AnetEpByIp      *ebpf.Map `ebpf:"anet_ep_by_ip"`
+	AnetFrag4       *ebpf.Map `ebpf:"anet_frag4"`
+	AnetIpcache4    *ebpf.Map `ebpf:"anet_ipcache4"`
 	AnetLb4AffMatch *ebpf.Map `ebpf:"anet_lb4_aff_match"`
 	AnetLb4Affinity *ebpf.Map `ebpf:"anet_lb4_affinity"`
 	AnetLb4Backends *ebpf.Map `ebpf:"anet_lb4_backends"`
@@ -275,7 +365,11 @@ type HostMaps struct {
 	AnetLb4Services *ebpf.Map `ebpf:"anet_lb4_services"`
 	AnetMetrics     *ebpf.Map `ebpf:"anet_metrics"`
 	AnetNodeConfig  *ebpf.Map `ebpf:"anet_node_config"`
+	AnetPolCt4      *ebpf.Map `ebpf:"anet_pol_ct4"`
+	AnetPolEp       *ebpf.Map `ebpf:"anet_pol_ep"`
+	AnetPolicy      *ebpf.Map `ebpf:"anet_policy"`
 	AnetSock4Revnat *ebpf.Map `ebpf:"anet_sock4_revnat"`
+	AnetTunnel4     *ebpf.Map `ebpf:"anet_tunnel4"`
 }
 
 func (m *HostMaps) Close() error {
@@ -283,6 +377,8 @@ func (m *HostMaps) Close() error {
 		m.AnetCt4,
 		m.AnetEpByIf,
 		m.AnetEpByIp,
+		m.AnetFrag4,
+		m.AnetIpcache4,
 		m.AnetLb4AffMatch,
 		m.AnetLb4Affinity,
 		m.AnetLb4Backends,
@@ -290,7 +386,11 @@ func (m *HostMaps) Close() error {
 		m.AnetLb4Services,
 		m.AnetMetrics,
 		m.AnetNodeConfig,
+		m.AnetPolCt4,
+		m.AnetPolEp,
+		m.AnetPolicy,
 		m.AnetSock4Revnat,
+		m.AnetTunnel4,
 	)
 }
 
@@ -298,6 +398,9 @@ func (m *HostMaps) Close() error {
 //
 // It can be passed to LoadHostObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostVariables struct {
+	ANET_JIFFY_BASE   *ebpf.Variable `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS     *ebpf.Variable `ebpf:"ANET_JIFFY_NS"`
+	ANET_ROUTING_MODE *ebpf.Variable `ebpf:"ANET_ROUTING_MODE"`
 }
 
 // HostPrograms contains all programs after they have been loaded into the kernel.

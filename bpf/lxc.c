@@ -17,6 +17,8 @@
  */
 #include "lib/common.h"
 #include "lib/eth.h"
+#include "lib/fwd.h"
+#include "lib/geneve.h"
 #include "lib/policy.h"
 
 #include <linux/in.h>
@@ -182,28 +184,28 @@ static __always_inline bool netfilter_translated(struct __sk_buff *skb, const st
 	return nat;
 }
 
-/* csum16_add is a one's complement addition of 16-bit words. */
-static __always_inline __u16 csum16_add(__u16 csum, __u16 addend)
+/* to_tunnel sends a packet of the pod src to daddr, no endpoint of this
+ * node, through the Geneve overlay when daddr is in another node's pod
+ * CIDR (tunnel mode; policy has judged it). Anything else goes to the
+ * host stack, as in native mode. */
+static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoint_info *src, __be32 daddr)
 {
-	__u16 res = csum + addend;
+	struct tunnel_peer *peer = tunnel_lookup(daddr);
 
-	return res + (res < addend);
-}
-
-/* ip_decrease_ttl decrements the TTL of a header whose TTL is above 1 and
- * updates its checksum in place, as bpf_l3_csum_replace(..., 2) would
- * (csum_replace2, RFC 1624), without a helper call: on these machines a
- * call and its return cost more than the arithmetic (the kernel's
- * return-stack mitigations), and the header is in the linear area,
- * writable (the verifier's prologue unclones the skb of a program that
- * writes packets directly). */
-static __always_inline void ip_decrease_ttl(struct iphdr *ip4)
-{
-	__u16 old = *(__u16 *)&ip4->ttl;
-
-	ip4->ttl--;
-	__u16 new = *(__u16 *)&ip4->ttl;
-	ip4->check = (__sum16)~csum16_add(csum16_add(~ip4->check, ~old), new);
+	if (!peer)
+		return TC_ACT_OK;
+	__be32 node = peer->node;
+	struct node_config *cfg = node_config();
+	if (!cfg || !cfg->tunnel_ifindex || !cfg->addr)
+		return -DROP_TUNNEL_ENCAP_FAILED;
+	if (node == cfg->addr)
+		return TC_ACT_OK; /* this node's own CIDR: no endpoint has the address */
+	int ret = tunnel_encap(skb, cfg, node, src->identity & 0xffffff);
+	if (ret < 0)
+		return ret;
+	if (ret != TC_ACT_REDIRECT)
+		return -DROP_REDIRECT_FAILED;
+	return ret;
 }
 
 /* handle_ipv4 forwards a packet of the pod src. A drop that belongs to
@@ -250,24 +252,17 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 			*acct_if = dst->ifindex;
 		return ret;
 	}
-	if (!dst)
+	if (!dst) {
+		if (ANET_ROUTING_MODE == ANET_ROUTING_TUNNEL)
+			return to_tunnel(skb, src, daddr);
 		return TC_ACT_OK; /* the node itself, or beyond it: the host stack decides */
+	}
 	if (ANET_HOST_NAT && netfilter_translated(skb, ip4, hdrlen))
 		return TC_ACT_OK;
 
 	/* Routed hop between two pods of this node: decrement TTL, rewrite
 	 * L2 and hand the packet straight to the peer's netns. */
-	if (ip4->ttl <= 1)
-		return -DROP_TTL_EXCEEDED;
-	ip_decrease_ttl(ip4);
-	mac_copy(eth->h_dest, dst->pod_mac);
-	mac_copy(eth->h_source, dst->host_mac);
-
-	ret = bpf_redirect_peer(dst->ifindex, 0);
-	if (ret != TC_ACT_REDIRECT)
-		return -DROP_REDIRECT_FAILED;
-	account(dst->ifindex, DIR_INGRESS, REASON_FORWARDED, skb->len);
-	return ret;
+	return deliver_local(skb, eth, ip4, dst);
 }
 
 __section("tc")
@@ -335,7 +330,7 @@ static __always_inline int to_container(struct __sk_buff *skb, __u32 ifindex)
 		return -DROP_MALFORMED_IP;
 	if (ip4->version != 4 || ip4->ihl < 5)
 		return -DROP_MALFORMED_IP;
-	int ret = policy_to_pod(skb, ip4, ip4->ihl * 4, ifindex);
+	int ret = policy_to_pod(skb, ip4, ip4->ihl * 4, ifindex, 0);
 	return ret < 0 ? ret : TC_ACT_OK;
 }
 

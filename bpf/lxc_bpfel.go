@@ -74,6 +74,17 @@ type LxcMetricsValue struct {
 	Bytes   uint64
 }
 
+type LxcNodeConfig struct {
+	_             structs.HostLayout
+	Addr          uint32
+	SnatMin       uint16
+	SnatMax       uint16
+	Flags         uint32
+	TunnelIfindex uint32
+	TunnelMac     [6]uint8
+	Pad           uint16
+}
+
 type LxcPolCtEntry struct {
 	_        structs.HostLayout
 	Expires  uint64
@@ -102,6 +113,18 @@ type LxcPolicyKey struct {
 	Dport     uint16
 }
 
+type LxcTunnelKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
+type LxcTunnelPeer struct {
+	_     structs.HostLayout
+	Node  uint32
+	Flags uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -111,14 +134,17 @@ const (
 	LxcMapAnetFrag4          = "anet_frag4"
 	LxcMapAnetIpcache4       = "anet_ipcache4"
 	LxcMapAnetMetrics        = "anet_metrics"
+	LxcMapAnetNodeConfig     = "anet_node_config"
 	LxcMapAnetPolCt4         = "anet_pol_ct4"
 	LxcMapAnetPolEp          = "anet_pol_ep"
 	LxcMapAnetPolicy         = "anet_policy"
+	LxcMapAnetTunnel4        = "anet_tunnel4"
 	LxcProgAnetFromContainer = "anet_from_container"
 	LxcProgAnetToContainer   = "anet_to_container"
 	LxcVarANET_HOST_NAT      = "ANET_HOST_NAT"
 	LxcVarANET_JIFFY_BASE    = "ANET_JIFFY_BASE"
 	LxcVarANET_JIFFY_NS      = "ANET_JIFFY_NS"
+	LxcVarANET_ROUTING_MODE  = "ANET_ROUTING_MODE"
 )
 
 // LoadLxc returns the embedded CollectionSpec for Lxc.
@@ -171,23 +197,26 @@ type LxcProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LxcMapSpecs struct {
-	AnetEpByIf   *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
-	AnetEpByIp   *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
-	AnetFrag4    *ebpf.MapSpec `ebpf:"anet_frag4"`
-	AnetIpcache4 *ebpf.MapSpec `ebpf:"anet_ipcache4"`
-	AnetMetrics  *ebpf.MapSpec `ebpf:"anet_metrics"`
-	AnetPolCt4   *ebpf.MapSpec `ebpf:"anet_pol_ct4"`
-	AnetPolEp    *ebpf.MapSpec `ebpf:"anet_pol_ep"`
-	AnetPolicy   *ebpf.MapSpec `ebpf:"anet_policy"`
+	AnetEpByIf     *ebpf.MapSpec `ebpf:"anet_ep_by_if"`
+	AnetEpByIp     *ebpf.MapSpec `ebpf:"anet_ep_by_ip"`
+	AnetFrag4      *ebpf.MapSpec `ebpf:"anet_frag4"`
+	AnetIpcache4   *ebpf.MapSpec `ebpf:"anet_ipcache4"`
+	AnetMetrics    *ebpf.MapSpec `ebpf:"anet_metrics"`
+	AnetNodeConfig *ebpf.MapSpec `ebpf:"anet_node_config"`
+	AnetPolCt4     *ebpf.MapSpec `ebpf:"anet_pol_ct4"`
+	AnetPolEp      *ebpf.MapSpec `ebpf:"anet_pol_ep"`
+	AnetPolicy     *ebpf.MapSpec `ebpf:"anet_policy"`
+	AnetTunnel4    *ebpf.MapSpec `ebpf:"anet_tunnel4"`
 }
 
 // LxcVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LxcVariableSpecs struct {
-	ANET_HOST_NAT   *ebpf.VariableSpec `ebpf:"ANET_HOST_NAT"`
-	ANET_JIFFY_BASE *ebpf.VariableSpec `ebpf:"ANET_JIFFY_BASE"`
-	ANET_JIFFY_NS   *ebpf.VariableSpec `ebpf:"ANET_JIFFY_NS"`
+	ANET_HOST_NAT     *ebpf.VariableSpec `ebpf:"ANET_HOST_NAT"`
+	ANET_JIFFY_BASE   *ebpf.VariableSpec `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS     *ebpf.VariableSpec `ebpf:"ANET_JIFFY_NS"`
+	ANET_ROUTING_MODE *ebpf.VariableSpec `ebpf:"ANET_ROUTING_MODE"`
 }
 
 // LxcObjects contains all objects after they have been loaded into the kernel.
@@ -210,14 +239,16 @@ func (o *LxcObjects) Close() error {
 //
 // It can be passed to LoadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LxcMaps struct {
-	AnetEpByIf   *ebpf.Map `ebpf:"anet_ep_by_if"`
-	AnetEpByIp   *ebpf.Map `ebpf:"anet_ep_by_ip"`
-	AnetFrag4    *ebpf.Map `ebpf:"anet_frag4"`
-	AnetIpcache4 *ebpf.Map `ebpf:"anet_ipcache4"`
-	AnetMetrics  *ebpf.Map `ebpf:"anet_metrics"`
-	AnetPolCt4   *ebpf.Map `ebpf:"anet_pol_ct4"`
-	AnetPolEp    *ebpf.Map `ebpf:"anet_pol_ep"`
-	AnetPolicy   *ebpf.Map `ebpf:"anet_policy"`
+	AnetEpByIf     *ebpf.Map `ebpf:"anet_ep_by_if"`
+	AnetEpByIp     *ebpf.Map `ebpf:"anet_ep_by_ip"`
+	AnetFrag4      *ebpf.Map `ebpf:"anet_frag4"`
+	AnetIpcache4   *ebpf.Map `ebpf:"anet_ipcache4"`
+	AnetMetrics    *ebpf.Map `ebpf:"anet_metrics"`
+	AnetNodeConfig *ebpf.Map `ebpf:"anet_node_config"`
+	AnetPolCt4     *ebpf.Map `ebpf:"anet_pol_ct4"`
+	AnetPolEp      *ebpf.Map `ebpf:"anet_pol_ep"`
+	AnetPolicy     *ebpf.Map `ebpf:"anet_policy"`
+	AnetTunnel4    *ebpf.Map `ebpf:"anet_tunnel4"`
 }
 
 func (m *LxcMaps) Close() error {
@@ -227,9 +258,11 @@ func (m *LxcMaps) Close() error {
 		m.AnetFrag4,
 		m.AnetIpcache4,
 		m.AnetMetrics,
+		m.AnetNodeConfig,
 		m.AnetPolCt4,
 		m.AnetPolEp,
 		m.AnetPolicy,
+		m.AnetTunnel4,
 	)
 }
 
@@ -237,9 +270,10 @@ func (m *LxcMaps) Close() error {
 //
 // It can be passed to LoadLxcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LxcVariables struct {
-	ANET_HOST_NAT   *ebpf.Variable `ebpf:"ANET_HOST_NAT"`
-	ANET_JIFFY_BASE *ebpf.Variable `ebpf:"ANET_JIFFY_BASE"`
-	ANET_JIFFY_NS   *ebpf.Variable `ebpf:"ANET_JIFFY_NS"`
+	ANET_HOST_NAT     *ebpf.Variable `ebpf:"ANET_HOST_NAT"`
+	ANET_JIFFY_BASE   *ebpf.Variable `ebpf:"ANET_JIFFY_BASE"`
+	ANET_JIFFY_NS     *ebpf.Variable `ebpf:"ANET_JIFFY_NS"`
+	ANET_ROUTING_MODE *ebpf.Variable `ebpf:"ANET_ROUTING_MODE"`
 }
 
 // LxcPrograms contains all programs after they have been loaded into the kernel.

@@ -34,6 +34,13 @@ enum anet_reason {
 	DROP_CT_FULL = 14,          /* the conntrack table refused an entry */
 	DROP_POLICY_EGRESS = 15,    /* a new connection the sending pod's egress policy does not allow */
 	DROP_POLICY_INGRESS = 16,   /* a new connection the receiving pod's ingress policy does not allow */
+	DROP_TUNNEL_TRUNCATED = 17, /* Geneve to this node shorter than its headers or inner frame */
+	DROP_TUNNEL_BAD_VERSION = 18, /* Geneve version other than 0 */
+	DROP_TUNNEL_BAD_OPTIONS = 19, /* Geneve options beyond the packet, critical options, or OAM */
+	DROP_TUNNEL_BAD_PROTOCOL = 20, /* Geneve payload other than Ethernet (0x6558) with IPv4 */
+	DROP_TUNNEL_BAD_SOURCE = 21, /* inner source not a pod (nor the address) of the node that sent it */
+	DROP_TUNNEL_NO_ENDPOINT = 22, /* decapsulated packet to no endpoint of this node */
+	DROP_TUNNEL_ENCAP_FAILED = 23, /* no underlay configured, or the kernel refused the room */
 	__REASON_MAX,
 };
 

@@ -318,10 +318,13 @@ static __always_inline bool pol_rule_allows(__u32 ifindex, __u8 dir, __u32 ident
 	return bpf_map_lookup_elem(&anet_policy, &k) != NULL;
 }
 
-/* pol_ingress_allows: a new connection into an isolated endpoint. */
-static __always_inline bool pol_ingress_allows(__u32 ifindex, const struct pol_pkt *p)
+/* pol_ingress_allows: a new connection into an isolated endpoint, from a
+ * source of identity src_id as the packet carried it (a Geneve VNI), or,
+ * for 0 (none carried) and 1 (a sender's own host, which is not this
+ * node's), the ipcache's identity of its address. */
+static __always_inline bool pol_ingress_allows(__u32 ifindex, const struct pol_pkt *p, __u32 src_id)
 {
-	__u32 id = ipcache_identity(p->key.saddr);
+	__u32 id = src_id > ID_HOST ? src_id : ipcache_identity(p->key.saddr);
 
 	return id == ID_HOST || pol_rule_allows(ifindex, DIR_INGRESS, id, p);
 }
@@ -420,7 +423,7 @@ static __always_inline int policy_from_pod(struct __sk_buff *skb, const struct i
 		return 0;
 	if (pol_isolated(src_if, DIR_EGRESS) && !pol_egress_allows(src_if, &p))
 		return -DROP_POLICY_EGRESS;
-	if (dst && pol_isolated(dst->ifindex, DIR_INGRESS) && !pol_ingress_allows(dst->ifindex, &p))
+	if (dst && pol_isolated(dst->ifindex, DIR_INGRESS) && !pol_ingress_allows(dst->ifindex, &p, 0))
 		return -DROP_POLICY_INGRESS;
 	pol_ct_create(&p, now);
 	return 0;
@@ -428,8 +431,11 @@ static __always_inline int policy_from_pod(struct __sk_buff *skb, const struct i
 
 /* policy_to_pod judges a packet that the host stack delivers to the
  * endpoint ifindex (from another node, from the node itself, or from a pod
- * whose packet went through the host stack): the endpoint's ingress. */
-static __always_inline int policy_to_pod(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen, __u32 ifindex)
+ * whose packet went through the host stack), or that the tunnel delivers:
+ * the endpoint's ingress. src_id is the source's identity when the packet
+ * carried it (the VNI), else 0: the ipcache's. */
+static __always_inline int policy_to_pod(struct __sk_buff *skb, const struct iphdr *ip4, __u32 hdrlen, __u32 ifindex,
+					 __u32 src_id)
 {
 	struct pol_pkt p;
 	int ret = pol_parse(skb, ip4, hdrlen, &p);
@@ -439,7 +445,7 @@ static __always_inline int policy_to_pod(struct __sk_buff *skb, const struct iph
 	__u64 now = pol_now();
 	if (pol_ct_hit(&p, now) || pol_related(&p, now))
 		return 0;
-	if (pol_isolated(ifindex, DIR_INGRESS) && !pol_ingress_allows(ifindex, &p))
+	if (pol_isolated(ifindex, DIR_INGRESS) && !pol_ingress_allows(ifindex, &p, src_id))
 		return -DROP_POLICY_INGRESS;
 	pol_ct_create(&p, now);
 	return 0;

@@ -78,6 +78,9 @@ type Datapath struct {
 	polMu sync.Mutex
 	pol   policyState
 
+	// Serializes the read-modify-write of the node config.
+	nodeMu sync.Mutex
+
 	// The UDP socket terminator (sockterm_linux.go), or nil and why.
 	term    *sockTerm
 	termErr error
@@ -139,6 +142,9 @@ var refills = map[string]refill{
 	bpf.LxcMapAnetIpcache4: refillCopy,
 	bpf.LxcMapAnetPolCt4:   refillCopy,
 	bpf.LxcMapAnetFrag4:    refillCopy,
+	// The overlay's peers are copied so that the mesh keeps working
+	// until the overlay reconciler's first sync rewrites them.
+	bpf.HostMapAnetTunnel4: refillCopy,
 }
 
 // collection is one eBPF object (one C entry file) that Load loads against
@@ -175,6 +181,14 @@ func setConstants(colls []collection, opts Options) (clockErr error, err error) 
 		if v, ok := c.spec.Variables["ANET_HOST_NAT"]; ok && opts.HostNAT {
 			if err := v.Set(uint32(1)); err != nil {
 				return nil, fmt.Errorf("setting ANET_HOST_NAT in %s: %w", c.name, err)
+			}
+		}
+		if v, ok := c.spec.Variables["ANET_ROUTING_MODE"]; ok && opts.RoutingMode != "" {
+			if _, err := ParseRoutingMode(string(opts.RoutingMode)); err != nil {
+				return nil, err
+			}
+			if err := v.Set(opts.RoutingMode.constant()); err != nil {
+				return nil, fmt.Errorf("setting ANET_ROUTING_MODE in %s: %w", c.name, err)
 			}
 		}
 		if clockErr != nil {

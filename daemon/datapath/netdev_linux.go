@@ -169,7 +169,21 @@ func (dp *Datapath) SetNodeConfig(addr netip.Addr, snatMin, snatMax uint16) erro
 	if snatMin == 0 || snatMax < snatMin {
 		return fmt.Errorf("SNAT port range %d-%d is empty", snatMin, snatMax)
 	}
-	cfg := bpf.HostNodeConfig{Addr: be32(addr), SnatMin: snatMin, SnatMax: snatMax}
+	return dp.updateNodeConfig(func(c *bpf.HostNodeConfig) {
+		c.Addr, c.SnatMin, c.SnatMax = be32(addr), snatMin, snatMax
+	})
+}
+
+// updateNodeConfig rewrites the node's config entry with change applied:
+// SetNodeConfig and SetUnderlay each own some of its fields.
+func (dp *Datapath) updateNodeConfig(change func(*bpf.HostNodeConfig)) error {
+	dp.nodeMu.Lock()
+	defer dp.nodeMu.Unlock()
+	var cfg bpf.HostNodeConfig
+	if err := dp.host.AnetNodeConfig.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("reading the node config: %w", err)
+	}
+	change(&cfg)
 	if err := dp.host.AnetNodeConfig.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("writing the node config: %w", err)
 	}

@@ -1,6 +1,10 @@
 package datapath
 
-import "github.com/anet-dev/anet/bpf"
+import (
+	"fmt"
+
+	"github.com/anet-dev/anet/bpf"
+)
 
 // Options size the maps that anetd's flags size (0 takes the default).
 // A size that differs from a pinned map's migrates that map at the next
@@ -41,6 +45,37 @@ type Options struct {
 	// the node through the host stack when netfilter translated its
 	// connection (a kube-proxy beside anet; see bpf/lxc.c ANET_HOST_NAT).
 	HostNAT bool
+
+	// RoutingMode is how packets to pods of other nodes leave: "" or
+	// RoutingNative through the host stack (routes), RoutingTunnel
+	// through the Geneve overlay (bpf/lib/geneve.h). A load-time
+	// constant: native packets pay nothing for the tunnel's code.
+	RoutingMode RoutingMode
+}
+
+// RoutingMode is --routing-mode.
+type RoutingMode string
+
+const (
+	RoutingNative RoutingMode = "native"
+	RoutingTunnel RoutingMode = "tunnel"
+)
+
+// ParseRoutingMode reads a --routing-mode value.
+func ParseRoutingMode(s string) (RoutingMode, error) {
+	switch m := RoutingMode(s); m {
+	case RoutingNative, RoutingTunnel:
+		return m, nil
+	}
+	return "", fmt.Errorf("routing mode %q: want %q or %q", s, RoutingNative, RoutingTunnel)
+}
+
+// constant is ANET_ROUTING_MODE's value (bpf/lib/geneve.h).
+func (m RoutingMode) constant() uint32 {
+	if m == RoutingTunnel {
+		return 1
+	}
+	return 0
 }
 
 // DefaultOptions are the sizes for at least 65 536 Services and 262 144
@@ -85,6 +120,7 @@ func (o Options) withDefaults() Options {
 		IPCacheMapSize:       or(o.IPCacheMapSize, d.IPCacheMapSize),
 		PolicyCTMapSize:      or(o.PolicyCTMapSize, d.PolicyCTMapSize),
 		HostNAT:              o.HostNAT,
+		RoutingMode:          o.RoutingMode,
 	}
 }
 

@@ -28,6 +28,13 @@ const (
 	DropCTFull
 	DropPolicyEgress
 	DropPolicyIngress
+	DropTunnelTruncated
+	DropTunnelBadVersion
+	DropTunnelBadOptions
+	DropTunnelBadProtocol
+	DropTunnelBadSource
+	DropTunnelNoEndpoint
+	DropTunnelEncapFailed
 	reasonMax
 )
 
@@ -54,27 +61,44 @@ var reasonNames = [...]string{
 	// the sender's egress, or the receiver's ingress.
 	DropPolicyEgress:  "policy-egress-denied",
 	DropPolicyIngress: "policy-ingress-denied",
+	// The Geneve overlay (bpf/lib/geneve.h). Decapsulation drops count
+	// node-wide on the underlay's ingress; an encapsulation failure on
+	// the sending endpoint.
+	DropTunnelTruncated:   "tunnel-truncated",
+	DropTunnelBadVersion:  "tunnel-bad-version",
+	DropTunnelBadOptions:  "tunnel-bad-options",
+	DropTunnelBadProtocol: "tunnel-bad-protocol",
+	DropTunnelBadSource:   "tunnel-bad-source",
+	DropTunnelNoEndpoint:  "tunnel-no-endpoint",
+	DropTunnelEncapFailed: "tunnel-encap-failed",
 }
 
 // cNames are the C enumerator names, checked against the header by tests.
 var cNames = [...]string{
-	ReasonForwarded:      "REASON_FORWARDED",
-	DropUnknownEndpoint:  "DROP_UNKNOWN_ENDPOINT",
-	DropMalformedL2:      "DROP_MALFORMED_L2",
-	DropMalformedIP:      "DROP_MALFORMED_IP",
-	DropUnsupportedL3:    "DROP_UNSUPPORTED_L3",
-	DropInvalidSource:    "DROP_INVALID_SOURCE",
-	DropMalformedARP:     "DROP_MALFORMED_ARP",
-	DropTTLExceeded:      "DROP_TTL_EXCEEDED",
-	DropRedirectFailed:   "DROP_REDIRECT_FAILED",
-	DropCsumFailed:       "DROP_CSUM_FAILED",
-	DropNoServiceBackend: "DROP_NO_SERVICE_BACKEND",
-	DropNoSNATPort:       "DROP_NO_SNAT_PORT",
-	DropFIBFailed:        "DROP_FIB_FAILED",
-	DropMalformedL4:      "DROP_MALFORMED_L4",
-	DropCTFull:           "DROP_CT_FULL",
-	DropPolicyEgress:     "DROP_POLICY_EGRESS",
-	DropPolicyIngress:    "DROP_POLICY_INGRESS",
+	ReasonForwarded:       "REASON_FORWARDED",
+	DropUnknownEndpoint:   "DROP_UNKNOWN_ENDPOINT",
+	DropMalformedL2:       "DROP_MALFORMED_L2",
+	DropMalformedIP:       "DROP_MALFORMED_IP",
+	DropUnsupportedL3:     "DROP_UNSUPPORTED_L3",
+	DropInvalidSource:     "DROP_INVALID_SOURCE",
+	DropMalformedARP:      "DROP_MALFORMED_ARP",
+	DropTTLExceeded:       "DROP_TTL_EXCEEDED",
+	DropRedirectFailed:    "DROP_REDIRECT_FAILED",
+	DropCsumFailed:        "DROP_CSUM_FAILED",
+	DropNoServiceBackend:  "DROP_NO_SERVICE_BACKEND",
+	DropNoSNATPort:        "DROP_NO_SNAT_PORT",
+	DropFIBFailed:         "DROP_FIB_FAILED",
+	DropMalformedL4:       "DROP_MALFORMED_L4",
+	DropCTFull:            "DROP_CT_FULL",
+	DropPolicyEgress:      "DROP_POLICY_EGRESS",
+	DropPolicyIngress:     "DROP_POLICY_INGRESS",
+	DropTunnelTruncated:   "DROP_TUNNEL_TRUNCATED",
+	DropTunnelBadVersion:  "DROP_TUNNEL_BAD_VERSION",
+	DropTunnelBadOptions:  "DROP_TUNNEL_BAD_OPTIONS",
+	DropTunnelBadProtocol: "DROP_TUNNEL_BAD_PROTOCOL",
+	DropTunnelBadSource:   "DROP_TUNNEL_BAD_SOURCE",
+	DropTunnelNoEndpoint:  "DROP_TUNNEL_NO_ENDPOINT",
+	DropTunnelEncapFailed: "DROP_TUNNEL_ENCAP_FAILED",
 }
 
 func (r Reason) String() string {
