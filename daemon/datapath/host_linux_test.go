@@ -169,15 +169,7 @@ func (h *hostDP) frontendAff(t *testing.T, vip netip.Addr, port uint16, proto ui
 
 func (h *hostDP) run(t *testing.T, p *ebpf.Program, pkt []byte) (uint32, []byte) {
 	t.Helper()
-	ctx := make([]uint32, 11) // struct __sk_buff up to ifindex
-	ctx[10] = uint32(h.ifindex)
-	out := make([]byte, len(pkt)+256)
-	opts := &ebpf.RunOptions{Data: pkt, DataOut: out, Context: ctx}
-	ret, err := p.Run(opts)
-	if err != nil {
-		t.Fatalf("prog.Run (%d bytes): %v", len(pkt), err)
-	}
-	return ret, opts.DataOut
+	return runProg(t, p, uint32(h.ifindex), pkt)
 }
 
 // tuple reads a frame's addresses and ports, and checks its checksums.

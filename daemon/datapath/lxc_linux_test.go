@@ -69,13 +69,20 @@ func loadTest(t *testing.T) *Datapath {
 
 func run(t *testing.T, p *ebpf.Program, pkt []byte) (uint32, []byte) {
 	t.Helper()
+	return runProg(t, p, loIfindex, pkt)
+}
+
+// runProg runs a tc program on pkt as if it arrived on ifindex: verdict
+// and the packet as the program left it.
+func runProg(t testing.TB, p *ebpf.Program, ifindex uint32, pkt []byte) (uint32, []byte) {
+	t.Helper()
 	ctx := make([]uint32, 11) // struct __sk_buff up to ifindex
-	ctx[10] = loIfindex
+	ctx[10] = ifindex
 	out := make([]byte, len(pkt)+256)
 	opts := &ebpf.RunOptions{Data: pkt, DataOut: out, Context: ctx}
 	ret, err := p.Run(opts)
 	if err != nil {
-		t.Fatalf("prog.Run: %v", err)
+		t.Fatalf("prog.Run (%d bytes): %v", len(pkt), err)
 	}
 	return ret, opts.DataOut
 }

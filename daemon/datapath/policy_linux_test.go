@@ -76,12 +76,7 @@ func (e *polEnv) next() uint16 { e.port++; return e.port }
 
 func (e *polEnv) runOn(p *ebpf.Program, ifindex uint32, pkt []byte) uint32 {
 	e.t.Helper()
-	ctx := make([]uint32, 11)
-	ctx[10] = ifindex
-	ret, err := p.Run(&ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+256), Context: ctx})
-	if err != nil {
-		e.t.Fatalf("prog.Run: %v", err)
-	}
+	ret, _ := runProg(e.t, p, ifindex, pkt)
 	return ret
 }
 

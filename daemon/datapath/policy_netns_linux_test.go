@@ -23,12 +23,13 @@ import (
 // UDP stream of new flows that loses nothing while other rules come and go.
 
 type polPod struct {
-	ns      ns.NetNS
-	ip      netip.Addr
-	ifindex uint32
+	ns              ns.NetNS
+	ip              netip.Addr
+	ifindex         uint32
+	podMAC, hostMAC net.HardwareAddr
 }
 
-func wirePod(t *testing.T, dp *Datapath, name string, ip netip.Addr) *polPod {
+func wirePod(t *testing.T, dp *Datapath, name string, ip netip.Addr, gw ...netip.Addr) *polPod {
 	t.Helper()
 	pn, err := testutils.NewNS()
 	if err != nil {
@@ -40,14 +41,18 @@ func wirePod(t *testing.T, dp *Datapath, name string, ip netip.Addr) *polPod {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	w, err := dp.Wire(f, WireConfig{HostIfName: name, PodIfName: "eth0", IP: ip, Gateway: gwIP})
+	g := gwIP
+	if len(gw) > 0 {
+		g = gw[0]
+	}
+	w, err := dp.Wire(f, WireConfig{HostIfName: name, PodIfName: "eth0", IP: ip, Gateway: g})
 	if err != nil {
 		t.Fatalf("wiring %s: %v", name, err)
 	}
 	if err := dp.UpsertEndpoint(Endpoint{IP: ip, Ifindex: uint32(w.HostIfindex), PodMAC: w.PodMAC, HostMAC: w.HostMAC}); err != nil {
 		t.Fatal(err)
 	}
-	return &polPod{ns: pn, ip: ip, ifindex: uint32(w.HostIfindex)}
+	return &polPod{ns: pn, ip: ip, ifindex: uint32(w.HostIfindex), podMAC: w.PodMAC, hostMAC: w.HostMAC}
 }
 
 // in runs f in the pod's netns (sockets made there stay there).

@@ -197,6 +197,7 @@ type IPv4 struct {
 	DstMAC, SrcMAC net.HardwareAddr
 	Src, Dst       netip.Addr
 	Proto          uint8
+	TOS            uint8
 	ID             uint16
 	FragOff        uint16
 	TTL            uint8
@@ -211,6 +212,7 @@ func (p IPv4) Frame() []byte {
 	}
 	ip := make([]byte, IPv4Len+len(p.Payload))
 	ip[0] = 0x45
+	ip[1] = p.TOS
 	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
 	binary.BigEndian.PutUint16(ip[4:], p.ID)
 	binary.BigEndian.PutUint16(ip[6:], p.FragOff)
@@ -247,4 +249,50 @@ func ICMPEcho(reply bool, id, seq uint16) []byte {
 	b = binary.BigEndian.AppendUint16(b, seq)
 	binary.BigEndian.PutUint16(b[2:], Checksum(b))
 	return b
+}
+
+// GenevePort is Geneve's UDP port (RFC 8926).
+const GenevePort = 6081
+
+// Geneve is an Ethernet frame tunnelled in Geneve over IPv4/UDP, as anet's
+// overlay sends it: outer IPv4 with DF, TTL 64 (unless TTL says), the
+// given TOS and ID 0; UDP checksum 0; a Geneve header of version 0 with
+// Options (a multiple of 4 bytes) and protocol 0x6558 unless Proto says.
+// Version, Flags and OptLenWords, when set, override what is written, to
+// build malformed packets.
+type Geneve struct {
+	DstMAC, SrcMAC   net.HardwareAddr
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16 // DstPort 0: GenevePort
+	TOS, TTL         uint8
+	VNI              uint32
+	Proto            uint16 // 0: 0x6558, Transparent Ethernet Bridging
+	Version, Flags   uint8
+	OptLenWords      uint8 // 0: len(Options)/4
+	Options          []byte
+	Inner            []byte // the inner Ethernet frame
+}
+
+// Frame builds the frame.
+func (g Geneve) Frame() []byte {
+	dport, proto, optw := g.DstPort, g.Proto, g.OptLenWords
+	if dport == 0 {
+		dport = GenevePort
+	}
+	if proto == 0 {
+		proto = 0x6558
+	}
+	if optw == 0 {
+		optw = uint8(len(g.Options) / 4)
+	}
+	udp := binary.BigEndian.AppendUint16(nil, g.SrcPort)
+	udp = binary.BigEndian.AppendUint16(udp, dport)
+	udp = binary.BigEndian.AppendUint16(udp, uint16(UDPLen+8+len(g.Options)+len(g.Inner)))
+	udp = binary.BigEndian.AppendUint16(udp, 0)
+	udp = append(udp, g.Version<<6|optw&0x3f, g.Flags)
+	udp = binary.BigEndian.AppendUint16(udp, proto)
+	udp = append(udp, byte(g.VNI>>16), byte(g.VNI>>8), byte(g.VNI), 0)
+	udp = append(append(udp, g.Options...), g.Inner...)
+	return IPv4{DstMAC: g.DstMAC, SrcMAC: g.SrcMAC, Src: g.Src, Dst: g.Dst, Proto: 17, TOS: g.TOS,
+		FragOff: 0x4000, TTL: g.TTL, Payload: udp}.Frame()
 }
