@@ -16,6 +16,6 @@ const (
 	IdentityHost  = 1 // this node itself: always allowed into its pods
 	IdentityWorld = 2 // outside the cluster: an address without an ipcache entry
 	// IdentityMax is the largest identity: 24 bits, as the Geneve VNI
-	// will carry them.
+	// carries them (bpf/lib/geneve.h).
 	IdentityMax = 1<<24 - 1
 )
