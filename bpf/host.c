@@ -611,30 +611,14 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb, __u32 *acct_if)
 	if (bpf_skb_adjust_room(skb, -(__s32)(hdrlen + inner + ETH_HLEN), BPF_ADJ_ROOM_MAC, 0) < 0)
 		return -DROP_TUNNEL_TRUNCATED;
 
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
-		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
-		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
-			return -DROP_MALFORMED_IP;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	eth = data;
-	ip4 = data + ETH_HLEN;
-	if ((void *)(ip4 + 1) > data_end)
-		return -DROP_MALFORMED_IP;
-	if (ip4->version != 4 || ip4->ihl < 5)
-		return -DROP_MALFORMED_IP;
-	hdrlen = ip4->ihl * 4;
-	totlen = bpf_ntohs(ip4->tot_len);
-	if (totlen < hdrlen || ETH_HLEN + totlen > skb->len)
-		return -DROP_MALFORMED_IP;
+	int ret = ipv4_pull(skb, &eth, &ip4, &hdrlen);
+	if (ret < 0)
+		return ret;
 	__be32 daddr = ip4->daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&anet_ep_by_ip, &daddr);
 	if (!dst)
 		return -DROP_TUNNEL_NO_ENDPOINT;
-	int ret = policy_to_pod(skb, ip4, hdrlen, dst->ifindex, vni);
+	ret = policy_to_pod(skb, ip4, hdrlen, dst->ifindex, vni);
 	if (ret < 0) {
 		if (ret == -DROP_POLICY_INGRESS)
 			*acct_if = dst->ifindex;

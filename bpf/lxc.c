@@ -213,31 +213,13 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoin
  * *acct_if to that endpoint. */
 static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpoint_info *src, __u32 *acct_if)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	__u32 hdrlen;
+	int ret = ipv4_pull(skb, &eth, &ip4, &hdrlen);
 
-	/* The payload may sit in page fragments; only the headers need to be
-	 * in the linear area, and a pull puts them there if they are not. */
-	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
-		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
-		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
-			return -DROP_MALFORMED_IP;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	struct ethhdr *eth = data;
-	struct iphdr *ip4 = (void *)(eth + 1);
-
-	if ((void *)(ip4 + 1) > data_end)
-		return -DROP_MALFORMED_IP;
-	if (ip4->version != 4 || ip4->ihl < 5)
-		return -DROP_MALFORMED_IP;
-	__u32 hdrlen = ip4->ihl * 4;
-	__u32 totlen = bpf_ntohs(ip4->tot_len);
-	/* Against skb->len, not data_end: the packet is longer than its
-	 * linear part. */
-	if (totlen < hdrlen || ETH_HLEN + totlen > skb->len)
-		return -DROP_MALFORMED_IP;
+	if (ret < 0)
+		return ret;
 	if (ip4->saddr != src->ip)
 		return -DROP_INVALID_SOURCE;
 
@@ -246,7 +228,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, const struct endpo
 	/* A destination pod of this node is judged here whichever way the
 	 * packet goes on (redirect, or the host stack when netfilter
 	 * translated it): the connection's entry then covers both ends. */
-	int ret = policy_from_pod(skb, ip4, hdrlen, src->ifindex, dst);
+	ret = policy_from_pod(skb, ip4, hdrlen, src->ifindex, dst);
 	if (ret < 0) {
 		if (ret == -DROP_POLICY_INGRESS && dst)
 			*acct_if = dst->ifindex;

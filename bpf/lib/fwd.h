@@ -31,6 +31,40 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip4)
 	ip4->check = (__sum16)~csum16_add(csum16_add(~ip4->check, ~old), new);
 }
 
+/* ipv4_pull puts the Ethernet and IPv4 headers of an IPv4 frame in the
+ * linear area (the payload may stay in page fragments) and validates the
+ * IPv4 header: version, IHL, a total length within the packet (against
+ * skb->len, not data_end: the packet is longer than its linear part).
+ * *hdrlenp is the IPv4 header's length. */
+static __always_inline int ipv4_pull(struct __sk_buff *skb, struct ethhdr **ethp, struct iphdr **ip4p, __u32 *hdrlenp)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (data + ETH_HLEN + sizeof(struct iphdr) > data_end) {
+		if (skb->len < ETH_HLEN + sizeof(struct iphdr) ||
+		    bpf_skb_pull_data(skb, ETH_HLEN + sizeof(struct iphdr)) < 0)
+			return -DROP_MALFORMED_IP;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	struct ethhdr *eth = data;
+	struct iphdr *ip4 = (void *)(eth + 1);
+
+	if ((void *)(ip4 + 1) > data_end)
+		return -DROP_MALFORMED_IP;
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return -DROP_MALFORMED_IP;
+	__u32 hdrlen = ip4->ihl * 4;
+	__u32 totlen = bpf_ntohs(ip4->tot_len);
+	if (totlen < hdrlen || ETH_HLEN + totlen > skb->len)
+		return -DROP_MALFORMED_IP;
+	*ethp = eth;
+	*ip4p = ip4;
+	*hdrlenp = hdrlen;
+	return 0;
+}
+
 /* deliver_local hands a packet to the endpoint dst as a router would:
  * TTL decremented, the endpoint's MACs, straight into its netns. The
  * headers eth and ip4 are in the linear area. */

@@ -59,23 +59,7 @@ func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 	t.Helper()
 	needRoot(t)
 	enterNewNetns(t)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", HardwareAddr: hULMAC}, PeerName: "ul0peer"}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	ul, err := netlink.LinkByName("ul0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, _ := netlink.LinkByName("ul0peer")
-	for _, l := range []netlink.Link{ul, peer, mustLink(t, "lo")} {
-		if err := netlink.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := netlink.AddrAdd(ul, &netlink.Addr{IPNet: &net.IPNet{IP: hNode.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
+	ul := addUnderlay(t)
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: ul.Attrs().Index, Dst: &net.IPNet{IP: net.IP{10, 244, 2, 0}, Mask: net.CIDRMask(24, 32)}, Gw: hNode2.AsSlice()}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +93,26 @@ func loadHostFwd(t *testing.T, forwarding bool) *hostDP {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// addUnderlay makes ul0 (a veth, MAC hULMAC, hNode/24) in the test's
+// netns, up with its peer and lo.
+func addUnderlay(t *testing.T) netlink.Link {
+	t.Helper()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", HardwareAddr: hULMAC}, PeerName: "ul0peer"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	ul := mustLink(t, "ul0")
+	for _, l := range []netlink.Link{ul, mustLink(t, "ul0peer"), mustLink(t, "lo")} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := netlink.AddrAdd(ul, &netlink.Addr{IPNet: &net.IPNet{IP: hNode.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	return ul
 }
 
 // enterNewNetns moves the test's goroutine, locked to its thread, into a

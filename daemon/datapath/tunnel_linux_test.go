@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/anet-dev/anet/internal/testpkt"
 )
 
@@ -33,14 +31,7 @@ func loadTunnel(t *testing.T, mode RoutingMode) *tunEnv {
 	t.Helper()
 	needRoot(t)
 	enterNewNetns(t)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0", HardwareAddr: hULMAC}, PeerName: "ul0peer"}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	ul := mustLink(t, "ul0")
-	if err := netlink.AddrAdd(ul, &netlink.Addr{IPNet: &net.IPNet{IP: hNode.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
+	ul := addUnderlay(t)
 	dp, err := LoadUnpinnedWith(Options{RoutingMode: mode})
 	if err != nil {
 		t.Fatal(err)
