@@ -587,6 +587,7 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb, __u32 *acct_if)
 		return -DROP_TUNNEL_TRUNCATED;
 	__u32 vni = (__u32)gh->vni[0] << 16 | (__u32)gh->vni[1] << 8 | gh->vni[2];
 	__be32 outer_src = ip4->saddr;
+	__u8 outer_ecn = ip4->tos & IP_ECN_MASK;
 
 	/* The inner Ethernet type and IPv4 source, wherever they lie. */
 	__u32 ioff = ETH_HLEN + hdrlen + inner;
@@ -614,6 +615,12 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb, __u32 *acct_if)
 	int ret = ipv4_pull(skb, &eth, &ip4, &hdrlen);
 	if (ret < 0)
 		return ret;
+	/* RFC 6040 (normal mode): congestion the underlay marked on the
+	 * outer header reaches the inner packet of an ECN-capable flow. (A
+	 * not-ECT inner packet under CE, which RFC 6040 drops, is delivered
+	 * unmarked: anet never sends that combination.) */
+	if (outer_ecn == IP_ECN_CE && (ip4->tos & IP_ECN_MASK) && (ip4->tos & IP_ECN_MASK) != IP_ECN_CE)
+		ip_set_tos(ip4, ip4->tos | IP_ECN_CE);
 	__be32 daddr = ip4->daddr;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&anet_ep_by_ip, &daddr);
 	if (!dst)

@@ -31,6 +31,20 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip4)
 	ip4->check = (__sum16)~csum16_add(csum16_add(~ip4->check, ~old), new);
 }
 
+#define IP_ECN_MASK 0x03
+#define IP_ECN_CE 0x03
+
+/* ip_set_tos rewrites the TOS byte and updates the checksum in place, as
+ * ip_decrease_ttl does. */
+static __always_inline void ip_set_tos(struct iphdr *ip4, __u8 tos)
+{
+	__u16 old = *(__u16 *)ip4;
+
+	ip4->tos = tos;
+	__u16 new = *(__u16 *)ip4;
+	ip4->check = (__sum16)~csum16_add(csum16_add(~ip4->check, ~old), new);
+}
+
 /* ipv4_pull puts the Ethernet and IPv4 headers of an IPv4 frame in the
  * linear area (the payload may stay in page fragments) and validates the
  * IPv4 header: version, IHL, a total length within the packet (against

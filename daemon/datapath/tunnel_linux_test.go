@@ -205,6 +205,31 @@ func TestTunnelDecapDelivers(t *testing.T) {
 	wantVerdict(t, "VNI idRemote to port 81", ret, tcActShot)
 }
 
+// Congestion marked on the outer header (CE) reaches an ECN-capable
+// inner packet (RFC 6040), with a checksum that verifies; a not-ECT one
+// is left alone.
+func TestTunnelDecapECN(t *testing.T) {
+	e := loadTunnel(t, RoutingTunnel)
+	for _, c := range []struct {
+		name        string
+		inner, want byte
+	}{{"ECT(0)", 0x02, 0x03}, {"ECT(1)", 0x01, 0x03}, {"CE", 0x03, 0x03}, {"not-ECT", 0x00, 0x00}} {
+		inner := remoteTCP(e.next(), 80, testpkt.TCPSyn)
+		inner[15] = 0xb8 | c.inner
+		binary.BigEndian.PutUint16(inner[24:], 0)
+		binary.BigEndian.PutUint16(inner[24:], testpkt.Checksum(inner[14:34]))
+		g := geneveFrom(idRemote, inner)
+		g.TOS = 0xb8 | 0x03 // CE
+		ret, out := e.fromUnderlay(g.Frame())
+		if ret != tcActRedirect {
+			t.Fatalf("%s: verdict %d", c.name, ret)
+		}
+		if out[15] != 0xb8|c.want || testpkt.Checksum(out[14:34]) != 0 {
+			t.Errorf("%s under CE: inner TOS %#02x (checksum verifies: %v), want %#02x", c.name, out[15], testpkt.Checksum(out[14:34]) == 0, 0xb8|c.want)
+		}
+	}
+}
+
 // A reply of a connection the local pod opened through the tunnel comes
 // back through it and passes an isolated ingress (the pod conntrack).
 func TestTunnelDecapReplyOfTrackedConnection(t *testing.T) {
