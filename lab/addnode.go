@@ -139,25 +139,38 @@ func (l *Lab) RemoveNode(name string) error {
 	if err := downState(&stateStore{s: sub}, nil, l.progress, l.start); err != nil {
 		return fmt.Errorf("removing %s: %w", name, err)
 	}
-	if out, err := l.Kubectl("delete", "node", name, "--wait=true", "--timeout=60s"); err != nil && !strings.Contains(out, "NotFound") {
+	if out, err := l.Kubectl("delete", "node", name, "--wait=true", "--timeout=60s"); err != nil && !strings.Contains(err.Error(), "NotFound") {
 		return fmt.Errorf("deleting node %s: %v: %s", name, err, out)
 	}
+	// New slices, not DeleteFunc in place: a State a caller holds (from
+	// State, before the removal) shares the old ones.
 	err := l.st.update(func(s *State) {
-		s.Nodes = slices.DeleteFunc(s.Nodes, func(r NodeRec) bool { return r.Name == name })
-		s.Procs = slices.DeleteFunc(s.Procs, func(p Proc) bool {
+		s.Nodes = without(s.Nodes, func(r NodeRec) bool { return r.Name == name })
+		s.Procs = without(s.Procs, func(p Proc) bool {
 			return slices.ContainsFunc(sub.Procs, func(q Proc) bool { return q.Name == p.Name })
 		})
-		s.Netns = slices.DeleteFunc(s.Netns, func(x string) bool { return slices.Contains(sub.Netns, x) })
-		s.Mounts = slices.DeleteFunc(s.Mounts, func(x string) bool { return slices.Contains(sub.Mounts, x) })
-		s.Cgroups = slices.DeleteFunc(s.Cgroups, func(x string) bool { return slices.Contains(sub.Cgroups, x) })
-		s.Routes = slices.DeleteFunc(s.Routes, func(x Route) bool { return slices.Contains(sub.Routes, x) })
+		s.Netns = without(s.Netns, func(x string) bool { return slices.Contains(sub.Netns, x) })
+		s.Mounts = without(s.Mounts, func(x string) bool { return slices.Contains(sub.Mounts, x) })
+		s.Cgroups = without(s.Cgroups, func(x string) bool { return slices.Contains(sub.Cgroups, x) })
+		s.Routes = without(s.Routes, func(x Route) bool { return slices.Contains(sub.Routes, x) })
 	})
-	l.Nodes = slices.DeleteFunc(l.Nodes, func(r NodeRec) bool { return r.Name == name })
+	l.Nodes = without(l.Nodes, func(r NodeRec) bool { return r.Name == name })
 	if err != nil {
 		return err
 	}
 	l.say("%s removed in %.1fs", name, time.Since(start).Seconds())
 	return nil
+}
+
+// without is a new slice of the elements of xs that drop does not match.
+func without[T any](xs []T, drop func(T) bool) []T {
+	var out []T
+	for _, x := range xs {
+		if !drop(x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // NodeLeftovers lists what is left of a node RemoveNode took out, given

@@ -66,7 +66,7 @@ func TestNodeAddRemove(t *testing.T) {
 	if left := lab.NodeLeftovers(&before, n.Name); len(left) > 0 {
 		t.Errorf("left of %s after its removal: %v", n.Name, left)
 	}
-	if out, err := l.Kubectl("get", "node", n.Name); err == nil || !strings.Contains(out, "NotFound") {
+	if out, err := l.Kubectl("get", "node", n.Name); err == nil || !strings.Contains(err.Error(), "NotFound") {
 		t.Errorf("node %s still in the API: %v %s", n.Name, err, out)
 	}
 	// The other nodes' anetds drop their route to its pod CIDR.
