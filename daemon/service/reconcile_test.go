@@ -489,7 +489,7 @@ func TestReconcileContested(t *testing.T) {
 	}
 	a.Spec.ExternalIPs = nil
 	update(t, r, a, nil)
-	if got := r.take(); !slices.Equal(got, []string{"default/b"}) {
+	if got, _ := r.take(); !slices.Equal(got, []string{"default/b"}) {
 		t.Fatalf("queued %v, want default/b", got)
 	}
 	update(t, r, b, nil)

@@ -50,7 +50,7 @@ func TestStartErrors(t *testing.T) {
 		"at most /30":       {"--pod-cidr", "10.244.1.0/31", "--bpf-root", bpfRoot},
 	}
 	for want, args := range cases {
-		args = append(args, "--health-addr", "", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"))
+		args = append(args, "--health-addr", "", "--metrics-addr", "", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"))
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), want) {
 			t.Errorf("%v: exit %v, output %q; want an error saying %q", args, err, out, want)
