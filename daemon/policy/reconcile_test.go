@@ -274,3 +274,51 @@ func TestReconcilerDropsWhatWentWhileDown(t *testing.T) {
 		t.Errorf("a second run with nothing changed wrote %v", dp.calls)
 	}
 }
+
+// TestReconcilerLatency: a run that an event started reports the time
+// since that event (the 20 ms that let a burst coalesce included); the
+// first run, which no event started, reports nothing.
+func TestReconcilerLatency(t *testing.T) {
+	src := &lockedSource{fakeSource: fakeSource{
+		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}},
+		pods: []*corev1.Pod{rpod("srv", "a", "10.244.1.5", map[string]string{"app": "srv"})},
+	}}
+	dp := &memDatapath{ipc: map[netip.Prefix]uint32{}, eps: map[uint32]EndpointPolicy{}}
+	var mu sync.Mutex
+	var got []time.Duration
+	r := NewReconciler(Config{Node: "a", Source: src, Datapath: dp, Alloc: identity.NewLocal(), Resync: time.Hour,
+		Endpoints: func() map[string]uint32 { return map[string]uint32{"ns/srv": 10} },
+		Latency:   func(d time.Duration) { mu.Lock(); got = append(got, d); mu.Unlock() }})
+	ctx, cancel := context.WithCancel(context.Background())
+	listed := make(chan struct{})
+	close(listed)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx, listed) }()
+	defer func() { cancel(); <-done }()
+	for _, _, ok := r.IdentityCounts(); !ok; _, _, ok = r.IdentityCounts() {
+		time.Sleep(5 * time.Millisecond) // the first run
+	}
+	if pods, cidrs, _ := r.IdentityCounts(); pods != 1 || cidrs != 0 {
+		t.Errorf("identities: %d pod, %d cidr; want 1, 0", pods, cidrs)
+	}
+	mu.Lock()
+	if len(got) != 0 {
+		t.Errorf("the first run, started by no event, reported %v", got)
+	}
+	mu.Unlock()
+	r.Enqueue()
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] < 20*time.Millisecond {
+		t.Errorf("latencies %v, want one of at least 20ms", got)
+	}
+}
