@@ -106,3 +106,10 @@ func (hs *Server) Addr() net.Addr { return hs.ln.Addr() }
 
 // Shutdown stops the server.
 func (hs *Server) Shutdown(ctx context.Context) error { return hs.srv.Shutdown(ctx) }
+
+// Stop stops the server, waiting at most 2 s for the requests in flight.
+func (hs *Server) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = hs.srv.Shutdown(ctx)
+}

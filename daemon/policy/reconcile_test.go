@@ -210,12 +210,8 @@ func TestWaitEndpoint(t *testing.T) {
 	if err := r.WaitEndpoint(context.Background(), "other", "p"); err != nil {
 		t.Fatalf("no policy in the namespace, before any run: %v, want nil at once", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	listed := make(chan struct{})
-	close(listed)
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx, listed) }()
-	defer func() { cancel(); <-done }()
+	stop := startRun(r)
+	defer stop()
 
 	wait := func(name string, d time.Duration) error {
 		c, cancel := context.WithTimeout(context.Background(), d)
@@ -238,8 +234,7 @@ func TestWaitEndpoint(t *testing.T) {
 	if err := wait("new", 10*time.Second); err != nil {
 		t.Fatalf("after the pod reached the cache: %v", err)
 	}
-	cancel()
-	<-done
+	stop()
 	if ep := dp.eps[12]; !ep.IngressEnforced || len(ep.Ingress) != 0 {
 		t.Errorf("the new pod's endpoint: %+v, want isolated for ingress", ep)
 	}
@@ -289,12 +284,8 @@ func TestReconcilerLatency(t *testing.T) {
 	r := NewReconciler(Config{Node: "a", Source: src, Datapath: dp, Alloc: identity.NewLocal(), Resync: time.Hour,
 		Endpoints: func() map[string]uint32 { return map[string]uint32{"ns/srv": 10} },
 		Latency:   func(d time.Duration) { mu.Lock(); got = append(got, d); mu.Unlock() }})
-	ctx, cancel := context.WithCancel(context.Background())
-	listed := make(chan struct{})
-	close(listed)
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx, listed) }()
-	defer func() { cancel(); <-done }()
+	stop := startRun(r)
+	defer stop()
 	for _, _, ok := r.IdentityCounts(); !ok; _, _, ok = r.IdentityCounts() {
 		time.Sleep(5 * time.Millisecond) // the first run
 	}
@@ -321,4 +312,15 @@ func TestReconcilerLatency(t *testing.T) {
 	if len(got) != 1 || got[0] < 20*time.Millisecond {
 		t.Errorf("latencies %v, want one of at least 20ms", got)
 	}
+}
+
+// startRun runs r from a listed cache until the returned stop, which
+// returns once Run has (and may be called again).
+func startRun(r *Reconciler) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	listed := make(chan struct{})
+	close(listed)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx, listed) }()
+	return func() { cancel(); <-done }
 }

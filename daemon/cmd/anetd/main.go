@@ -195,11 +195,7 @@ func run(cfg *config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = hs.Shutdown(sctx)
-		}()
+		defer hs.Stop()
 	}
 	// Collectors are added as their parts start; a scrape reads the maps
 	// then (daemon/metrics).
@@ -209,11 +205,7 @@ func run(cfg *config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = ms.Shutdown(sctx)
-		}()
+		defer ms.Stop()
 	}
 
 	restCfg, err := k8s.RESTConfig(cfg.kubeconfig)
