@@ -68,10 +68,10 @@ type config struct {
 	logLevel   string
 	kubeconfig string
 	healthAddr string
+	gcGrace    time.Duration
+	attach     string
 	// Prometheus metrics (daemon/metrics), served on /metrics.
 	metricsAddr string
-	gcGrace     time.Duration
-	attach      string
 
 	// The service proxy (with an API).
 	enableServices bool

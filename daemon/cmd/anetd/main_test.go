@@ -67,15 +67,15 @@ func TestParseServiceFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !c.enableServices || c.cgroupRoot != "/sys/fs/cgroup" || c.healthzAddr != "0.0.0.0:10256" ||
-		c.lbServicesMax != 327680 || c.lbBackendsMax != 262144 {
+		c.lbServicesMax != 327680 || c.lbBackendsMax != 262144 || c.metricsAddr != ":9090" {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = parseFlags([]string{"--pod-cidr", "10.0.0.0/24", "--enable-services=false", "--cgroup-root", "/mnt/cg/node1",
-		"--healthz-bind-address", "", "--lb-services-max", "65536", "--lb-backends-max", "1000"})
+		"--healthz-bind-address", "", "--lb-services-max", "65536", "--lb-backends-max", "1000", "--metrics-addr", ""})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.enableServices || c.cgroupRoot != "/mnt/cg/node1" || c.healthzAddr != "" || c.lbServicesMax != 65536 || c.lbBackendsMax != 1000 {
+	if c.enableServices || c.cgroupRoot != "/mnt/cg/node1" || c.healthzAddr != "" || c.lbServicesMax != 65536 || c.lbBackendsMax != 1000 || c.metricsAddr != "" {
 		t.Errorf("parsed: %+v", c)
 	}
 	for want, args := range map[string][]string{
