@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -73,11 +74,15 @@ spec:
 		{"anet_api_to_datapath_seconds", []string{"reconciler", "policy"}},
 		{"anet_api_to_datapath_seconds", []string{"reconciler", "service"}},
 	}
+	var seen []string
 	for _, c := range positive {
-		if v, ok := fams.Value(c.name, c.labels...); !ok || v <= 0 {
+		v, ok := fams.Value(c.name, c.labels...)
+		if !ok || v <= 0 {
 			t.Errorf("%s%v = %v (present %v), want > 0; series %v", c.name, c.labels, v, ok, fams.Series(c.name))
 		}
+		seen = append(seen, fmt.Sprintf("%s%v=%g", c.name, c.labels, v))
 	}
+	t.Logf("%s's metrics:\n  %s", node, strings.Join(seen, "\n  "))
 	if v, _ := fams.Value("anet_endpoints"); v < 3 {
 		t.Errorf("anet_endpoints = %v, want at least this test's 3 pods", v)
 	}
