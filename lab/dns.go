@@ -83,6 +83,13 @@ func (l *Lab) corednsBinary(ctx context.Context) (bin, version string, err error
 func (l *Lab) routePodCIDRs(ctx context.Context) error {
 	cpNS := l.Name + "-cp"
 	routed := map[string]bool{}
+	for _, r := range l.st.get().Routes {
+		for _, n := range l.Nodes {
+			if r.Netns == cpNS && r.Via == n.Address {
+				routed[n.Name] = true // routed before (AddNode)
+			}
+		}
+	}
 	err := waitFor(ctx, 90*time.Second, func() error {
 		nl, err := l.nodes()
 		if err != nil {

@@ -103,7 +103,7 @@ type Options struct {
 	ServiceCIDR, ClusterCIDR string
 
 	// Progress receives one line per step, with the elapsed time.
-	Progress io.Writer
+	Progress io.Writer `json:"-"`
 	// KeepOnFailure leaves a lab that failed to come up in place for
 	// inspection (DownDir removes it later).
 	KeepOnFailure bool
@@ -245,7 +245,8 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		st: &stateStore{path: filepath.Join(o.Dir, StateFile)},
 	}
 	if err := l.st.update(func(s *State) {
-		*s = State{Name: o.Name, Dir: o.Dir, Created: time.Now().UTC()}
+		opts := o
+		*s = State{Name: o.Name, Dir: o.Dir, Created: time.Now().UTC(), Options: &opts}
 		s.Owner, _ = identify("owner", os.Getpid(), "")
 	}); err != nil {
 		unlock()
@@ -309,8 +310,10 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 
 	l.say("control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) at %s", ControlPlaneIP)
+	// A kubelet token for every node the lab may ever have (the API
+	// server reads its token file at start): AddNode needs one.
 	var names []string
-	for i := 1; i <= o.Nodes; i++ {
+	for i := 1; i <= maxNodes; i++ {
 		names = append(names, NodeName(i))
 	}
 	cpDir := filepath.Join(l.Dir, "controlplane")
@@ -469,8 +472,13 @@ func Open(dir string) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lab{Dir: s.Dir, Name: s.Name, Nodes: s.Nodes, st: &stateStore{path: filepath.Join(dir, StateFile), s: *s},
-		start: time.Now(), progress: io.Discard}, nil
+	l := &Lab{Dir: s.Dir, Name: s.Name, Nodes: s.Nodes, st: &stateStore{path: filepath.Join(dir, StateFile), s: *s},
+		start: time.Now(), progress: io.Discard}
+	if s.Options != nil {
+		l.opts = *s.Options
+		l.opts.Progress = io.Discard
+	}
+	return l, nil
 }
 
 // State returns what the lab recorded.

@@ -55,6 +55,14 @@ func (l *Lab) plug(fabric, member, short, addr string) error {
 	return nil
 }
 
+// join makes namespace ns and plugs it into the fabric with addr.
+func (l *Lab) join(ns, short, addr string) error {
+	if err := l.addNetns(ns); err != nil {
+		return err
+	}
+	return l.plug(l.st.get().FabricNetns, ns, short, addr)
+}
+
 // makeFabric makes the fabric namespace and its bridge, the control plane,
 // node and outside namespaces, and plugs them in. No namespace gets a
 // default route: 10.77.0.0/24 is all there is.
@@ -78,10 +86,7 @@ func (l *Lab) makeFabric(nodes int) error {
 	}
 	members = append(members, struct{ ns, short, addr string }{l.Name + "-outside", "outside", OutsideIP})
 	for _, m := range members {
-		if err := l.addNetns(m.ns); err != nil {
-			return err
-		}
-		if err := l.plug(fabric, m.ns, m.short, m.addr); err != nil {
+		if err := l.join(m.ns, m.short, m.addr); err != nil {
 			return err
 		}
 	}

@@ -16,42 +16,51 @@ import (
 	"time"
 
 	"github.com/anet-dev/anet/daemon/api"
+	"github.com/anet-dev/anet/lab/controlplane"
 	"github.com/anet-dev/anet/lab/images"
 )
 
 // prepareNodes records every node and makes its directories.
 func (l *Lab) prepareNodes(n int) error {
 	for i := 1; i <= n; i++ {
-		name := NodeName(i)
-		dir := filepath.Join(l.Dir, "nodes", name)
-		nr := NodeRec{
-			Name:         name,
-			Netns:        l.Name + "-" + name,
-			Address:      NodeIP(i),
-			Dir:          dir,
-			MountNS:      filepath.Join(l.Dir, "ns", name+".mnt"),
-			CgroupName:   l.Name + "-" + name,
-			Socket:       filepath.Join(dir, "run", "anetd.sock"),
-			BPFRoot:      filepath.Join(dir, "bpf"),
-			StateDir:     filepath.Join(dir, "anetd"),
-			Containerd:   filepath.Join(dir, "run", "containerd.sock"),
-			CNIBinDir:    filepath.Join(dir, "cni", "bin"),
-			CNIConfDir:   filepath.Join(dir, "cni", "net.d"),
-			StaticPodDir: filepath.Join(dir, "manifests"),
-		}
-		for _, d := range []string{"logs", "run", "bpf", "anetd", "cni/bin", "cni/net.d", "containerd/root",
-			"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs", "manifests"} {
-			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-				return err
-			}
-		}
-		l.Nodes = append(l.Nodes, nr)
-		nodes := append([]NodeRec(nil), l.Nodes...)
-		if err := l.st.update(func(s *State) { s.Nodes = nodes }); err != nil {
+		if _, err := l.prepareNode(i); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// prepareNode records node i and makes its directories.
+func (l *Lab) prepareNode(i int) (*NodeRec, error) {
+	name := NodeName(i)
+	dir := filepath.Join(l.Dir, "nodes", name)
+	nr := NodeRec{
+		Name:         name,
+		Netns:        l.Name + "-" + name,
+		Address:      NodeIP(i),
+		Dir:          dir,
+		MountNS:      filepath.Join(l.Dir, "ns", name+".mnt"),
+		CgroupName:   l.Name + "-" + name,
+		Socket:       filepath.Join(dir, "run", "anetd.sock"),
+		BPFRoot:      filepath.Join(dir, "bpf"),
+		StateDir:     filepath.Join(dir, "anetd"),
+		Containerd:   filepath.Join(dir, "run", "containerd.sock"),
+		CNIBinDir:    filepath.Join(dir, "cni", "bin"),
+		CNIConfDir:   filepath.Join(dir, "cni", "net.d"),
+		StaticPodDir: filepath.Join(dir, "manifests"),
+	}
+	for _, d := range []string{"logs", "run", "bpf", "anetd", "cni/bin", "cni/net.d", "containerd/root",
+		"containerd/state", "containerd/opt", "runc", "kubelet-pki", "pod-logs", "manifests"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	l.Nodes = append(l.Nodes, nr)
+	nodes := append([]NodeRec(nil), l.Nodes...)
+	if err := l.st.update(func(s *State) { s.Nodes = nodes }); err != nil {
+		return nil, err
+	}
+	return &l.Nodes[len(l.Nodes)-1], nil
 }
 
 func (l *Lab) recordProc(p Proc) error {
@@ -180,7 +189,7 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	kp, err := spawn(n.Name+"/kubelet", netns, n.MountNS, filepath.Join(logs, "kubelet.log"),
 		filepath.Join(b.k8s, "kubelet"),
 		"--config="+kcfg,
-		"--kubeconfig="+l.cp.NodeKubeconfig(n.Name),
+		"--kubeconfig="+controlplane.NodeKubeconfigPath(l.st.get().ControlPlaneDir, n.Name),
 		"--root-dir="+filepath.Join(n.Dir, "kubelet"),
 		"--cert-dir="+filepath.Join(n.Dir, "kubelet-pki"),
 		"--hostname-override="+n.Name,

@@ -43,6 +43,9 @@ type State struct {
 	ControlPlaneNS  string `json:"controlPlaneNetns,omitempty"`
 	APIServerURL    string `json:"apiServerURL,omitempty"`
 	Kubeconfig      string `json:"kubeconfig,omitempty"` // the admin's
+	// Options are those the lab was brought up with (defaults filled in),
+	// for what a later command adds to it (AddNode).
+	Options *Options `json:"options,omitempty"`
 	// AnetdKubeconfig is anetd's: a token of the ServiceAccount the
 	// shipped RBAC manifest binds (installer/manifests).
 	AnetdKubeconfig  string `json:"anetdKubeconfig,omitempty"`

@@ -184,7 +184,13 @@ func (dp *Datapath) allCounters() (map[uint32]map[CounterKey]Counter, error) {
 	return out, it.Err()
 }
 
+// deleteCounters deletes the counters match selects. Their counts go to
+// the node's retired sums first (TrafficCounters), under the same lock as
+// a read of the sums, so that a read sees them once: in the map or in the
+// sums. (What is counted between its lookup and its delete is lost.)
 func (dp *Datapath) deleteCounters(match func(bpf.LxcMetricsKey) bool) error {
+	dp.retiredMu.Lock()
+	defer dp.retiredMu.Unlock()
 	var keys []bpf.LxcMetricsKey
 	var k bpf.LxcMetricsKey
 	var per []bpf.LxcMetricsValue
@@ -198,6 +204,9 @@ func (dp *Datapath) deleteCounters(match func(bpf.LxcMetricsKey) bool) error {
 		return err
 	}
 	for _, k := range keys {
+		if err := dp.objs.AnetMetrics.Lookup(k, &per); err == nil {
+			dp.retire(k, per)
+		}
 		if err := dp.objs.AnetMetrics.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return err
 		}

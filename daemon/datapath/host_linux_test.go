@@ -7,16 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/anet-dev/anet/bpf"
 	"github.com/anet-dev/anet/daemon/service/lb"
+	"github.com/anet-dev/anet/internal/testns"
 	"github.com/anet-dev/anet/internal/testpkt"
 )
 
@@ -117,28 +116,7 @@ func addUnderlay(t *testing.T) netlink.Link {
 
 // enterNewNetns moves the test's goroutine, locked to its thread, into a
 // new network namespace until the test ends.
-func enterNewNetns(t testing.TB) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New() // and switches this thread into it
-	if err != nil {
-		orig.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("back to the test's netns: %v", err)
-			return // the thread stays locked, and dies with the test goroutine
-		}
-		ns.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
-}
+func enterNewNetns(t testing.TB) { testns.EnterNew(t) }
 
 func mustLink(t testing.TB, name string) netlink.Link {
 	t.Helper()

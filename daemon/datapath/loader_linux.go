@@ -84,6 +84,11 @@ type Datapath struct {
 	// The UDP socket terminator (sockterm_linux.go), or nil and why.
 	term    *sockTerm
 	termErr error
+
+	// The counts of deleted counters, for TrafficCounters
+	// (stats_linux.go); retiredMu also orders a deletion and a read.
+	retiredMu sync.Mutex
+	retired   map[CounterKey]Counter
 }
 
 // CheckBPFFS returns a clear error unless dir is a directory on a bpf

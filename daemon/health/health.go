@@ -82,14 +82,20 @@ type Server struct {
 // Listen binds addr (host:port; an empty host means every address of the
 // netns) and serves s in the background; a bind error is returned at once.
 func Listen(addr string, s *State, log *slog.Logger) (*Server, error) {
+	return ListenHTTP("health server", addr, s.Handler(), log)
+}
+
+// ListenHTTP binds addr and serves h in the background, as Listen does:
+// for anetd's other HTTP endpoints (metrics). name is for errors and logs.
+func ListenHTTP(name, addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("health server: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	hs := &Server{ln: ln, srv: &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}}
+	hs := &Server{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		if err := hs.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("health server stopped", "err", err)
+			log.Error(name+" stopped", "err", err)
 		}
 	}()
 	return hs, nil
@@ -100,3 +106,10 @@ func (hs *Server) Addr() net.Addr { return hs.ln.Addr() }
 
 // Shutdown stops the server.
 func (hs *Server) Shutdown(ctx context.Context) error { return hs.srv.Shutdown(ctx) }
+
+// Stop stops the server, waiting at most 2 s for the requests in flight.
+func (hs *Server) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = hs.srv.Shutdown(ctx)
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -72,6 +73,10 @@ type Config struct {
 	// A run compiles every policy of the cluster (about 0.5 s of a CPU
 	// with 10 000 policies), so it is not frequent; default 5 min.
 	Resync time.Duration
+	// Latency, when set, is told after each run that a change event
+	// started how long ago the first event of that run came: the time
+	// from an API change to the maps.
+	Latency func(time.Duration)
 }
 
 // Reconciler keeps the datapath's policy maps in line with the cluster:
@@ -82,6 +87,9 @@ type Reconciler struct {
 	log      *slog.Logger
 	compiler *Compiler
 	kick     chan struct{}
+	// When the first Enqueue since the last run's start came (unix ns;
+	// 0: none), for Config.Latency.
+	pendingSince atomic.Int64
 
 	held     map[identity.Key]uint32
 	written  map[uint32]written // by ifindex
@@ -163,6 +171,7 @@ func (r *Reconciler) WaitEndpoint(ctx context.Context, namespace, name string) e
 
 // Enqueue asks for a run; it never blocks (runs coalesce).
 func (r *Reconciler) Enqueue() {
+	r.pendingSince.CompareAndSwap(0, time.Now().UnixNano())
 	select {
 	case r.kick <- struct{}{}:
 	default:
@@ -184,7 +193,11 @@ func (r *Reconciler) Run(ctx context.Context, listed <-chan struct{}) {
 	first := true
 	for {
 		start := time.Now()
+		since := r.pendingSince.Swap(0)
 		ok := r.safeSync()
+		if since != 0 && r.cfg.Latency != nil {
+			r.cfg.Latency(time.Since(time.Unix(0, since)))
+		}
 		if first {
 			r.log.Info("network policy in force", "took", time.Since(start).Round(time.Millisecond), "complete", ok)
 			first = false

@@ -210,12 +210,8 @@ func TestWaitEndpoint(t *testing.T) {
 	if err := r.WaitEndpoint(context.Background(), "other", "p"); err != nil {
 		t.Fatalf("no policy in the namespace, before any run: %v, want nil at once", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	listed := make(chan struct{})
-	close(listed)
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx, listed) }()
-	defer func() { cancel(); <-done }()
+	stop := startRun(r)
+	defer stop()
 
 	wait := func(name string, d time.Duration) error {
 		c, cancel := context.WithTimeout(context.Background(), d)
@@ -238,8 +234,7 @@ func TestWaitEndpoint(t *testing.T) {
 	if err := wait("new", 10*time.Second); err != nil {
 		t.Fatalf("after the pod reached the cache: %v", err)
 	}
-	cancel()
-	<-done
+	stop()
 	if ep := dp.eps[12]; !ep.IngressEnforced || len(ep.Ingress) != 0 {
 		t.Errorf("the new pod's endpoint: %+v, want isolated for ingress", ep)
 	}
@@ -273,4 +268,59 @@ func TestReconcilerDropsWhatWentWhileDown(t *testing.T) {
 	if !r.Sync() || len(dp.calls) != 0 {
 		t.Errorf("a second run with nothing changed wrote %v", dp.calls)
 	}
+}
+
+// TestReconcilerLatency: a run that an event started reports the time
+// since that event (the 20 ms that let a burst coalesce included); the
+// first run, which no event started, reports nothing.
+func TestReconcilerLatency(t *testing.T) {
+	src := &lockedSource{fakeSource: fakeSource{
+		nss:  []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}},
+		pods: []*corev1.Pod{rpod("srv", "a", "10.244.1.5", map[string]string{"app": "srv"})},
+	}}
+	dp := &memDatapath{ipc: map[netip.Prefix]uint32{}, eps: map[uint32]EndpointPolicy{}}
+	var mu sync.Mutex
+	var got []time.Duration
+	r := NewReconciler(Config{Node: "a", Source: src, Datapath: dp, Alloc: identity.NewLocal(), Resync: time.Hour,
+		Endpoints: func() map[string]uint32 { return map[string]uint32{"ns/srv": 10} },
+		Latency:   func(d time.Duration) { mu.Lock(); got = append(got, d); mu.Unlock() }})
+	stop := startRun(r)
+	defer stop()
+	for _, _, ok := r.IdentityCounts(); !ok; _, _, ok = r.IdentityCounts() {
+		time.Sleep(5 * time.Millisecond) // the first run
+	}
+	if pods, cidrs, _ := r.IdentityCounts(); pods != 1 || cidrs != 0 {
+		t.Errorf("identities: %d pod, %d cidr; want 1, 0", pods, cidrs)
+	}
+	mu.Lock()
+	if len(got) != 0 {
+		t.Errorf("the first run, started by no event, reported %v", got)
+	}
+	mu.Unlock()
+	r.Enqueue()
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] < 20*time.Millisecond {
+		t.Errorf("latencies %v, want one of at least 20ms", got)
+	}
+}
+
+// startRun runs r from a listed cache until the returned stop, which
+// returns once Run has (and may be called again).
+func startRun(r *Reconciler) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	listed := make(chan struct{})
+	close(listed)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx, listed) }()
+	return func() { cancel(); <-done }
 }

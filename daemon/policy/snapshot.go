@@ -69,6 +69,19 @@ func (r *Reconciler) publish(res Result, pods []*corev1.Pod, nss []*corev1.Names
 	r.mu.Unlock()
 }
 
+// IdentityCounts counts the identities the last run held: those of pods (one
+// per distinct set of namespace and pod labels of the cluster's live
+// pods) and those of CIDRs the policies name; ok is false before the
+// first run.
+func (r *Reconciler) IdentityCounts() (pods, cidrs int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.snap == nil {
+		return 0, 0, false
+	}
+	return len(r.snap.idents), len(r.snap.cidrs), true
+}
+
 func (r *Reconciler) snapshot() (*snapshot, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

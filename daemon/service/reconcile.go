@@ -30,6 +30,11 @@ type Counters struct {
 	Deletes     atomic.Uint64 // frontends removed
 	WriteErrors atomic.Uint64 // failed Put or Delete calls (a full map, ...), each retried
 	Problems    atomic.Uint64 // reports of a Service (or part of one) that cannot be served
+
+	// What the reconciler holds, after its last change.
+	Services  atomic.Int64 // Services it has seen (with frontends or not)
+	Frontends atomic.Int64 // frontends the maps hold
+	Backends  atomic.Int64 // backend IDs the maps' frontends name
 }
 
 // HealthReporter learns when changes are queued and when the maps have
@@ -60,6 +65,10 @@ type Options struct {
 	// frontend (see goneBackends), once the maps no longer send new
 	// connections to it, to destroy the sockets still connected to it.
 	Terminator lb.SocketTerminator
+	// Latency, when set, is told for each recomputed Service how long
+	// ago its first change event since the last recomputation came: the
+	// time from an API change to the maps.
+	Latency func(time.Duration)
 }
 
 // backendKey is what a backend ID stands for: one address, port and
@@ -123,7 +132,7 @@ type Reconciler struct {
 
 	qmu    sync.Mutex
 	queue  []string
-	queued map[string]bool
+	queued map[string]time.Time // when each queued key was first queued
 	kick   chan struct{}
 
 	inSync chan struct{} // closed by Run after the first prune
@@ -159,7 +168,7 @@ func NewReconciler(m Map, node Node, opts Options, log *slog.Logger) *Reconciler
 		revnats: newIDAlloc("RevNat indexes", opts.MaxFrontends),
 		ids:     newIDAlloc("backend IDs", opts.MaxBackends),
 		idOf:    map[backendKey]uint32{}, keyOf: map[uint32]backendKey{}, refs: map[uint32]int{},
-		queued: map[string]bool{}, kick: make(chan struct{}, 1), inSync: make(chan struct{}),
+		queued: map[string]time.Time{}, kick: make(chan struct{}, 1), inSync: make(chan struct{}),
 	}
 }
 
@@ -209,6 +218,7 @@ func (r *Reconciler) Adopt() error {
 	r.revnats.adopt(rns)
 	r.ids.adopt(bids)
 	r.adopted = true
+	r.count()
 	r.log.Info("service maps adopted", "frontends", len(fs), "backendIDs", len(bids))
 	return nil
 }
@@ -243,6 +253,7 @@ func (r *Reconciler) Update(key string, svc *corev1.Service, eps []*discoveryv1.
 	ok := r.update(key, svc, eps)
 	notes := r.hcNotify
 	r.hcNotify = nil
+	r.count()
 	r.mu.Unlock()
 	r.notify(notes)
 	return ok
@@ -534,7 +545,16 @@ func (r *Reconciler) freeID(id uint32) {
 func (r *Reconciler) Retry() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.count()
 	return r.retry()
+}
+
+// count publishes what the reconciler holds in Counters. Called with mu
+// held, after every change.
+func (r *Reconciler) count() {
+	r.Counters.Services.Store(int64(len(r.svcs)))
+	r.Counters.Frontends.Store(int64(len(r.prog)))
+	r.Counters.Backends.Store(int64(len(r.refs)))
 }
 
 func (r *Reconciler) retry() bool {
@@ -559,6 +579,7 @@ func (r *Reconciler) retry() bool {
 func (r *Reconciler) Prune() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.count()
 	if !r.pruned {
 		n := 0
 		for k := range r.prog {

@@ -489,7 +489,7 @@ func TestReconcileContested(t *testing.T) {
 	}
 	a.Spec.ExternalIPs = nil
 	update(t, r, a, nil)
-	if got := r.take(); !slices.Equal(got, []string{"default/b"}) {
+	if got, _ := r.take(); !slices.Equal(got, []string{"default/b"}) {
 		t.Fatalf("queued %v, want default/b", got)
 	}
 	update(t, r, b, nil)
@@ -682,4 +682,35 @@ func TestRun(t *testing.T) {
 		_, ok := m.Get(FrontendKey{Addr: netip.MustParseAddrPort("10.77.0.9:30002"), Proto: TCP})
 		return ok && m.Len() == 2
 	})
+}
+
+// TestRunLatencyAndCounts: each recomputed Service reports the time since
+// its first change event, and the counters say what the maps hold.
+func TestRunLatencyAndCounts(t *testing.T) {
+	m := NewMemMap()
+	src := &fakeSource{svcs: map[string]*corev1.Service{}, slices: map[string][]*discoveryv1.EndpointSlice{}}
+	var mu sync.Mutex
+	var got []time.Duration
+	r := NewReconciler(m, thisNode, Options{Latency: func(d time.Duration) { mu.Lock(); got = append(got, d); mu.Unlock() }},
+		slog.New(slog.NewTextHandler(&logBuf{}, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx, src, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	s, eps := webSvc(1, 2)
+	src.mu.Lock()
+	src.svcs[key(s)], src.slices[key(s)] = s, eps
+	src.mu.Unlock()
+	before := time.Now()
+	r.Enqueue(key(s))
+	r.Enqueue(key(s)) // the same key: one recomputation, timed from the first
+	eventually(t, "web1 programmed", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) > 0 })
+	mu.Lock()
+	if len(got) != 1 || got[0] <= 0 || got[0] > time.Since(before) {
+		t.Errorf("latencies %v, want one, at most the %v since the first event", got, time.Since(before))
+	}
+	mu.Unlock()
+	if n, f, b := r.Counters.Services.Load(), r.Counters.Frontends.Load(), r.Counters.Backends.Load(); n != 1 || f != int64(m.Len()) || b != 2 {
+		t.Errorf("counters: %d services, %d frontends, %d backends; want 1, %d, 2", n, f, b, m.Len())
+	}
 }

@@ -30,8 +30,8 @@ func (r *Reconciler) Enqueue(key string) {
 
 func (r *Reconciler) enqueue(key string) {
 	r.qmu.Lock()
-	if !r.queued[key] {
-		r.queued[key] = true
+	if _, ok := r.queued[key]; !ok {
+		r.queued[key] = time.Now()
 		r.queue = append(r.queue, key)
 	}
 	r.qmu.Unlock()
@@ -41,13 +41,13 @@ func (r *Reconciler) enqueue(key string) {
 	}
 }
 
-func (r *Reconciler) take() []string {
+// take empties the queue: its keys, and when each was first queued.
+func (r *Reconciler) take() ([]string, map[string]time.Time) {
 	r.qmu.Lock()
 	defer r.qmu.Unlock()
-	q := r.queue
-	r.queue = nil
-	clear(r.queued)
-	return q
+	q, since := r.queue, r.queued
+	r.queue, r.queued = nil, make(map[string]time.Time, len(since))
+	return q, since
 }
 
 func (r *Reconciler) queueLen() int {
@@ -81,10 +81,12 @@ func (r *Reconciler) Run(ctx context.Context, src Source, synced <-chan struct{}
 	var failedKeys []string // Services whose lookup failed
 	for {
 		start := time.Now()
-		keys := r.take()
+		keys, since := r.take()
 		for _, key := range keys {
 			if !r.process(src, key) {
 				failedKeys = append(failedKeys, key)
+			} else if r.opts.Latency != nil {
+				r.opts.Latency(time.Since(since[key]))
 			}
 		}
 		if len(keys) > 100 {

@@ -338,7 +338,12 @@ current-context: anet-lab
 // of user system:node:<node>, group system:nodes). The node must be one of
 // Config.NodeNames.
 func (c *ControlPlane) NodeKubeconfig(node string) string {
-	return c.path("node-" + node + ".kubeconfig")
+	return NodeKubeconfigPath(c.cfg.Dir, node)
+}
+
+// NodeKubeconfigPath is NodeKubeconfig of the control plane in dir.
+func NodeKubeconfigPath(dir, node string) string {
+	return filepath.Join(dir, "node-"+node+".kubeconfig")
 }
 
 // NodeToken is the bearer token of a node's kubelet.

@@ -120,13 +120,25 @@ func roundTrip(t *testing.T, from *testnode.Pod, network, addr, msg string) {
 		t.Fatalf("%s dial %s from %s: %v", network, addr, from.Name, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatal(err)
+	// UDP: a datagram may be lost on a busy machine, and a client sends
+	// again; three tries, each with its 2 s. TCP: one.
+	tries := 1
+	if network == "udp" {
+		tries = 3
 	}
 	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-		t.Fatalf("%s echo from %s: got %q, %v", network, addr, buf, err)
+	for i := range tries {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := io.ReadFull(c, buf)
+		if err == nil && string(buf) == msg {
+			return
+		}
+		if i == tries-1 {
+			t.Fatalf("%s echo from %s: got %q, %v (%d tries)", network, addr, buf, err, tries)
+		}
 	}
 }
 
@@ -1114,8 +1126,10 @@ func TestKilledAddLeavesNothing(t *testing.T) {
 			q := n.NewPod("again-" + step)
 			n.MustAdd(p)
 			n.MustAdd(q)
-			if err := p.Ping(q.IP().String(), 1); err != nil {
-				t.Fatal(err)
+			// Up to three echo requests: one answered is enough (a busy
+			// machine may take longer than one's second to answer it).
+			if err := p.Ping(q.IP().String(), 3); err != nil {
+				t.Error(err) // and clean up all the same, for the next step
 			}
 			for _, x := range []*testnode.Pod{p, q} {
 				if err := n.Del(x); err != nil {

@@ -43,6 +43,7 @@ import (
 	"github.com/anet-dev/anet/daemon/ipam"
 	"github.com/anet-dev/anet/daemon/k8s"
 	"github.com/anet-dev/anet/daemon/kubeproxy"
+	"github.com/anet-dev/anet/daemon/metrics"
 	"github.com/anet-dev/anet/daemon/policy"
 	"github.com/anet-dev/anet/daemon/proxyhealth"
 	"github.com/anet-dev/anet/daemon/routing"
@@ -69,6 +70,8 @@ type config struct {
 	healthAddr string
 	gcGrace    time.Duration
 	attach     string
+	// Prometheus metrics (daemon/metrics), served on /metrics.
+	metricsAddr string
 
 	// The service proxy (with an API).
 	enableServices bool
@@ -101,6 +104,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API; without it, the in-cluster config when KUBERNETES_SERVICE_HOST is set, else standalone (no API)")
 	fs.StringVar(&c.healthAddr, "health-addr", ":9876", "address of the HTTP /healthz and /readyz endpoints (empty: off)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "address of the Prometheus metrics, served on /metrics (empty: off)")
 	fs.DurationVar(&c.gcGrace, "endpoint-gc-grace", k8s.DefaultGCGrace, "with an API: how old an endpoint must be before it is collected when its pod is gone")
 	fs.StringVar(&c.attach, "endpoint-attach", datapath.ModeTC, "how the programs hang on a new pod's veth: tc (clsact filters; an ADD takes about 0.4 ms for it) or tcx (TCX links; each attach waits for an RCU grace period, about 10 ms, twice per pod)")
 	fs.BoolVar(&c.enableServices, "enable-services", true, "with an API: serve Services (ClusterIP, NodePort, LoadBalancer, ExternalIPs) in place of kube-proxy")
@@ -191,11 +195,17 @@ func run(cfg *config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = hs.Shutdown(sctx)
-		}()
+		defer hs.Stop()
+	}
+	// Collectors are added as their parts start; a scrape reads the maps
+	// then (daemon/metrics).
+	mets := metrics.New()
+	if cfg.metricsAddr != "" {
+		ms, err := health.ListenHTTP("metrics server", cfg.metricsAddr, mets.Handler(), log)
+		if err != nil {
+			return err
+		}
+		defer ms.Stop()
 	}
 
 	restCfg, err := k8s.RESTConfig(cfg.kubeconfig)
@@ -267,6 +277,7 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 	dp.EndpointAttach = cfg.attach
 	defer dp.Close()
+	mets.AddDatapath(dp)
 	eps, err := endpoint.New(filepath.Join(cfg.stateDir, "endpoints"), alloc, dp, nodeDevices{datapath.Layout{Root: cfg.bpfRoot}}, log)
 	if err != nil {
 		return err
@@ -277,6 +288,7 @@ func run(cfg *config, log *slog.Logger) error {
 		return err
 	}
 	defer eps.Close()
+	mets.AddEndpoints(eps.Count)
 	pending := endpoint.Pending{Releases: api.PendingReleaseDir(cfg.socket)}
 
 	var ready atomic.Bool
@@ -341,12 +353,12 @@ func run(cfg *config, log *slog.Logger) error {
 			return err
 		}
 		defer table.Close()
-		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, eps.Netns, log)
+		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, eps.Netns, mets, log)
 		if err != nil {
 			return err
 		}
 		if cfg.enablePolicy {
-			if err := startPolicy(ctx, cfg, restCfg, dp, kc, eps, srv, log); err != nil {
+			if err := startPolicy(ctx, cfg, restCfg, dp, kc, eps, srv, mets, log); err != nil {
 				return err
 			}
 		} else {
@@ -425,7 +437,7 @@ const testServiceMapEnv = "ANETD_TEST_SERVICE_MAP"
 // healthCheckNodePort servers. It returns nil when services are off or no
 // service map is connected.
 func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *k8s.Client, node k8s.NodeInfo,
-	srv *apiserver.Server, podNetns func() []datapath.NetnsRef, log *slog.Logger) (*service.Reconciler, error) {
+	srv *apiserver.Server, podNetns func() []datapath.NetnsRef, mets *metrics.Metrics, log *slog.Logger) (*service.Reconciler, error) {
 	if !cfg.enableServices {
 		log.Info("services off (--enable-services=false): another proxy must serve them")
 		return nil, nil
@@ -473,8 +485,9 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 	go hcs.Run(ctx, 5*time.Second)
 	rec := service.NewReconciler(m, service.Node{Name: cfg.nodeName, Addrs: node.InternalIPs}, service.Options{
 		MaxFrontends: cfg.lbServicesMax, MaxBackends: cfg.lbBackendsMax, Health: ph, HealthChecks: hcs,
-		Terminator: terminator(term),
+		Terminator: terminator(term), Latency: mets.Latency("service"),
 	}, svcLog)
+	mets.AddServices(&rec.Counters)
 	synced, _, err := kc.OnServiceChange(rec.Enqueue)
 	if err != nil {
 		return nil, err
@@ -502,7 +515,7 @@ func startServices(ctx context.Context, cfg *config, dp *datapath.Datapath, kc *
 // lists), so all of that runs in the background: the node serves CNI and
 // Services meanwhile, and pods stay as the pinned maps have them.
 func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *datapath.Datapath, kc *k8s.Client,
-	eps *endpoint.Manager, srv *apiserver.Server, log *slog.Logger) error {
+	eps *endpoint.Manager, srv *apiserver.Server, mets *metrics.Metrics, log *slog.Logger) error {
 	plog := log.With("from", "policy")
 	dyn, err := dynamic.NewForConfig(restCfg)
 	if err != nil {
@@ -519,8 +532,9 @@ func startPolicy(ctx context.Context, cfg *config, restCfg *rest.Config, dp *dat
 	}
 	rec := policy.NewReconciler(policy.Config{
 		Node: cfg.nodeName, Source: kc, Datapath: policyMaps{dp}, Endpoints: eps.PodIfindexes,
-		Report: report, Gateway: ipam.Gateway, Log: plog,
+		Report: report, Gateway: ipam.Gateway, Log: plog, Latency: mets.Latency("policy"),
 	})
+	mets.AddIdentities(rec.IdentityCounts)
 	synced, _, err := kc.OnPolicyChange(rec.Enqueue)
 	if err != nil {
 		return err

@@ -50,7 +50,7 @@ func TestStartErrors(t *testing.T) {
 		"at most /30":       {"--pod-cidr", "10.244.1.0/31", "--bpf-root", bpfRoot},
 	}
 	for want, args := range cases {
-		args = append(args, "--health-addr", "", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"))
+		args = append(args, "--health-addr", "", "--metrics-addr", "", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"))
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), want) {
 			t.Errorf("%v: exit %v, output %q; want an error saying %q", args, err, out, want)
@@ -67,15 +67,15 @@ func TestParseServiceFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !c.enableServices || c.cgroupRoot != "/sys/fs/cgroup" || c.healthzAddr != "0.0.0.0:10256" ||
-		c.lbServicesMax != 327680 || c.lbBackendsMax != 262144 {
+		c.lbServicesMax != 327680 || c.lbBackendsMax != 262144 || c.metricsAddr != ":9090" {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = parseFlags([]string{"--pod-cidr", "10.0.0.0/24", "--enable-services=false", "--cgroup-root", "/mnt/cg/node1",
-		"--healthz-bind-address", "", "--lb-services-max", "65536", "--lb-backends-max", "1000"})
+		"--healthz-bind-address", "", "--lb-services-max", "65536", "--lb-backends-max", "1000", "--metrics-addr", ""})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.enableServices || c.cgroupRoot != "/mnt/cg/node1" || c.healthzAddr != "" || c.lbServicesMax != 65536 || c.lbBackendsMax != 1000 {
+	if c.enableServices || c.cgroupRoot != "/mnt/cg/node1" || c.healthzAddr != "" || c.lbServicesMax != 65536 || c.lbBackendsMax != 1000 || c.metricsAddr != "" {
 		t.Errorf("parsed: %+v", c)
 	}
 	for want, args := range map[string][]string{

@@ -10,6 +10,8 @@
 //	anet-lab exec [--dir DIR] NAMESPACE/POD -- CMD...
 //	anet-lab outside [--dir DIR] -- CMD...
 //	anet-lab node [--dir DIR] NODE -- CMD...
+//	anet-lab node [--dir DIR] add
+//	anet-lab node [--dir DIR] remove NODE
 //	anet-lab restart [--dir DIR] [--signal TERM|KILL] NODE/COMPONENT
 //
 // up deploys the cluster DNS (CoreDNS as the kube-dns Service) unless
@@ -18,7 +20,8 @@
 // namespace and its container's cgroup (so that the node's socket-level
 // hooks see it, as they see `kubectl exec`); `anet-lab kubectl -- exec POD
 // -- CMD` runs one inside the pod's container. outside and node run a program in the outside client's or a
-// node's namespaces. Lab traffic is always sent from inside the lab: the
+// node's namespaces; node add grows the running lab by one node (the next
+// name and address), node remove takes one out. Lab traffic is always sent from inside the lab: the
 // machine's own network namespace has no route to it, on purpose.
 package main
 
@@ -45,6 +48,8 @@ const usage = `usage:
   anet-lab exec [--dir DIR] NAMESPACE/POD -- CMD...
   anet-lab outside [--dir DIR] -- CMD...
   anet-lab node [--dir DIR] NODE -- CMD...
+  anet-lab node [--dir DIR] add                (a node more: containerd, kubelet, anetd)
+  anet-lab node [--dir DIR] remove NODE
   anet-lab restart [--dir DIR] [--signal TERM|KILL] NODE/COMPONENT   (containerd, kubelet, anetd)
 DIR defaults to $ANET_LAB_DIR, else /var/lib/anet-lab.
 `
@@ -169,8 +174,26 @@ func run(args []string) int {
 		}
 		return interactive(l.OutsideCmd(rest...))
 	case "node":
+		switch {
+		case len(pos) == 1 && pos[0] == "add" && len(rest) == 0:
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+			defer stop()
+			l.SetProgress(os.Stderr)
+			n, err := l.AddNode(ctx)
+			if err != nil {
+				return fail(err)
+			}
+			fmt.Fprintf(os.Stderr, "%s added at %s\n", n.Name, n.Address)
+			return 0
+		case len(pos) == 2 && pos[0] == "remove" && len(rest) == 0:
+			l.SetProgress(os.Stderr)
+			if err := l.RemoveNode(pos[1]); err != nil {
+				return fail(err)
+			}
+			return 0
+		}
 		if len(pos) != 1 || len(rest) == 0 {
-			return usageErr("node NODE -- CMD...")
+			return usageErr("node NODE -- CMD..., node add, or node remove NODE")
 		}
 		c, err := l.NodeCmd(pos[0], rest...)
 		if err != nil {
