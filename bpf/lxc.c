@@ -200,7 +200,17 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct endpoin
 		return -DROP_TUNNEL_ENCAP_FAILED;
 	if (node == cfg->addr)
 		return TC_ACT_OK; /* this node's own CIDR: no endpoint has the address */
-	int ret = tunnel_encap(skb, cfg, node, src->identity & 0xffffff);
+	/* The VNI carries the sender's identity: the endpoint's, else the
+	 * ipcache's for its address (the reconciler writes every pod's);
+	 * 0 when neither knows it yet, and the receiver looks it up itself. */
+	__u32 id = src->identity;
+	if (!id) {
+		struct ipcache_key k = { .prefixlen = 32, .addr = src->ip };
+		struct ipcache_entry *e = bpf_map_lookup_elem(&anet_ipcache4, &k);
+		if (e)
+			id = e->identity;
+	}
+	int ret = tunnel_encap(skb, cfg, node, id & 0xffffff);
 	if (ret < 0)
 		return ret;
 	if (ret != TC_ACT_REDIRECT)

@@ -131,6 +131,11 @@ type Options struct {
 	// Services.
 	KubeProxy string
 
+	// RoutingMode is anetd's --routing-mode: "" or "native" (routes to the
+	// other nodes' pod CIDRs; IP forwarding on) or "tunnel" (the Geneve
+	// overlay of anet's programs; IP forwarding off on every node).
+	RoutingMode string
+
 	// DNS deploys the cluster DNS (CoreDNS, built from its Go module by
 	// scripts/coredns-binary.sh, as the kube-dns Service on the tenth
 	// address of ServiceCIDR, kubelet's clusterDNS) and waits for it to be
@@ -194,6 +199,11 @@ func (o *Options) defaults() error {
 	case CNIAnet, CNIBridge:
 	default:
 		return fmt.Errorf("lab: CNI %q: want %q or %q", o.CNI, CNIAnet, CNIBridge)
+	}
+	switch o.RoutingMode {
+	case "", "native", "tunnel":
+	default:
+		return fmt.Errorf("lab: routing mode %q: want native or tunnel", o.RoutingMode)
 	}
 	switch o.KubeProxy {
 	case "", "iptables", "nftables":

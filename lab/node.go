@@ -73,8 +73,14 @@ func (l *Lab) startNode(ctx context.Context, n *NodeRec, b *binaries, imgs []str
 	logs := filepath.Join(n.Dir, "logs")
 	netns := l.netnsPath(n.Netns)
 
-	// A node forwards between its pods and the fabric, as a real node does.
-	if _, err := run("ip", "netns", "exec", n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+	// A node forwards between its pods and the fabric, as a real node
+	// does; in tunnel mode anet's programs carry every pod packet and the
+	// node forwards nothing.
+	forward := "1"
+	if l.opts.RoutingMode == "tunnel" {
+		forward = "0"
+	}
+	if _, err := run("ip", "netns", "exec", n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward="+forward); err != nil {
 		return err
 	}
 
@@ -227,6 +233,9 @@ func (l *Lab) startAnetd(ctx context.Context, n *NodeRec, b *binaries) error {
 		// No kube-proxy serves this node unless a test starts one
 		// (StartKubeProxy): what one left goes when anetd starts.
 		args = append(args, "--purge-kube-proxy-rules")
+	}
+	if l.opts.RoutingMode != "" {
+		args = append(args, "--routing-mode", l.opts.RoutingMode)
 	}
 	if l.opts.EndpointGCGrace > 0 {
 		args = append(args, "--endpoint-gc-grace", l.opts.EndpointGCGrace.String())

@@ -84,6 +84,7 @@ type config struct {
 	purgeKubeProxy bool
 	// The per-packet translation on the underlay device(s).
 	devices          []string
+	routingMode      datapath.RoutingMode
 	snatMin, snatMax uint16
 
 	// NetworkPolicy (with an API).
@@ -114,6 +115,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.enablePolicy, "enable-network-policy", true, "with an API: enforce NetworkPolicies (off only for tests of other things: pods are then open)")
 	fs.DurationVar(&c.policyWait, "policy-wait-on-add", 3*time.Second, "with network policy: how long a CNI ADD waits, when a NetworkPolicy is in the pod's namespace, for the pod's policy to be written, so that a pod a policy isolates is isolated from its first packet (past it the ADD succeeds and the pod is open until its policy is written; 0: no wait)")
 	fs.DurationVar(&c.identityGC, "identity-gc-interval", 5*time.Minute, "with network policy: how often this anetd collects SecurityIdentities no pod uses (0: never)")
+	routingMode := fs.String("routing-mode", "native", "how pods' packets reach pods of other nodes: native (routes to the other nodes' pod CIDRs, through the host stack) or tunnel (a Geneve overlay built by anet's programs: no routes, no tunnel device; needs the service datapath, --enable-services)")
 	devices := fs.String("devices", "", "with services: the underlay device(s) that carry NodePort, ExternalIP and LoadBalancer traffic from outside, comma-separated (default: the device holding the node's InternalIP)")
 	snatRange := fs.String("snat-port-range", "61000-65535", "with services: source ports for connections from outside that a backend on another node serves (SNAT to the node's address); keep it outside net.ipv4.ip_local_port_range and the NodePort range")
 	servicesMax := fs.Uint("lb-services-max", service.DefaultMaxFrontends, "size of the service frontend map (frontends: address, port and protocol, of every Service)")
@@ -127,6 +129,11 @@ func parseFlags(args []string) (*config, error) {
 		}
 	}
 	c.lbServicesMax, c.lbBackendsMax = uint32(*servicesMax), uint32(*backendsMax)
+	if m, err := datapath.ParseRoutingMode(*routingMode); err != nil {
+		return nil, err
+	} else {
+		c.routingMode = m
+	}
 	if *devices != "" {
 		for _, d := range strings.Split(*devices, ",") {
 			if d = strings.TrimSpace(d); d != "" {
@@ -246,9 +253,13 @@ func run(cfg *config, log *slog.Logger) error {
 		// Traffic to another node's pods leaves through this node's stack
 		// (pod veth -> host routes -> underlay), so the node must forward.
 		// The same-node eBPF path does not need it.
-		log.Info("enabling IP forwarding (net.ipv4.ip_forward=1) for native routing between nodes")
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("enabling IP forwarding: %w", err)
+		// In tunnel mode anet's programs carry those packets and the
+		// node forwards nothing.
+		if cfg.routingMode != datapath.RoutingTunnel {
+			log.Info("enabling IP forwarding (net.ipv4.ip_forward=1) for native routing between nodes")
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("enabling IP forwarding: %w", err)
+			}
 		}
 	}
 
@@ -270,7 +281,7 @@ func run(cfg *config, log *slog.Logger) error {
 	// packets of connections netfilter translated through the host stack.
 	dp, err := datapath.LoadWith(cfg.bpfRoot, datapath.Options{
 		ServiceMapSize: cfg.lbServicesMax, RevNatMapSize: cfg.lbServicesMax, BackendMapSize: cfg.lbBackendsMax,
-		HostNAT: kc != nil && !cfg.enableServices,
+		HostNAT: kc != nil && !cfg.enableServices, RoutingMode: cfg.routingMode,
 	}, log)
 	if err != nil {
 		return err
@@ -348,11 +359,18 @@ func run(cfg *config, log *slog.Logger) error {
 	}
 
 	if kc != nil {
-		table, err := routing.NewTable(log)
+		native, err := routing.NewTable(log)
 		if err != nil {
 			return err
 		}
-		defer table.Close()
+		defer native.Close()
+		var table k8s.RouteTable = native
+		if cfg.routingMode == datapath.RoutingTunnel {
+			if !cfg.enableServices {
+				return errors.New("--routing-mode tunnel needs the service datapath (--enable-services): the underlay programs decapsulate")
+			}
+			table = &tunnelTable{dp: dp, native: native, log: log}
+		}
 		svcs, err := startServices(ctx, cfg, dp, kc, node, srv, eps.Netns, mets, log)
 		if err != nil {
 			return err

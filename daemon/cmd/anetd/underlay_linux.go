@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/anet-dev/anet/daemon/datapath"
 	"github.com/anet-dev/anet/daemon/k8s"
+	"github.com/anet-dev/anet/daemon/routing"
 )
 
 // startUnderlay hangs the per-packet service translation (bpf/host.c) on
@@ -45,6 +47,12 @@ func startUnderlay(ctx context.Context, cfg *config, dp *datapath.Datapath, node
 	}
 	if err := dp.SetNodeConfig(addr, cfg.snatMin, cfg.snatMax); err != nil {
 		return err
+	}
+	if cfg.routingMode == datapath.RoutingTunnel {
+		if err := dp.SetUnderlay(devs[0], addr); err != nil {
+			return fmt.Errorf("the tunnel's underlay %s: %w", devs[0], err)
+		}
+		log.Info("Geneve overlay", "underlay", devs[0], "nodeAddress", addr)
 	}
 	for _, d := range devs {
 		if err := dp.AttachNetdev(d); err != nil {
@@ -109,4 +117,42 @@ func parsePortRange(s string) (uint16, uint16, error) {
 		return 0, 0, fmt.Errorf("want MIN-MAX with 1 <= MIN <= MAX <= 65535, got %q", s)
 	}
 	return uint16(a), uint16(b), nil
+}
+
+// tunnelTable is the route table of --routing-mode tunnel: the routes to
+// the other nodes' pod CIDRs become the datapath's tunnel peers (pod CIDR
+// to node address), and no route of anet's stays in the host's table.
+type tunnelTable struct {
+	dp     *datapath.Datapath
+	native *routing.Table
+	log    *slog.Logger
+}
+
+// Sync makes the tunnel peers the routes' destinations and gateways.
+func (t *tunnelTable) Sync(routes []routing.Route) error {
+	if err := t.native.Sync(nil); err != nil { // what native mode left
+		return err
+	}
+	have, err := t.dp.TunnelPeers()
+	if err != nil {
+		return err
+	}
+	want := map[netip.Prefix]netip.Addr{}
+	for _, r := range routes {
+		want[r.Dst] = r.Gateway
+	}
+	var errs []error
+	for _, p := range have {
+		if gw, ok := want[p.PodCIDR]; !ok || gw != p.NodeIP {
+			if err := t.dp.DeleteTunnelPeer(p.PodCIDR); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for cidr, gw := range want {
+		if err := t.dp.SetTunnelPeer(cidr, gw); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
