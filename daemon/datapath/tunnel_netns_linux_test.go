@@ -91,6 +91,13 @@ func (n *tunNode) setUp(t *testing.T, addr netip.Addr, peerCIDR netip.Prefix, pe
 			return err
 		}
 		p = wirePod(t, dp, podName, pod, gw)
+		// The pod's MTU leaves room for the 50 bytes of encapsulation
+		// (the underlay's is 1500), as a node in tunnel mode must set it:
+		// a segment sent without GSO (a retransmission) at 1500 would not
+		// fit the underlay once encapsulated.
+		if err := p.ns.Do(func(ns.NetNS) error { return netlink.LinkSetMTU(mustLink(t, "eth0"), 1450) }); err != nil {
+			return err
+		}
 		return dp.UpsertEndpoint(Endpoint{IP: pod, Ifindex: p.ifindex, PodMAC: p.podMAC, HostMAC: p.hostMAC, Identity: id})
 	})
 	return p
