@@ -18,7 +18,8 @@
 //	bpfRoot      string    anetd's (asked)          absolute bpffs directory of anetd's pins; optional (older configs
 //	                                                have it): without it the plugin asks anetd, and does without
 //	                                                when anetd is away
-//	mtu          integer   1500                     0 (default) or 68..65535
+//	mtu          integer   anetd's (asked)          0 (default: anetd chooses, the underlay's MTU less the
+//	                                                tunnel's 50 bytes in tunnel mode) or 68..65535
 //	dns          object    none                     {nameservers, domain, search, options}, copied into the ADD result;
 //	                                                nameservers are IP addresses, the other strings have no whitespace
 //
@@ -62,11 +63,11 @@ import (
 // PluginType is the value of "type" that selects our plugin.
 const PluginType = "anet-cni"
 
-// Defaults applied by Parse and Render to empty fields.
+// Defaults applied by Parse and Render to empty fields. An mtu of 0 stays
+// 0: anetd chooses the pod MTU (it knows the underlay and the routing mode).
 const (
 	DefaultSocket      = "/run/anet/anetd.sock"
 	DefaultBPFRoot     = "/sys/fs/bpf/anet"
-	DefaultMTU         = 1500
 	DefaultNetworkName = "anet"
 )
 
@@ -197,9 +198,6 @@ func (c *NetConf) applyDefaults() {
 	if c.Socket == "" {
 		c.Socket = DefaultSocket
 	}
-	if c.MTU == 0 {
-		c.MTU = DefaultMTU
-	}
 }
 
 func (c *NetConf) validate() *ConfigError {
@@ -229,7 +227,7 @@ func (c *NetConf) validate() *ConfigError {
 			return err
 		}
 	}
-	if c.MTU < minMTU || c.MTU > maxMTU {
+	if c.MTU != 0 && (c.MTU < minMTU || c.MTU > maxMTU) {
 		return configErrorf("mtu", "must be between %d and %d, got %d", minMTU, maxMTU, c.MTU)
 	}
 	return validateDNS(&c.DNS)

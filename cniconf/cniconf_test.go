@@ -39,11 +39,11 @@ func TestParseGood(t *testing.T) {
 	}{{
 		name: "minimal, defaults applied",
 		in:   `{"cniVersion":"1.1.0","name":"anet","type":"anet-cni"}`,
-		want: conf("1.1.0", "anet", NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
+		want: conf("1.1.0", "anet", NetConf{Socket: DefaultSocket}),
 	}, {
 		name: "zero values and null take the defaults",
 		in:   `{"cniVersion":"1.0.0","name":"anet","type":"anet-cni","socket":"","bpfRoot":null,"mtu":0,"dns":{}}`,
-		want: conf("1.0.0", "anet", NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
+		want: conf("1.0.0", "anet", NetConf{Socket: DefaultSocket}),
 	}, {
 		name: "full",
 		in: `{"cniVersion":"1.1.0","name":"anet-lab.node_1","type":"anet-cni",
@@ -418,7 +418,7 @@ func TestRenderRoundTrip(t *testing.T) {
 		want *NetConf
 	}{{
 		name: "defaults",
-		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: DefaultSocket, MTU: DefaultMTU}),
+		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: DefaultSocket}),
 	}, {
 		name: "all set",
 		opts: RenderOptions{
@@ -434,7 +434,7 @@ func TestRenderRoundTrip(t *testing.T) {
 	}, {
 		name: "paths with HTML characters are not escaped",
 		opts: RenderOptions{Socket: "/run/a&b/<x>.sock"},
-		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: "/run/a&b/<x>.sock", MTU: DefaultMTU}),
+		want: conf("1.1.0", DefaultNetworkName, NetConf{Socket: "/run/a&b/<x>.sock"}),
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

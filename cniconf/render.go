@@ -19,9 +19,9 @@ const DefaultRenderVersion = "1.1.0"
 var RenderVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 
 // RenderOptions are the node-specific parts of the conflist. Empty fields
-// take the defaults (DefaultNetworkName, DefaultSocket, DefaultMTU); an
-// empty BPFRoot and an empty DNS are left out (the plugin asks anetd where
-// its pins are).
+// take the defaults (DefaultNetworkName, DefaultSocket); an empty BPFRoot,
+// a zero MTU and an empty DNS are left out (the plugin asks anetd where its
+// pins are, and anetd chooses the pod MTU).
 type RenderOptions struct {
 	CNIVersion            string // one of RenderVersions; empty is DefaultRenderVersion
 	Name, Socket, BPFRoot string
@@ -40,7 +40,7 @@ type pluginEntry struct {
 	Type    string     `json:"type"`
 	Socket  string     `json:"socket"`
 	BPFRoot string     `json:"bpfRoot,omitempty"`
-	MTU     int        `json:"mtu"`
+	MTU     int        `json:"mtu,omitempty"`
 	DNS     *types.DNS `json:"dns,omitempty"`
 }
 
@@ -60,9 +60,6 @@ func Render(o RenderOptions) ([]byte, error) {
 	}
 	if o.Socket == "" {
 		o.Socket = DefaultSocket
-	}
-	if o.MTU == 0 {
-		o.MTU = DefaultMTU
 	}
 	entry := pluginEntry{
 		Type:    PluginType,

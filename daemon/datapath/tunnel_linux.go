@@ -12,6 +12,12 @@ import (
 	"github.com/anet-dev/anet/bpf"
 )
 
+// TunnelOverhead is what Geneve encapsulation adds to a pod's packet: an
+// outer IPv4 header, UDP, the Geneve header (no options) and the inner
+// Ethernet header (TUNNEL_OVERHEAD in bpf/lib/geneve.h). A pod's MTU in
+// tunnel mode leaves this room below the underlay's.
+const TunnelOverhead = 20 + 8 + 8 + 14
+
 // The Geneve overlay (bpf/lib/geneve.h), in tunnel mode
 // (Options.RoutingMode): the node's underlay (SetUnderlay) and the other
 // nodes' pod CIDRs (SetTunnelPeer). The overlay reconciler decides what

@@ -127,8 +127,12 @@ func (m *Manager) Add(ctx context.Context, r api.AddRequest, podNS *os.File) (*a
 			rec.abort()
 		}
 	}()
+	mtu := r.MTU
+	if mtu == 0 {
+		mtu = m.PodMTU()
+	}
 	got, err := w.Wire(podNS, datapath.WireConfig{
-		HostIfName: hostIf, PodIfName: r.IfName, MTU: r.MTU, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark,
+		HostIfName: hostIf, PodIfName: r.IfName, MTU: mtu, IP: ip, Gateway: m.ipam.Gateway(), Mark: mark,
 		Made: func(wd datapath.Wired) { rec.write(newRecord(wd)) },
 	})
 	if err != nil {

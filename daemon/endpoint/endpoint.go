@@ -69,6 +69,7 @@ type Manager struct {
 	ready *readyPool // nil: records are written the plain way (UseReadyFiles)
 
 	onChange atomic.Pointer[func()] // SetOnChange
+	podMTU   atomic.Int32           // SetPodMTU; 0: the kernel's default
 
 	mu   sync.Mutex
 	eps  map[api.Attachment]*api.Endpoint
@@ -82,6 +83,14 @@ func New(dir string, alloc *ipam.Allocator, dp Datapath, devs Devices, log *slog
 	}
 	return &Manager{dir: dir, ipam: alloc, dp: dp, devs: devs, log: log, eps: map[api.Attachment]*api.Endpoint{}}, nil
 }
+
+// SetPodMTU sets the MTU of pod interfaces whose ADD names none (the
+// conflist's mtu is 0 or absent); 0 leaves them at the kernel's default.
+// Interfaces wired before keep theirs.
+func (m *Manager) SetPodMTU(mtu int) { m.podMTU.Store(int32(mtu)) }
+
+// PodMTU is what SetPodMTU set.
+func (m *Manager) PodMTU() int { return int(m.podMTU.Load()) }
 
 func (m *Manager) recordPath(a api.Attachment) string {
 	return filepath.Join(m.dir, datapath.HostIfName(a.ContainerID, a.IfName)+".json")

@@ -351,6 +351,16 @@ func run(cfg *config, log *slog.Logger) error {
 	if err := addGatewayAddress(alloc.Gateway()); err != nil {
 		return err
 	}
+	if kc != nil {
+		mtu, err := podMTU(cfg, node)
+		if err != nil {
+			return fmt.Errorf("the pod MTU in tunnel mode: %w", err)
+		}
+		eps.SetPodMTU(mtu)
+		if mtu != 0 {
+			log.Info("pod MTU", "mtu", mtu)
+		}
+	}
 	ready.Store(true) // the socket API serves CNI from here on
 	if kc != nil {
 		// A kube-proxy needs the API too: a standalone anetd has none

@@ -23,27 +23,16 @@ import (
 // tells the programs the node's address (the source of connections handed
 // to a backend on another node) and runs the conntrack collector.
 func startUnderlay(ctx context.Context, cfg *config, dp *datapath.Datapath, node k8s.NodeInfo, log *slog.Logger) error {
-	var addr netip.Addr
-	for _, a := range node.InternalIPs {
-		if a.Is4() {
-			addr = a
-			break
-		}
-	}
+	addr, devs, err := underlayOf(cfg, node)
 	// Without them the socket hooks still serve every in-cluster client:
 	// say what is missing and go on.
 	if !addr.IsValid() {
 		log.Warn("no per-packet service translation: the node has no IPv4 InternalIP (the SNAT address); NodePort, ExternalIP and LoadBalancer traffic from outside is not served")
 		return nil
 	}
-	devs := cfg.devices
-	if len(devs) == 0 {
-		d, err := deviceOf(addr)
-		if err != nil {
-			log.Warn("no per-packet service translation: no underlay device found (pass --devices); NodePort, ExternalIP and LoadBalancer traffic from outside is not served", "err", err)
-			return nil
-		}
-		devs = []string{d}
+	if err != nil {
+		log.Warn("no per-packet service translation: no underlay device found (pass --devices); NodePort, ExternalIP and LoadBalancer traffic from outside is not served", "err", err)
+		return nil
 	}
 	if err := dp.SetNodeConfig(addr, cfg.snatMin, cfg.snatMax); err != nil {
 		return err
@@ -66,6 +55,56 @@ func startUnderlay(ctx context.Context, cfg *config, dp *datapath.Datapath, node
 }
 
 // deviceOf names the link that holds addr.
+// underlayOf is the node's address (its first IPv4 InternalIP; invalid when
+// it has none) and its underlay devices: --devices, or the device holding
+// that address.
+func underlayOf(cfg *config, node k8s.NodeInfo) (netip.Addr, []string, error) {
+	var addr netip.Addr
+	for _, a := range node.InternalIPs {
+		if a.Is4() {
+			addr = a
+			break
+		}
+	}
+	if !addr.IsValid() {
+		return addr, nil, nil
+	}
+	if len(cfg.devices) > 0 {
+		return addr, cfg.devices, nil
+	}
+	d, err := deviceOf(addr)
+	if err != nil {
+		return addr, nil, err
+	}
+	return addr, []string{d}, nil
+}
+
+// podMTU is the MTU of pod interfaces whose conflist names none: in tunnel
+// mode the underlay's less the encapsulation (datapath.TunnelOverhead), so
+// that a full-size packet still fits once encapsulated; in native mode 0,
+// the kernel's default.
+func podMTU(cfg *config, node k8s.NodeInfo) (int, error) {
+	if cfg.routingMode != datapath.RoutingTunnel {
+		return 0, nil
+	}
+	addr, devs, err := underlayOf(cfg, node)
+	if !addr.IsValid() {
+		return 0, errors.New("the node has no IPv4 InternalIP")
+	}
+	if err != nil {
+		return 0, err
+	}
+	lk, err := netlink.LinkByName(devs[0])
+	if err != nil {
+		return 0, fmt.Errorf("the underlay %s: %w", devs[0], err)
+	}
+	mtu := lk.Attrs().MTU - datapath.TunnelOverhead
+	if mtu < 68 {
+		return 0, fmt.Errorf("the underlay %s has MTU %d: too small for the tunnel's %d bytes", devs[0], lk.Attrs().MTU, datapath.TunnelOverhead)
+	}
+	return mtu, nil
+}
+
 func deviceOf(addr netip.Addr) (string, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {

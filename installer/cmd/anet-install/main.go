@@ -42,7 +42,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.SourceBin, "source-bin", defaultSource(), "the anet-cni binary to install")
 	fs.StringVar(&o.Socket, "socket", cniconf.DefaultSocket, "anetd's unix socket, written into the conflist")
 	fs.StringVar(&o.BPFRoot, "bpf-root", "", "anetd's bpffs directory, written into the conflist when set (without it the plugin asks anetd)")
-	fs.IntVar(&o.MTU, "mtu", cniconf.DefaultMTU, "MTU of pod interfaces, written into the conflist")
+	fs.IntVar(&o.MTU, "mtu", 0, "MTU of pod interfaces, written into the conflist (0: anetd chooses, the underlay's MTU less the tunnel's 50 bytes in tunnel mode)")
 	fs.StringVar(&o.CNIVersion, "cni-version", "", "cniVersion of the conflist (default 1.1.0; containerd 1.6 needs 1.0.0)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
